@@ -1,0 +1,227 @@
+"""The module-level API: start, run, status, delete, shutdown, handles.
+
+A process that calls :func:`run` or :func:`start` without an instance starts
+one it owns (a head process, a proxy and replicas); the instance is torn
+down by :func:`shutdown`, at interpreter exit, or, if the process dies, by
+the head noticing through its lifeline.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+from schooner import _core
+from schooner.config import HTTPOptions
+from schooner import context
+from schooner.deployment import Application, build_app
+from schooner.exceptions import DeployFailedError, RayServeException
+from schooner.handle import DeploymentHandle, _user_exception
+from schooner.rpc.connection import RemoteCallError
+from schooner.runtime.head_launch import HeadHandle, start_head
+from schooner.schema import ServeStatus
+
+logger = logging.getLogger("schooner")
+
+__all__ = [
+    "delete",
+    "get_app_handle",
+    "get_deployment_handle",
+    "run",
+    "shutdown",
+    "start",
+    "status",
+]
+
+_head: HeadHandle | None = None
+_lock = threading.RLock()
+_atexit_registered = False
+#: How long serve.run waits for an application to become RUNNING.
+RUN_TIMEOUT_S = 600.0
+
+
+def _controller_call(method: str, *args: Any, timeout_s: float | None = 60) -> Any:
+    try:
+        return _core.get_core().call_controller_sync(method, *args, timeout_s=timeout_s)
+    except RemoteCallError as exc:
+        raise _user_exception(exc) from None
+
+
+def start(
+    proxy_location: Any = None,
+    http_options: HTTPOptions | dict[str, Any] | None = None,
+    grpc_options: Any = None,
+    logging_config: Any = None,
+    **kwargs: Any,
+) -> None:
+    """Start an instance owned by this process, unless one is already connected.
+
+    ``http_options`` (host, port, root_path, ...) take effect only when the
+    instance starts. Extra keyword arguments ``num_cpus``, ``num_gpus`` and
+    ``resources`` set this node's capacity (by default: detected).
+    """
+    global _head, _atexit_registered
+    with _lock:
+        if _core.get_core_or_none() is not None:
+            return
+        if isinstance(http_options, dict):
+            http_options = HTTPOptions(**http_options)
+        http = http_options or HTTPOptions()
+        head = start_head(
+            http_host=http.host,
+            http_port=http.port,
+            root_path=http.root_path,
+            num_cpus=kwargs.get("num_cpus"),
+            num_gpus=kwargs.get("num_gpus"),
+            resources=kwargs.get("resources"),
+        )
+        try:
+            core = _core.Core.start_background(head.session)
+        except BaseException:
+            head.kill()
+            head.release()
+            raise
+        _head = head
+        _core.set_core(core)
+        if not _atexit_registered:
+            atexit.register(_shutdown_at_exit)
+            _atexit_registered = True
+        logger.info("Schooner started; HTTP on http://%s:%s", head.http_host, head.http_port)
+
+
+def http_address() -> str | None:
+    """``http://host:port`` of the instance this process started, if any."""
+    if _head is None:
+        return None
+    return f"http://{_head.http_host}:{_head.http_port}"
+
+
+def run(
+    target: Application,
+    blocking: bool = False,
+    name: str = "default",
+    route_prefix: str | None = "/",
+    logging_config: Any = None,
+    external_scaler_enabled: bool = False,
+    **kwargs: Any,
+) -> DeploymentHandle:
+    """Deploy ``target`` as application ``name`` and wait until it is RUNNING.
+
+    Returns a handle to the ingress deployment. Raises
+    :class:`~schooner.exceptions.DeployFailedError` (with the cause) if the
+    application fails to deploy. With ``blocking=True`` it then serves until
+    interrupted (Ctrl-C or SIGTERM) and shuts the instance down.
+    """
+    spec = build_app(target, name, route_prefix)
+    start()
+    _controller_call("deploy_app", spec)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    state = "DEPLOYING"
+    while time.monotonic() < deadline:
+        state = _controller_call(
+            "wait_app", name, min(30.0, deadline - time.monotonic()), "ready", timeout_s=60
+        )
+        if state != "DEPLOYING":
+            break
+    if state != "RUNNING":
+        app_status = status().applications.get(name)
+        message = app_status.message if app_status is not None else "it was deleted"
+        raise DeployFailedError(f"Deploying application '{name}' failed ({state}): {message}")
+    logger.info("Deployed app '%s' successfully.", name)
+    handle = DeploymentHandle(spec.ingress, name)
+    if blocking:
+        _block_until_interrupted()
+    return handle
+
+
+def _block_until_interrupted() -> None:
+    stop = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        shutdown()
+
+
+def status() -> ServeStatus:
+    """Status of every application, deployment and replica (Ray's ``ServeStatus`` shape)."""
+    if _core.get_core_or_none() is None:
+        return ServeStatus.from_dict({"proxies": {}, "applications": {}, "target_capacity": None})
+    return ServeStatus.from_dict(_controller_call("status"))
+
+
+def delete(name: str, _blocking: bool = True) -> None:
+    """Delete application ``name`` (its replicas are drained and stopped)."""
+    if _core.get_core_or_none() is None:
+        return
+    _controller_call("delete_app", name)
+    if _blocking:
+        while _controller_call("wait_app", name, 30.0, "deleted", timeout_s=60) != "NOT_STARTED":
+            pass
+
+
+def shutdown() -> None:
+    """Delete every application and stop the instance this process started."""
+    global _head
+    with _lock:
+        core = _core.get_core_or_none()
+        if core is None or _replica_context_is_set():
+            return
+        try:
+            core.call_controller_sync("shutdown", timeout_s=60)
+        except Exception as exc:  # noqa: BLE001 - the head may already be gone
+            logger.debug("shutdown RPC failed: %r", exc)
+        core.close()
+        _core.set_core(None)
+        head, _head = _head, None
+        if head is not None:
+            if not head.wait(10):
+                head.kill()
+            head.release()
+
+
+def _replica_context_is_set() -> bool:
+    return context._replica_context is not None
+
+
+def _shutdown_at_exit() -> None:
+    try:
+        shutdown()
+    except Exception:  # noqa: BLE001 - interpreter is exiting
+        pass
+
+
+def get_app_handle(name: str) -> DeploymentHandle:
+    """A handle to the ingress deployment of application ``name``."""
+    info = _controller_call("app_info", name)
+    if info is None:
+        raise RayServeException(f"Application '{name}' does not exist.")
+    return DeploymentHandle(info["ingress"], name)
+
+
+def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> DeploymentHandle:
+    """A handle to deployment ``deployment_name`` of ``app_name``.
+
+    Inside a replica ``app_name`` defaults to the replica's own application,
+    elsewhere to ``"default"``.
+    """
+    if app_name is None:
+        replica = context._replica_context
+        app_name = replica.app_name if replica is not None else "default"
+    info = _controller_call("app_info", app_name)
+    if info is None or deployment_name not in info["deployments"]:
+        raise RayServeException(
+            f"Deployment '{deployment_name}' in application '{app_name}' does not exist."
+        )
+    return DeploymentHandle(deployment_name, app_name)

@@ -1,0 +1,89 @@
+"""Where code is running: the replica context and the current request's context."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+from schooner.exceptions import RayServeException
+from schooner.rpc.messages import DeploymentID
+
+__all__ = ["ReplicaContext", "ReplicaID", "RequestContext", "get_replica_context"]
+
+
+@dataclass(frozen=True)
+class ReplicaID:
+    """Identifies one replica: a unique id within its deployment."""
+
+    unique_id: str
+    deployment_id: DeploymentID
+
+    def to_full_id_str(self) -> str:
+        return f"{self.deployment_id.app_name}#{self.deployment_id.name}#{self.unique_id}"
+
+    def __str__(self) -> str:
+        return self.to_full_id_str()
+
+
+@dataclass
+class ReplicaContext:
+    """What :func:`get_replica_context` returns inside a replica."""
+
+    replica_id: ReplicaID
+    servable_object: Any = None
+    _extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def app_name(self) -> str:
+        return self.replica_id.deployment_id.app_name
+
+    @property
+    def deployment(self) -> str:
+        return self.replica_id.deployment_id.name
+
+    @property
+    def replica_tag(self) -> str:
+        """The replica's unique id (older Ray name for it)."""
+        return self.replica_id.unique_id
+
+
+_replica_context: ReplicaContext | None = None
+
+
+def _set_replica_context(context: ReplicaContext | None) -> None:
+    global _replica_context
+    _replica_context = context
+
+
+def get_replica_context() -> ReplicaContext:
+    """The context of the replica this code runs in.
+
+    Raises :class:`~schooner.exceptions.RayServeException` when called outside
+    a replica (for example in the driver script).
+    """
+    if _replica_context is None:
+        raise RayServeException(
+            "`serve.get_replica_context()` may only be called from within a deployment replica."
+        )
+    return _replica_context
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """The request being served by the current task (empty outside requests)."""
+
+    route: str = ""
+    request_id: str = ""
+    app_name: str = ""
+    multiplexed_model_id: str = ""
+    session_id: str = ""
+
+
+_request_context: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
+    "schooner_request_context", default=RequestContext()
+)
+
+
+def current_request() -> RequestContext:
+    return _request_context.get()

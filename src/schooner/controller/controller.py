@@ -1,0 +1,489 @@
+"""The controller: owns the goal state and reconciles replicas to it.
+
+Clients (drivers, the CLI, later the admin API) change the goal through RPCs
+(``deploy_app``, ``delete_app``, ``shutdown``). A reconcile loop runs every
+``TICK_S`` (and at once when woken) and, per deployment, in numbered steps:
+
+1. reap replica processes that exited (a replica that never became ready
+   counts as a startup failure);
+2. roll over replicas of an outdated version: start new ones first, stop old
+   ones as new ones become ready;
+3. scale the current version to its target count, within the node's resources;
+4. derive the deployment's and then the application's status.
+
+Each deployment's step is isolated: an exception is logged and the loop goes
+on. After each tick the replica sets and route table are published to
+subscribers (routers in proxies, drivers and replicas) through long-poll.
+
+The launcher, clock and resource pool are passed in, so the loop can be
+unit-tested without processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import string
+import time
+from collections.abc import Callable
+from typing import Any
+
+from schooner.controller.long_poll import LongPollHost
+from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
+from schooner.exceptions import ServeConfigError
+from schooner.router.router import DELETED
+from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
+from schooner.rpc.messages import AppSpec, ReplicaInfo, ReplicaSet, Route
+from schooner.runtime.launcher import Launcher, ProcessSpec
+from schooner.runtime.resources import ResourcePool
+from schooner.runtime.session import Session
+from schooner.schema import ApplicationStatus, DeploymentStatus, ReplicaState
+
+logger = logging.getLogger("schooner.controller")
+
+TICK_S = 0.1
+#: A replica that has not become ready this long after its process started is replaced.
+STARTUP_TIMEOUT_S = 600.0
+#: After asking a replica to stop, how long it may take on top of its graceful timeout.
+STOP_GRACE_S = 5.0
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def _new_replica_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+class Controller:
+    """Goal state, reconcile loop and the RPC surface for clients and replicas."""
+
+    def __init__(
+        self,
+        session: Session,
+        launcher: Launcher,
+        resources: ResourcePool,
+        lifeline_fd: int,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.session = session
+        self.launcher = launcher
+        self.resources = resources
+        self.lifeline_fd = lifeline_fd
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.apps: dict[str, ApplicationState] = {}
+        self.long_poll = LongPollHost()
+        self._replica_index: dict[str, DeploymentState] = {}
+        self._wake = asyncio.Event()
+        self._ticked = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._shutting_down = False
+        self.stopped = asyncio.Event()
+        self.proxy_status: dict[str, str] = {}
+        self.node_id = "node-" + secrets.token_hex(8)
+        self.long_poll.publish("routes", {})
+
+    # ------------------------------------------------------------------ loop
+    async def run(self) -> None:
+        """Reconcile until shut down."""
+        while not self.stopped.is_set():
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("reconcile tick failed")
+            self._ticked.set()
+            self._ticked = asyncio.Event()
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            except TimeoutError:
+                pass
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def tick(self) -> None:
+        for app in list(self.apps.values()):
+            for dep in list(app.deployments.values()):
+                try:
+                    self._reconcile_deployment(dep)
+                except Exception:
+                    logger.exception("reconciling deployment %s failed", dep.id)
+            self._forget_deleted_deployments(app)
+            app.update_status()
+            if app.deleting and not app.deployments:
+                del self.apps[app.name]
+        self._publish()
+        if self._shutting_down and not self.apps:
+            self.stopped.set()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------- reconcile
+    def _reconcile_deployment(self, dep: DeploymentState) -> None:
+        now = self.clock()
+        # 1. Reap exited processes.
+        for replica in list(dep.replicas.values()):
+            code = replica.process.poll()
+            if code is None:
+                self._enforce_deadlines(dep, replica, now)
+                continue
+            del dep.replicas[replica.replica_id]
+            self._replica_index.pop(replica.replica_id, None)
+            self.resources.release(replica.allocation)
+            if replica.state == ReplicaState.STARTING:
+                error = replica.error or (
+                    f"The replica process exited with code {code} before it was ready. "
+                    f"See its log: {replica.log_file}"
+                )
+                logger.warning(
+                    "replica %s of %s failed to start: %s", replica.replica_id, dep.id, error
+                )
+                dep.record_startup_failure(error)
+            elif replica.state != ReplicaState.STOPPING:
+                logger.warning(
+                    "replica %s of %s died (exit code %s); replacing it",
+                    replica.replica_id,
+                    dep.id,
+                    code,
+                )
+        target = 0 if dep.deleting else dep.target_num_replicas
+        # 2. Roll over outdated replicas: keep enough old ones to cover what new ones can't yet.
+        current = dep.current()
+        outdated = dep.outdated()
+        if outdated:
+            new_running = sum(1 for r in current if r.state == ReplicaState.RUNNING)
+            keep = 0 if dep.deleting else max(0, target - new_running)
+            if dep.failed:
+                keep = len(outdated)  # a failed rollout leaves the old version serving
+            ranked = sorted(
+                outdated, key=lambda r: (r.state != ReplicaState.RUNNING, -r.started_monotonic)
+            )
+            for replica in ranked[keep:]:
+                self._stop_replica(dep, replica)
+        # 3. Scale the current version.
+        dep.pending_reason = None
+        if len(current) < target and not dep.failed:
+            for _ in range(target - len(current)):
+                if not self._start_replica(dep):
+                    break
+        elif len(current) > target:
+            extra = sorted(
+                current, key=lambda r: (r.state == ReplicaState.RUNNING, -r.started_monotonic)
+            )
+            for replica in extra[: len(current) - target]:
+                self._stop_replica(dep, replica)
+        # 4. Status.
+        dep.update_status()
+
+    def _enforce_deadlines(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
+        if replica.state == ReplicaState.STOPPING and replica.stop_requested_at is not None:
+            timeout = float(dep.spec.config.graceful_shutdown_timeout_s) + STOP_GRACE_S
+            if now - replica.stop_requested_at > timeout:
+                replica.process.kill()
+        elif (
+            replica.state == ReplicaState.STARTING
+            and now - replica.started_monotonic > STARTUP_TIMEOUT_S
+        ):
+            replica.error = f"The replica did not become ready within {STARTUP_TIMEOUT_S:.0f} s."
+            replica.process.kill()
+
+    def _forget_deleted_deployments(self, app: ApplicationState) -> None:
+        for name, dep in list(app.deployments.items()):
+            if dep.deleting and not dep.replicas:
+                del app.deployments[name]
+                self.long_poll.publish(dep.id.key, DELETED)
+
+    def _start_replica(self, dep: DeploymentState) -> bool:
+        request = dep.spec.config.required_resources()
+        allocation = self.resources.allocate(request)
+        if allocation is None:
+            dep.pending_reason = f"Deployment '{dep.id.name}' has replicas waiting to start. " + (
+                self.resources.why_not(request) or ""
+            )
+            return False
+        replica_id = _new_replica_id()
+        env = {"SCHOONER_SYS_PATH": os.pathsep.join(self.apps[dep.id.app_name].spec.sys_path)}
+        if allocation.cuda_visible_devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
+        spec = ProcessSpec(
+            module="schooner.replica.main",
+            args=[
+                "--session",
+                str(self.session.root),
+                "--replica-id",
+                replica_id,
+                "--app",
+                dep.id.app_name,
+                "--deployment",
+                dep.id.name,
+                "--lifeline-fd",
+                str(self.lifeline_fd),
+            ],
+            env=env,
+            pass_fds=(self.lifeline_fd,),
+        )
+        try:
+            process = self.launcher.launch(spec)
+        except OSError as exc:
+            self.resources.release(allocation)
+            dep.record_startup_failure(f"Could not start a replica process: {exc}")
+            return False
+        replica = ReplicaRecord(
+            replica_id=replica_id,
+            version=dep.version,
+            state=ReplicaState.STARTING,
+            process=process,
+            allocation=allocation,
+            address=self.session.replica_socket(replica_id),
+            log_file=str(
+                self.session.logs / f"replica_{dep.id.app_name}_{dep.id.name}_{replica_id}.log"
+            ),
+            start_time_s=self.wall_clock(),
+            started_monotonic=self.clock(),
+        )
+        dep.replicas[replica_id] = replica
+        self._replica_index[replica_id] = dep
+        logger.info("starting replica %s of %s (pid %d)", replica_id, dep.id, process.pid)
+        return True
+
+    def _stop_replica(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
+        if replica.state == ReplicaState.STOPPING:
+            return
+        was_running = replica.state == ReplicaState.RUNNING
+        replica.state = ReplicaState.STOPPING
+        replica.stop_requested_at = self.clock()
+        logger.info("stopping replica %s of %s", replica.replica_id, dep.id)
+        if replica.conn is None or not was_running:
+            replica.process.terminate()
+            return
+        self._spawn(self._drain_and_stop(dep, replica))
+
+    async def _drain_and_stop(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
+        config = dep.spec.config
+        conn = replica.conn
+        assert conn is not None
+        # Routers learn at the next publish that the replica is gone; give them a moment.
+        await asyncio.sleep(TICK_S * 2)
+        try:
+            await asyncio.wait_for(
+                conn.call(
+                    "prepare_shutdown",
+                    float(config.graceful_shutdown_wait_loop_s),
+                    float(config.graceful_shutdown_timeout_s),
+                ),
+                float(config.graceful_shutdown_timeout_s) + 2,
+            )
+            conn.call_future("shutdown", (), {})
+        except (TimeoutError, ConnectionLost, RemoteCallError, OSError):
+            pass
+        await asyncio.sleep(1.0)
+        replica.process.terminate()
+
+    # --------------------------------------------------------------- publish
+    def _publish(self) -> None:
+        routes: dict[str, Route] = {}
+        for app in self.apps.values():
+            ingress = app.deployments.get(app.spec.ingress)
+            if app.spec.route_prefix is not None and not app.deleting and ingress is not None:
+                routes[app.spec.route_prefix] = Route(app.spec.route_prefix, app.name, ingress.id)
+            for dep in app.deployments.values():
+                replicas = tuple(
+                    ReplicaInfo(r.replica_id, r.address, dep.id)
+                    for r in sorted(dep.running(), key=lambda r: r.replica_id)
+                )
+                self.long_poll.publish(
+                    dep.id.key,
+                    ReplicaSet(
+                        replicas,
+                        int(dep.spec.config.max_ongoing_requests),
+                        int(dep.spec.config.max_queued_requests),
+                    ),
+                )
+        self.long_poll.publish("routes", routes)
+
+    # ------------------------------------------------------------ replica RPCs
+    def replica_registered(self, replica_id: str, conn: Connection) -> None:
+        dep = self._replica_index.get(replica_id)
+        replica = dep.replicas.get(replica_id) if dep is not None else None
+        if dep is None or replica is None or replica.state != ReplicaState.STARTING:
+            conn.call_future("shutdown", (), {})
+            return
+        replica.conn = conn
+        self._spawn(self._initialize(dep, replica, conn))
+
+    async def _initialize(
+        self, dep: DeploymentState, replica: ReplicaRecord, conn: Connection
+    ) -> None:
+        spec = dep.spec
+        try:
+            await conn.call(
+                "initialize",
+                spec.code,
+                spec.init_blob,
+                spec.is_function,
+                spec.config.user_config,
+                int(spec.config.max_ongoing_requests),
+            )
+        except RemoteCallError as exc:
+            replica.error = exc.error.traceback or f"{exc.error.type_name}: {exc.error.message}"
+            logger.warning("constructor of %s raised:\n%s", dep.id, replica.error)
+            replica.process.terminate()
+            return
+        except ConnectionLost:
+            return  # the process died; reaping counts the failure
+        if replica.state == ReplicaState.STARTING:
+            replica.state = ReplicaState.RUNNING
+            dep.consecutive_failures = 0
+            logger.info("replica %s of %s is running", replica.replica_id, dep.id)
+        self.wake()
+
+    # ------------------------------------------------------------ client RPCs
+    def deploy_app(self, spec: AppSpec) -> None:
+        """Set an application's goal (create or update). Validates before changing anything."""
+        if self._shutting_down:
+            raise ServeConfigError("The instance is shutting down.")
+        if spec.route_prefix is not None:
+            for other in self.apps.values():
+                if (
+                    other.name != spec.name
+                    and other.spec.route_prefix == spec.route_prefix
+                    and not other.deleting
+                ):
+                    raise ServeConfigError(
+                        f"Route prefix '{spec.route_prefix}' is already used by application "
+                        f"'{other.name}'. Give application '{spec.name}' another route_prefix "
+                        "(or delete the other application first)."
+                    )
+        names = [d.name for d in spec.deployments]
+        if spec.ingress not in names:
+            raise ServeConfigError(f"Ingress deployment '{spec.ingress}' is not in the app.")
+        existing = self.apps.get(spec.name)
+        now = self.wall_clock()
+        if existing is None or existing.deleting:
+            if existing is not None:
+                raise ServeConfigError(
+                    f"Application '{spec.name}' is being deleted; try again when it is gone."
+                )
+            deployments = {d.name: DeploymentState.new(spec.name, d) for d in spec.deployments}
+            self.apps[spec.name] = ApplicationState(spec, deployments, now)
+        else:
+            existing.spec = spec
+            existing.last_deployed_time_s = now
+            for d in spec.deployments:
+                state = existing.deployments.get(d.name)
+                if state is None or state.deleting:
+                    existing.deployments[d.name] = DeploymentState.new(spec.name, d)
+                else:
+                    state.apply_spec(d)
+            for name, state in existing.deployments.items():
+                if name not in names:
+                    state.deleting = True
+        self.apps[spec.name].update_status()
+        self.wake()
+
+    def delete_app(self, name: str) -> bool:
+        app = self.apps.get(name)
+        if app is None:
+            return False
+        app.deleting = True
+        for dep in app.deployments.values():
+            dep.deleting = True
+        self.wake()
+        return True
+
+    async def wait_app(self, name: str, timeout_s: float, until: str) -> str:
+        """Wait until app ``name`` is settled (``until="ready"``) or gone (``"deleted"``).
+
+        Returns the status value at that moment (``NOT_STARTED`` if it is gone).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        settled = {
+            ApplicationStatus.RUNNING,
+            ApplicationStatus.DEPLOY_FAILED,
+            ApplicationStatus.UNHEALTHY,
+        }
+        while True:
+            app = self.apps.get(name)
+            if app is None:
+                return ApplicationStatus.NOT_STARTED.value
+            if until == "ready" and app.status in settled:
+                return app.status.value
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return app.status.value
+            try:
+                await asyncio.wait_for(self._ticked.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def begin_shutdown(self) -> None:
+        self._shutting_down = True
+        for name in list(self.apps):
+            self.delete_app(name)
+        self.wake()
+
+    def status(self) -> dict[str, Any]:
+        """The instance's status in the shape of Ray's ``ServeStatus`` (as plain data)."""
+        apps: dict[str, Any] = {}
+        for app in self.apps.values():
+            apps[app.name] = {
+                "status": app.status.value,
+                "message": app.message,
+                "last_deployed_time_s": app.last_deployed_time_s,
+                "deployments": {
+                    dep.id.name: {
+                        "status": dep.status.value,
+                        "status_trigger": dep.status_trigger.value,
+                        "replica_states": dep.replica_states(),
+                        "message": dep.message,
+                    }
+                    for dep in app.deployments.values()
+                },
+            }
+        return {"proxies": dict(self.proxy_status), "applications": apps, "target_capacity": None}
+
+    def app_info(self, name: str) -> dict[str, Any] | None:
+        app = self.apps.get(name)
+        if app is None or app.deleting:
+            return None
+        return {
+            "name": app.name,
+            "ingress": app.spec.ingress,
+            "route_prefix": app.spec.route_prefix,
+            "status": app.status.value,
+            "deployments": list(app.deployments),
+        }
+
+    def running_deployments(self) -> bool:
+        return any(dep.replicas for app in self.apps.values() for dep in app.deployments.values())
+
+    def all_pids(self) -> list[int]:
+        return [
+            r.pid
+            for app in self.apps.values()
+            for dep in app.deployments.values()
+            for r in dep.replicas.values()
+        ]
+
+    def kill_all(self) -> None:
+        for app in self.apps.values():
+            for dep in app.deployments.values():
+                for replica in dep.replicas.values():
+                    replica.process.kill()
+
+    @property
+    def deployment_states(self) -> list[DeploymentState]:
+        return [d for app in self.apps.values() for d in app.deployments.values()]
+
+    def is_failed(self, name: str) -> bool:
+        app = self.apps.get(name)
+        return app is not None and any(
+            d.status == DeploymentStatus.DEPLOY_FAILED for d in app.deployments.values()
+        )

@@ -1,0 +1,293 @@
+"""Entry point of the head process: ``python -m schooner.controller.head``.
+
+The head runs the controller and owns every other process of the instance:
+it binds the HTTP port (so a busy port fails fast, and the proxy only
+inherits the listening socket), starts the proxy and the replicas, and stops
+them all on shutdown. It tells the process that started it that it is ready
+(or why it failed) through a pipe, and with ``--lifeline-fd`` it shuts down
+as soon as that process is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from schooner.controller.controller import Controller
+from schooner.logs import setup_process_logging
+from schooner.rpc.connection import Connection, serve_unix
+from schooner.rpc.messages import AppSpec
+from schooner.runtime.launcher import ProcessHandle, ProcessSpec, SubprocessLauncher
+from schooner.runtime.lifeline import Lifeline, watch_parent
+from schooner.runtime.loop import new_event_loop
+from schooner.runtime.resources import ResourcePool
+from schooner.runtime.session import Session
+
+logger = logging.getLogger("schooner.controller")
+
+PROXY_START_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+class Head:
+    """The head process's state: controller, proxy process, lifeline for children."""
+
+    def __init__(self, args: argparse.Namespace, session: Session) -> None:
+        self.args = args
+        self.session = session
+        self.lifeline = Lifeline()
+        self.launcher = SubprocessLauncher()
+        self.controller = Controller(
+            session,
+            self.launcher,
+            ResourcePool.detect(args.num_cpus, args.num_gpus, json.loads(args.resources)),
+            self.lifeline.read_fd,
+        )
+        self.http_socket: socket.socket | None = None
+        self.proxy: ProcessHandle | None = None
+        self.proxy_ready = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        self.fast_stop = False
+
+    # -- proxy --------------------------------------------------------------
+    def bind_http(self) -> None:
+        host, port = self.args.http_host, self.args.http_port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(
+                f"Cannot serve HTTP on {host}:{port}: {exc.strerror}. Is another server "
+                "using the port? Pick another with --port (or http_options.port)."
+            ) from exc
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        self.http_socket = sock
+        self.args.http_port = sock.getsockname()[1]
+
+    def start_proxy(self) -> None:
+        assert self.http_socket is not None
+        fd = self.http_socket.fileno()
+        self.proxy_ready.clear()
+        self.proxy = self.launcher.launch(
+            ProcessSpec(
+                module="schooner.proxy.main",
+                args=[
+                    "--session",
+                    str(self.session.root),
+                    "--http-fd",
+                    str(fd),
+                    "--lifeline-fd",
+                    str(self.lifeline.read_fd),
+                    "--root-path",
+                    self.args.root_path,
+                ],
+                pass_fds=(fd, self.lifeline.read_fd),
+            )
+        )
+        self.controller.proxy_status[self.controller.node_id] = "STARTING"
+
+    async def watch_proxy(self) -> None:
+        """Restart the proxy if it dies (the listening socket stays open meanwhile)."""
+        while not self.stop_requested.is_set():
+            await asyncio.sleep(0.2)
+            if self.proxy is not None and self.proxy.poll() is not None:
+                logger.warning("proxy exited with code %s; restarting it", self.proxy.poll())
+                self.controller.proxy_status[self.controller.node_id] = "UNHEALTHY"
+                self.start_proxy()
+
+    # -- shutdown -----------------------------------------------------------
+    async def shutdown(self) -> None:
+        controller = self.controller
+        if self.fast_stop:
+            controller.kill_all()
+        else:
+            controller.begin_shutdown()
+            try:
+                await asyncio.wait_for(controller.stopped.wait(), SHUTDOWN_TIMEOUT_S)
+            except TimeoutError:
+                logger.warning("replicas did not stop in time; killing them")
+                controller.kill_all()
+        if self.proxy is not None:
+            self.proxy.terminate()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            alive = [p for p in [*controller.all_pids()] if _alive(p)]
+            if (self.proxy is None or self.proxy.poll() is not None) and not alive:
+                break
+            await asyncio.sleep(0.02)
+            controller.tick()
+        if self.proxy is not None:
+            self.proxy.kill()
+        controller.kill_all()
+        controller.stopped.set()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+class ControllerSession:
+    """RPC handler for one connection to the controller (driver, proxy or replica)."""
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+        self.controller = head.controller
+        self.conn: Connection | None = None
+
+    def on_connect(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def rpc_ping(self) -> str:
+        return "pong"
+
+    def rpc_instance_info(self) -> dict[str, Any]:
+        return {
+            "http_host": self.head.args.http_host,
+            "http_port": self.head.args.http_port,
+            "pid": os.getpid(),
+            "session": str(self.head.session.root),
+            "node_id": self.controller.node_id,
+        }
+
+    def rpc_deploy_app(self, spec: AppSpec) -> None:
+        self.controller.deploy_app(spec)
+
+    def rpc_delete_app(self, name: str) -> bool:
+        return self.controller.delete_app(name)
+
+    async def rpc_wait_app(self, name: str, timeout_s: float, until: str) -> str:
+        return await self.controller.wait_app(name, timeout_s, until)
+
+    def rpc_status(self) -> dict[str, Any]:
+        return self.controller.status()
+
+    def rpc_app_info(self, name: str) -> dict[str, Any] | None:
+        return self.controller.app_info(name)
+
+    def rpc_app_names(self) -> list[str]:
+        return [n for n, a in self.controller.apps.items() if not a.deleting]
+
+    async def rpc_listen(
+        self, known: dict[str, int], timeout_s: float
+    ) -> dict[str, tuple[int, Any]]:
+        return await self.controller.long_poll.listen(known, timeout_s)
+
+    def rpc_register_replica(self, replica_id: str) -> None:
+        assert self.conn is not None
+        self.controller.replica_registered(replica_id, self.conn)
+
+    def rpc_register_proxy(self) -> None:
+        self.controller.proxy_status[self.controller.node_id] = "HEALTHY"
+        self.head.proxy_ready.set()
+
+    async def rpc_shutdown(self) -> None:
+        """Stop everything; returns when every process of the instance has exited."""
+        self.head.stop_requested.set()
+        await self.controller.stopped.wait()
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="schooner-head")
+    parser.add_argument("--session", required=True)
+    parser.add_argument("--http-host", default="127.0.0.1")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--root-path", default="")
+    parser.add_argument("--ready-fd", type=int, default=-1)
+    parser.add_argument("--lifeline-fd", type=int, default=-1)
+    parser.add_argument("--num-cpus", type=float, default=None)
+    parser.add_argument("--num-gpus", type=float, default=None)
+    parser.add_argument("--resources", default="{}")
+    return parser.parse_args(argv)
+
+
+def _report(fd: int, line: str) -> None:
+    if fd < 0:
+        return
+    try:
+        os.write(fd, (line.replace("\n", "\\n") + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+async def _run(args: argparse.Namespace, session: Session) -> int:
+    loop = asyncio.get_running_loop()
+    head = Head(args, session)
+
+    def request_stop(fast: bool) -> None:
+        head.fast_stop = head.fast_stop or fast
+        head.stop_requested.set()
+
+    if args.lifeline_fd >= 0:
+        watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(request_stop, True))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, False)
+    try:
+        head.bind_http()
+    except RuntimeError as exc:
+        _report(args.ready_fd, f"ERROR {exc}")
+        return 1
+    server = await serve_unix(session.controller_socket, lambda: ControllerSession(head))
+    reconcile = loop.create_task(head.controller.run())
+    head.start_proxy()
+    try:
+        await asyncio.wait_for(head.proxy_ready.wait(), PROXY_START_TIMEOUT_S)
+    except TimeoutError:
+        _report(
+            args.ready_fd, f"ERROR the HTTP proxy did not start; see {session.logs / 'proxy.log'}"
+        )
+        await head.shutdown()
+        return 1
+    watcher = loop.create_task(head.watch_proxy())
+    (session.root / "address").write_text(
+        json.dumps(
+            {
+                "controller": session.controller_socket,
+                "pid": os.getpid(),
+                "http_host": args.http_host,
+                "http_port": args.http_port,
+            }
+        )
+    )
+    _report(args.ready_fd, f"READY {args.http_port}")
+    logger.info("head ready; HTTP on %s:%s", args.http_host, args.http_port)
+    await head.stop_requested.wait()
+    watcher.cancel()
+    await head.shutdown()
+    reconcile.cancel()
+    await asyncio.sleep(0.05)  # let the shutdown RPC's answer reach the caller
+    server.close()
+    head.lifeline.close()
+    session.remove_sockets()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    session = Session.open(Path(args.session))
+    setup_process_logging(session.logs, "controller", "controller", replica="-")
+    loop = new_event_loop()
+    code = loop.run_until_complete(_run(args, session))
+    logging.shutdown()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""The controller's records of applications, deployments and replicas.
+
+Plain data plus the small pure decisions on it (status rules); the reconcile
+loop in :mod:`schooner.controller.controller` acts on them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from schooner.rpc.connection import Connection
+from schooner.rpc.messages import AppSpec, DeploymentID, DeploymentSpec
+from schooner.runtime.launcher import ProcessHandle
+from schooner.runtime.resources import Allocation
+from schooner.schema import (
+    ApplicationStatus,
+    DeploymentStatus,
+    DeploymentStatusTrigger,
+    ReplicaState,
+)
+
+#: Options whose change is applied to live replicas without restarting them.
+_LIVE_OPTIONS = frozenset(
+    {
+        "name",
+        "num_replicas",
+        "autoscaling_config",
+        "max_ongoing_requests",
+        "max_queued_requests",
+        "graceful_shutdown_wait_loop_s",
+        "graceful_shutdown_timeout_s",
+        "health_check_period_s",
+        "health_check_timeout_s",
+        "logging_config",
+        "request_router_config",
+        "max_constructor_retry_count",
+    }
+)
+
+
+def replica_version(spec: DeploymentSpec) -> str:
+    """A replica is replaced when this changes: code, init args or restart-level options."""
+    options = {
+        k: v for k, v in spec.config.model_dump(mode="json").items() if k not in _LIVE_OPTIONS
+    }
+    return spec.code_version + ":" + json.dumps(options, sort_keys=True, default=str)
+
+
+def target_replicas(config: Any) -> int:
+    """How many replicas a deployment starts with (autoscaling starts at initial/min)."""
+    auto = config.autoscaling_config
+    if auto is not None:
+        initial = auto.initial_replicas
+        return int(initial if initial is not None else auto.min_replicas)
+    return int(config.num_replicas)
+
+
+class Phase(enum.Enum):
+    """Why a deployment is not yet where it should be."""
+
+    STEADY = "steady"
+    UPDATING = "updating"  # a new spec is being rolled out
+
+
+@dataclass
+class ReplicaRecord:
+    replica_id: str
+    version: str
+    state: ReplicaState
+    process: ProcessHandle
+    allocation: Allocation
+    address: str
+    log_file: str
+    start_time_s: float
+    started_monotonic: float
+    conn: Connection | None = None
+    error: str | None = None
+    stop_requested_at: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def live(self) -> bool:
+        return self.state in (ReplicaState.STARTING, ReplicaState.RUNNING, ReplicaState.UPDATING)
+
+
+@dataclass
+class DeploymentState:
+    id: DeploymentID
+    spec: DeploymentSpec
+    version: str
+    target_num_replicas: int
+    replicas: dict[str, ReplicaRecord] = field(default_factory=dict)
+    status: DeploymentStatus = DeploymentStatus.UPDATING
+    status_trigger: DeploymentStatusTrigger = DeploymentStatusTrigger.CONFIG_UPDATE_STARTED
+    message: str = ""
+    phase: Phase = Phase.UPDATING
+    consecutive_failures: int = 0
+    failed: bool = False
+    pending_reason: str | None = None
+    deleting: bool = False
+
+    @classmethod
+    def new(cls, app: str, spec: DeploymentSpec) -> DeploymentState:
+        return cls(
+            id=DeploymentID(spec.name, app),
+            spec=spec,
+            version=replica_version(spec),
+            target_num_replicas=target_replicas(spec.config),
+        )
+
+    def apply_spec(self, spec: DeploymentSpec) -> None:
+        """Take a new goal; replicas of another version get rolled over."""
+        self.spec = spec
+        self.version = replica_version(spec)
+        self.target_num_replicas = target_replicas(spec.config)
+        self.phase = Phase.UPDATING
+        self.failed = False
+        self.consecutive_failures = 0
+        self.status = DeploymentStatus.UPDATING
+        self.status_trigger = DeploymentStatusTrigger.CONFIG_UPDATE_STARTED
+        self.message = ""
+
+    @property
+    def failure_threshold(self) -> int:
+        retries = int(getattr(self.spec.config, "max_constructor_retry_count", 20))
+        return max(1, min(retries, 3 * max(self.target_num_replicas, 1)))
+
+    def current(self) -> list[ReplicaRecord]:
+        return [r for r in self.replicas.values() if r.live and r.version == self.version]
+
+    def outdated(self) -> list[ReplicaRecord]:
+        return [r for r in self.replicas.values() if r.live and r.version != self.version]
+
+    def running(self) -> list[ReplicaRecord]:
+        return [r for r in self.replicas.values() if r.state == ReplicaState.RUNNING]
+
+    def record_startup_failure(self, error: str) -> None:
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= self.failure_threshold and not self.failed:
+            self.failed = True
+            self.status = DeploymentStatus.DEPLOY_FAILED
+            self.status_trigger = DeploymentStatusTrigger.REPLICA_STARTUP_FAILED
+            self.message = (
+                f"Deployment '{self.id.name}' failed to start a replica "
+                f"{self.consecutive_failures} times in a row; it will not retry until it is "
+                f"redeployed. Last error:\n{error}"
+            )
+
+    def update_status(self) -> None:
+        """Derive status from replicas (called at the end of each reconcile step)."""
+        if self.failed:
+            return
+        current = self.current()
+        running = [r for r in current if r.state == ReplicaState.RUNNING]
+        settled = len(running) == self.target_num_replicas == len(current) and not self.outdated()
+        if settled:
+            if self.status != DeploymentStatus.HEALTHY:
+                self.status_trigger = {
+                    DeploymentStatus.UPSCALING: DeploymentStatusTrigger.UPSCALE_COMPLETED,
+                    DeploymentStatus.DOWNSCALING: DeploymentStatusTrigger.DOWNSCALE_COMPLETED,
+                }.get(self.status, DeploymentStatusTrigger.CONFIG_UPDATE_COMPLETED)
+            self.status = DeploymentStatus.HEALTHY
+            self.phase = Phase.STEADY
+            self.message = ""
+            return
+        if self.phase == Phase.UPDATING:
+            self.status = DeploymentStatus.UPDATING
+        elif len(current) < self.target_num_replicas or len(running) < len(current):
+            self.status = DeploymentStatus.UPSCALING
+        else:
+            self.status = DeploymentStatus.DOWNSCALING
+        self.message = self.pending_reason or ""
+
+    def replica_states(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for replica in self.replicas.values():
+            counts[replica.state.value] = counts.get(replica.state.value, 0) + 1
+        return counts
+
+
+@dataclass
+class ApplicationState:
+    spec: AppSpec
+    deployments: dict[str, DeploymentState]
+    last_deployed_time_s: float
+    status: ApplicationStatus = ApplicationStatus.DEPLOYING
+    message: str = ""
+    deleting: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def update_status(self) -> None:
+        """First match wins: DELETING, DEPLOY_FAILED, UNHEALTHY, DEPLOYING, RUNNING."""
+        deps = list(self.deployments.values())
+        if self.deleting:
+            self.status, self.message = ApplicationStatus.DELETING, ""
+            return
+        failed = [d for d in deps if d.status == DeploymentStatus.DEPLOY_FAILED]
+        if failed:
+            self.status = ApplicationStatus.DEPLOY_FAILED
+            self.message = (
+                f"Failed to update the deployments {[d.id.name for d in failed]}.\n"
+                + "\n".join(d.message for d in failed)
+            )
+            return
+        unhealthy = [d.id.name for d in deps if d.status == DeploymentStatus.UNHEALTHY]
+        if unhealthy:
+            self.status = ApplicationStatus.UNHEALTHY
+            self.message = f"The deployments {unhealthy} are UNHEALTHY."
+            return
+        if any(d.status == DeploymentStatus.UPDATING for d in deps):
+            self.status = ApplicationStatus.DEPLOYING
+            waiting = [d.message for d in deps if d.message]
+            self.message = "\n".join(waiting)
+            return
+        self.status, self.message = ApplicationStatus.RUNNING, ""

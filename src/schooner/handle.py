@@ -1,0 +1,355 @@
+"""Calling deployments from Python: handles and responses.
+
+``handle.remote(...)`` (or ``handle.method.remote(...)``) sends a request at
+once and returns a :class:`DeploymentResponse` (await it, or call
+``.result()`` from sync code). With ``handle.options(stream=True)`` it returns
+a :class:`DeploymentResponseGenerator` to iterate over. A response passed as
+an argument to another ``.remote()`` call is resolved first.
+
+Exceptions raised by user code are re-raised in the caller as the same
+exception type when it can be rebuilt (the remote traceback is chained as
+its cause), else as :class:`~schooner.exceptions.RemoteUserError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Generator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from schooner import _core
+from schooner.context import current_request
+from schooner.exceptions import RemoteUserError, RequestCancelledError
+from schooner.rpc.connection import RemoteCallError
+from schooner.rpc.messages import DeploymentID
+
+__all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback of an exception raised in another process (shown as its cause)."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n\nRemote traceback:\n" + self.tb
+
+
+def _user_exception(exc: RemoteCallError) -> BaseException:
+    error = exc.error
+    original = error.exc
+    if original is None:
+        return RemoteUserError(error.type_name, error.message, error.traceback)
+    original.__cause__ = RemoteTraceback(error.traceback)
+    return original
+
+
+@dataclass(frozen=True)
+class _HandleOptions:
+    method_name: str = "__call__"
+    multiplexed_model_id: str = ""
+    stream: bool = False
+    session_id: str = ""
+
+
+class DeploymentHandle:
+    """A reference to a deployment that can be called from any process of the instance."""
+
+    def __init__(
+        self,
+        deployment_name: str,
+        app_name: str = "default",
+        *,
+        _options: _HandleOptions | None = None,
+    ) -> None:
+        self._deployment_id = DeploymentID(deployment_name, app_name)
+        self._options = _options or _HandleOptions()
+
+    @property
+    def deployment_name(self) -> str:
+        return self._deployment_id.name
+
+    @property
+    def app_name(self) -> str:
+        return self._deployment_id.app_name
+
+    def __repr__(self) -> str:
+        return (
+            f"DeploymentHandle(deployment={self.deployment_name!r}, "
+            f"app={self.app_name!r}, method={self._options.method_name!r})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_handle, (self.deployment_name, self.app_name, self._options))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, DeploymentHandle)
+            and other._deployment_id == self._deployment_id
+            and other._options == self._options
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._deployment_id, self._options))
+
+    def options(
+        self,
+        *,
+        method_name: str | None = None,
+        multiplexed_model_id: str | None = None,
+        stream: bool | None = None,
+        session_id: str | None = None,
+        use_new_handle_api: bool | None = None,
+        _prefer_local_routing: bool | None = None,
+        **_unsupported: Any,
+    ) -> DeploymentHandle:
+        """A copy of this handle with some call options changed."""
+        changes: dict[str, Any] = {}
+        if method_name is not None:
+            changes["method_name"] = method_name
+        if multiplexed_model_id is not None:
+            changes["multiplexed_model_id"] = multiplexed_model_id
+        if stream is not None:
+            changes["stream"] = bool(stream)
+        if session_id is not None:
+            changes["session_id"] = session_id
+        return DeploymentHandle(
+            self.deployment_name, self.app_name, _options=replace(self._options, **changes)
+        )
+
+    def __getattr__(self, name: str) -> DeploymentHandle:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self.options(method_name=name)
+
+    def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse | DeploymentResponseGenerator:
+        """Send a request; see the module docstring for what comes back."""
+        core = _core.get_core()
+        options = self._options
+        request_id = current_request().request_id or str(uuid.uuid4())
+        meta = (
+            request_id,
+            options.method_name,
+            options.multiplexed_model_id,
+            options.session_id,
+            "",
+        )
+        if options.stream:
+            return DeploymentResponseGenerator(core, self._deployment_id, meta, args, kwargs)
+        future = core.submit(_call(core, self._deployment_id, meta, args, kwargs))
+        return DeploymentResponse(core, future)
+
+
+def _rebuild_handle(name: str, app: str, options: _HandleOptions) -> DeploymentHandle:
+    return DeploymentHandle(name, app, _options=options)
+
+
+async def _resolve(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Replace top-level DeploymentResponse arguments by their results."""
+    if any(isinstance(a, DeploymentResponse) for a in args):
+        args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
+    if any(isinstance(v, DeploymentResponse) for v in kwargs.values()):
+        kwargs = {
+            k: (await v if isinstance(v, DeploymentResponse) else v) for k, v in kwargs.items()
+        }
+    return args, kwargs
+
+
+async def _call(
+    core: _core.Core,
+    deployment: DeploymentID,
+    meta: tuple[str, ...],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    args, kwargs = await _resolve(args, kwargs)
+    router = core.registry.router(deployment)
+    try:
+        return await router.call("call", meta, args, kwargs)
+    except RemoteCallError as exc:
+        raise _user_exception(exc) from None
+
+
+def _on_loop_thread_error() -> RuntimeError:
+    return RuntimeError(
+        "Sync methods should not be called from within an `asyncio` event loop. "
+        "Use `await response` instead of `response.result()`."
+    )
+
+
+class DeploymentResponse:
+    """The future result of a ``handle.remote()`` call."""
+
+    def __init__(
+        self, core: _core.Core, future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+    ) -> None:
+        self._core = core
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            return asyncio.wrap_future(future).__await__()
+        if self._core.in_loop_thread():
+            return future.__await__()
+        return asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(_await(future), self._core.loop)
+        ).__await__()
+
+    def result(self, timeout_s: float | None = None, *, _skip_asyncio_check: bool = False) -> Any:
+        """Block until the result is ready (raises ``TimeoutError`` after ``timeout_s``)."""
+        if not _skip_asyncio_check:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                raise _on_loop_thread_error()
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            try:
+                return future.result(timeout_s)
+            except concurrent.futures.TimeoutError:
+                raise TimeoutError(
+                    f"Timed out waiting for the result after {timeout_s}s."
+                ) from None
+            except concurrent.futures.CancelledError:
+                raise RequestCancelledError("The request was cancelled.") from None
+        return self._core.run_sync(_await(future), timeout_s)
+
+    def cancel(self) -> None:
+        """Cancel the request (the replica's task is cancelled too)."""
+        future = self._future
+        if isinstance(future, concurrent.futures.Future):
+            future.cancel()
+        elif self._core.in_loop_thread():
+            future.cancel()
+        else:
+            self._core.loop.call_soon_threadsafe(future.cancel)
+
+    def cancelled(self) -> bool:
+        return self._future.cancelled()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+
+async def _await(future: asyncio.Future[Any]) -> Any:
+    return await future
+
+
+_END = object()
+
+
+class DeploymentResponseGenerator:
+    """The items of a streaming call (``handle.options(stream=True).remote()``).
+
+    Iterate with ``for`` from sync code or ``async for`` from async code. The
+    request is sent at once; items are buffered until read.
+    """
+
+    def __init__(
+        self,
+        core: _core.Core,
+        deployment: DeploymentID,
+        meta: tuple[str, ...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._core = core
+        self._queue: asyncio.Queue[Any] | None = None
+        self._ready = concurrent.futures.Future[asyncio.Queue[Any]]()
+        self._task = core.submit(self._pump(deployment, meta, args, kwargs))
+        self._done = False
+
+    async def _pump(
+        self,
+        deployment: DeploymentID,
+        meta: tuple[str, ...],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._queue = queue
+        self._ready.set_result(queue)
+        try:
+            args, kwargs = await _resolve(args, kwargs)
+            router = self._core.registry.router(deployment)
+            async for item in router.stream("call_stream", meta, args, kwargs):
+                queue.put_nowait(item)
+        except RemoteCallError as exc:
+            queue.put_nowait(_Raise(_user_exception(exc)))
+        except asyncio.CancelledError:
+            queue.put_nowait(_Raise(RequestCancelledError("The request was cancelled.")))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
+            queue.put_nowait(_Raise(exc))
+        else:
+            queue.put_nowait(_END)
+
+    async def _next_on_loop(self) -> Any:
+        queue = self._queue
+        if queue is None:
+            queue = await asyncio.wrap_future(self._ready)
+        item = await queue.get()
+        return item
+
+    def _unwrap(self, item: Any) -> Any:
+        if item is _END:
+            self._done = True
+            raise StopAsyncIteration
+        if isinstance(item, _Raise):
+            self._done = True
+            raise item.exc
+        return item
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._done:
+            raise StopAsyncIteration
+        if self._core.in_loop_thread():
+            item = await self._next_on_loop()
+        else:
+            item = await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(self._next_on_loop(), self._core.loop)
+            )
+        return self._unwrap(item)
+
+    def __iter__(self) -> DeploymentResponseGenerator:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        if self._core.in_loop_thread():
+            raise _on_loop_thread_error()
+        item = self._core.run_sync(self._next_on_loop())
+        try:
+            return self._unwrap(item)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def cancel(self) -> None:
+        task = self._task
+        if isinstance(task, concurrent.futures.Future):
+            task.cancel()
+        else:
+            self._core.loop.call_soon_threadsafe(task.cancel)
+
+
+@dataclass
+class _Raise:
+    exc: BaseException
+
+
+def _coro_type_check(_: Coroutine[Any, Any, Any]) -> None:  # pragma: no cover - typing aid
+    return None

@@ -1,0 +1,115 @@
+"""Process logging: one file per process in the session's ``logs/`` directory.
+
+Each line carries the component (controller, proxy, replica), the deployment
+and replica id, and the id of the request being served, e.g.::
+
+    INFO 2026-11-22 10:00:00,123 replica default#Model#ab12cd34 req=5f0e... model.py:12 - hello
+
+Replicas also copy their ``print`` output and log lines to the terminal of
+the process that started the instance, prefixed with
+``(ServeReplica:app:Deployment pid=N)``, and into their log file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+LINE_FORMAT = (
+    "%(levelname)s %(asctime)s %(component)s %(replica)s "
+    "req=%(request_id)s %(filename)s:%(lineno)d - %(message)s"
+)
+
+
+class _ContextFilter(logging.Filter):
+    def __init__(self, component: str, replica: str, request_id: Callable[[], str] | None) -> None:
+        super().__init__()
+        self.component = component
+        self.replica = replica
+        self.request_id = request_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.component = self.component
+        record.replica = self.replica
+        record.request_id = (self.request_id() if self.request_id else "") or "-"
+        return True
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to a log file and, line-prefixed, to the terminal."""
+
+    def __init__(self, terminal: TextIO | None, logfile: TextIO, prefix: str) -> None:
+        self._terminal = terminal
+        self._logfile = logfile
+        self._prefix = prefix
+        self._lock = threading.Lock()
+        self._at_line_start = True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._logfile.write(text)
+            self._logfile.flush()
+            if self._terminal is not None:
+                out = []
+                for piece in text.splitlines(keepends=True):
+                    if self._at_line_start:
+                        out.append(self._prefix)
+                    out.append(piece)
+                    self._at_line_start = piece.endswith("\n")
+                try:
+                    self._terminal.write("".join(out))
+                    self._terminal.flush()
+                except (OSError, ValueError):
+                    self._terminal = None
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._logfile.flush()
+
+    def fileno(self) -> int:
+        return self._logfile.fileno()
+
+
+def setup_process_logging(
+    logs_dir: Path,
+    file_stem: str,
+    component: str,
+    *,
+    replica: str = "-",
+    echo_prefix: str | None = None,
+    request_id: Callable[[], str] | None = None,
+    level: str | int = "INFO",
+) -> Path:
+    """Send this process's logging (and, with ``echo_prefix``, stdout/stderr) to its log file.
+
+    Returns the log file's path.
+    """
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    path = logs_dir / f"{file_stem}.log"
+    logfile = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the process
+    os.chmod(path, 0o600)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    if echo_prefix is not None:
+        sys.stdout = _Tee(sys.__stdout__, logfile, echo_prefix)
+        sys.stderr = _Tee(sys.__stderr__, logfile, echo_prefix)
+        stream: TextIO = sys.stderr
+    else:
+        stream = logfile
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(LINE_FORMAT))
+    handler.addFilter(_ContextFilter(component, replica, request_id))
+    root.addHandler(handler)
+    root.setLevel(level)
+    return path

@@ -1,0 +1,100 @@
+"""Serving one HTTP request inside a replica.
+
+The proxy forwards the request as an ASGI scope plus the whole body; the
+replica answers with a stream of ASGI ``send`` messages that the proxy
+relays. A deployment with ``@serve.ingress`` runs its ASGI app; a plain
+deployment's ``__call__`` gets a Starlette ``Request`` and its return value is
+turned into a response (:func:`to_response`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+logger = logging.getLogger("schooner.replica")
+
+Message = dict[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def make_receive(body: bytes) -> Callable[[], Awaitable[Message]]:
+    """An ASGI ``receive`` that delivers ``body`` once, then blocks like a live client."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        import asyncio
+
+        await asyncio.Event().wait()  # a client that stays connected
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def to_response(result: Any) -> Response:
+    """Turn what a deployment returned into an HTTP response.
+
+    Responses pass through; ``str`` becomes ``text/plain``, ``bytes`` an
+    ``application/octet-stream`` body; generators stream; anything else
+    (dicts, lists, numbers, pydantic models, ``None``) is encoded as JSON.
+    """
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, str):
+        return Response(result, media_type="text/plain; charset=utf-8")
+    if isinstance(result, bytes | bytearray | memoryview):
+        return Response(bytes(result), media_type="application/octet-stream")
+    if inspect.isasyncgen(result) or inspect.isgenerator(result):
+        return StreamingResponse(result, media_type="text/plain; charset=utf-8")
+    try:
+        return JSONResponse(result)
+    except (TypeError, ValueError):
+        from fastapi.encoders import jsonable_encoder
+
+        return Response(json.dumps(jsonable_encoder(result)), media_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    """The 500 answer for an exception raised by user code: type and message, no traceback."""
+    return Response(
+        f"Internal Server Error: {type(exc).__name__}: {exc}\n",
+        status_code=500,
+        media_type="text/plain; charset=utf-8",
+    )
+
+
+async def serve_request(
+    scope: dict[str, Any], body: bytes, send: Send, call: Callable[[Request], Awaitable[Any]]
+) -> None:
+    """Run a plain deployment's ``__call__`` (through ``call``) for one request."""
+    receive = make_receive(body)
+    request = Request(scope, receive)
+    try:
+        response = to_response(await call(request))
+    except Exception as exc:
+        logger.exception("request failed")
+        response = error_response(exc)
+    await response(scope, receive, send)
+
+
+class ResponseTracker:
+    """Wraps ``send`` to know whether a response was started (to answer 500 only if not)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+        await self._send(message)

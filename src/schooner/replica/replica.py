@@ -1,0 +1,300 @@
+"""The replica: loads the user's class or function once and serves calls to it.
+
+Calls arrive over the data RPC (``rpc_call``, ``rpc_call_stream``,
+``rpc_http``). Async methods run on the replica's event loop; sync methods
+run in a thread pool bounded by ``max_ongoing_requests``, so a slow sync call
+does not block the replica's other requests. Generators stream item by item.
+The controller calls ``rpc_initialize`` once (constructor, then
+``reconfigure(user_config)``), ``rpc_reconfigure`` on config changes and
+``rpc_prepare_shutdown`` before stopping the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import importlib
+import inspect
+import logging
+import pickle
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cloudpickle
+
+from schooner import context
+from schooner.ingress import build_asgi_app, call_asgi, is_ingress_class, start_lifespan
+from schooner.replica import http
+from schooner.rpc.connection import Connection
+from schooner.rpc.messages import CodeRef, DeploymentID
+
+logger = logging.getLogger("schooner.replica")
+
+
+class RequestMeta(tuple[str, str, str, str, str]):
+    """(request_id, method_name, multiplexed_model_id, session_id, route) of one call."""
+
+    __slots__ = ()
+
+
+def load_code(code: CodeRef) -> Any:
+    """Find the user's class or function from its reference."""
+    if code.pickled is not None:
+        target = cloudpickle.loads(code.pickled)
+    else:
+        assert code.import_path is not None
+        module_name, _, qualname = code.import_path.partition(":")
+        target = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+    inner = getattr(target, "func_or_class", None)
+    return inner if inner is not None and hasattr(target, "bind") else target
+
+
+def _is_generator_fn(fn: Any) -> bool:
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+class Replica:
+    """RPC handler of a replica process (the same object serves every connection)."""
+
+    def __init__(self, replica_id: str, deployment: DeploymentID) -> None:
+        self.replica_id = replica_id
+        self.deployment = deployment
+        self._callable: Any = None
+        self._is_function = False
+        self._asgi_app: Any = None
+        self._lifespan_shutdown: Callable[[], Any] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=5, thread_name_prefix="replica")
+        self._ongoing = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.stopped = asyncio.Event()
+        self.initialized = False
+
+    # -- lifecycle (controller) -----------------------------------------------------------
+    async def rpc_initialize(
+        self,
+        code: CodeRef,
+        init_blob: bytes,
+        is_function: bool,
+        user_config: Any,
+        max_ongoing_requests: int,
+    ) -> float:
+        """Construct the user's object and apply ``user_config``; returns seconds taken."""
+        started = time.monotonic()
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, max_ongoing_requests), thread_name_prefix="replica"
+        )
+        target = await self._in_thread(load_code, code)
+        args, kwargs = pickle.loads(init_blob)
+        replica_ctx = context.ReplicaContext(
+            replica_id=context.ReplicaID(self.replica_id, self.deployment)
+        )
+        context._set_replica_context(replica_ctx)
+        self._is_function = is_function
+        if is_function:
+            self._callable = target
+        else:
+            init = getattr(target, "__init__", None)
+            if inspect.iscoroutinefunction(init):
+                instance = target.__new__(target)
+                await init(instance, *args, **kwargs)
+            else:
+                instance = await self._in_thread(target, *args, **kwargs)
+            self._callable = instance
+            if is_ingress_class(type(instance)):
+                self._asgi_app = await build_asgi_app(instance)
+                self._lifespan_shutdown = await start_lifespan(self._asgi_app)
+        replica_ctx.servable_object = self._callable
+        if user_config is not None:
+            await self.rpc_reconfigure(user_config)
+        self.initialized = True
+        return time.monotonic() - started
+
+    async def rpc_reconfigure(self, user_config: Any) -> None:
+        reconfigure = getattr(self._callable, "reconfigure", None)
+        if reconfigure is None:
+            if user_config is not None:
+                raise TypeError(
+                    f"Deployment '{self.deployment.name}' has a user_config but its class "
+                    "defines no `reconfigure(self, config)` method to receive it."
+                )
+            return
+        await self._invoke(reconfigure, (user_config,), {})
+
+    async def rpc_prepare_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for in-flight requests to finish, then run ``__del__``."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            logger.warning("shutting down with %d requests still running", self._ongoing)
+        if self._lifespan_shutdown is not None:
+            try:
+                await self._lifespan_shutdown()
+            except Exception:
+                logger.exception("ASGI lifespan shutdown failed")
+        deleter = getattr(type(self._callable), "__del__", None) if not self._is_function else None
+        if deleter is not None:
+            try:
+                await self._invoke(functools.partial(deleter, self._callable), (), {})
+            except Exception:
+                logger.exception("__del__ raised")
+
+    def rpc_shutdown(self) -> None:
+        self.stopped.set()
+
+    def rpc_ping(self) -> str:
+        return "pong"
+
+    async def rpc_check_health(self) -> None:
+        check = getattr(self._callable, "check_health", None)
+        if check is not None:
+            await self._invoke(check, (), {})
+
+    def on_connect(self, conn: Connection) -> None:
+        pass
+
+    # -- calls -------------------------------------------------------------------------------
+    def _method(self, name: str) -> Any:
+        if self._is_function:
+            return self._callable
+        try:
+            return getattr(self._callable, name)
+        except AttributeError:
+            raise AttributeError(
+                f"Deployment '{self.deployment.name}' has no method '{name}'."
+            ) from None
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        ctx = contextvars.copy_context()
+        call = functools.partial(ctx.run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _invoke(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+            result = fn(*args, **kwargs)
+        elif inspect.isgeneratorfunction(fn):
+            return fn(*args, **kwargs)  # iterated by the caller, each step in a thread
+        else:
+            result = await self._in_thread(fn, *args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _enter(self, meta: tuple[str, ...]) -> contextvars.Token[context.RequestContext]:
+        self._ongoing += 1
+        self._idle.clear()
+        return context._request_context.set(
+            context.RequestContext(
+                route=meta[4],
+                request_id=meta[0],
+                app_name=self.deployment.app_name,
+                multiplexed_model_id=meta[2],
+                session_id=meta[3],
+            )
+        )
+
+    def _exit(self, token: contextvars.Token[context.RequestContext]) -> None:
+        context._request_context.reset(token)
+        self._ongoing -= 1
+        if self._ongoing == 0:
+            self._idle.set()
+
+    async def rpc_call(
+        self, meta: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        token = self._enter(meta)
+        try:
+            fn = self._method(meta[1])
+            if _is_generator_fn(fn):
+                raise TypeError(
+                    f"Method '{meta[1]}' of deployment '{self.deployment.name}' is a generator; "
+                    "call it with `handle.options(stream=True)`."
+                )
+            return await self._invoke(fn, args, kwargs)
+        finally:
+            self._exit(token)
+
+    async def rpc_call_stream(
+        self, meta: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        token = self._enter(meta)
+        try:
+            fn = self._method(meta[1])
+            result = await self._invoke(fn, args, kwargs)
+            async for item in self._iterate(result):
+                yield item
+        finally:
+            self._exit(token)
+
+    async def _iterate(self, result: Any) -> AsyncIterator[Any]:
+        if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
+            async for item in result:
+                yield item
+        elif inspect.isgenerator(result):
+            done = object()
+            while True:
+                item = await self._in_thread(next, result, done)
+                if item is done:
+                    return
+                yield item
+        else:
+            raise TypeError(
+                f"`stream=True` was requested but the method of deployment "
+                f"'{self.deployment.name}' returned {type(result).__name__}, not a generator."
+            )
+
+    async def rpc_http(
+        self, meta: tuple[str, ...], scope: dict[str, Any], body: bytes
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Serve one HTTP request; yields the ASGI messages of the response."""
+        token = self._enter(meta)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def send(message: dict[str, Any]) -> None:
+            queue.put_nowait(message)
+
+        async def run() -> None:
+            try:
+                await self._serve_http(scope, body, send)
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.get_running_loop().create_task(run())
+        try:
+            while True:
+                message = await queue.get()
+                if message is None:
+                    break
+                yield message
+            await task
+        finally:
+            if not task.done():
+                task.cancel()
+            self._exit(token)
+
+    async def _serve_http(self, scope: dict[str, Any], body: bytes, send: http.Send) -> None:
+        if self._asgi_app is not None:
+            tracker = http.ResponseTracker(send)
+            try:
+                await call_asgi(self._asgi_app, scope, body, tracker)
+            except Exception as exc:
+                logger.exception("ASGI app raised")
+                if not tracker.started:
+                    await http.error_response(exc)(scope, http.make_receive(b""), send)
+            return
+        fn = self._method("__call__")
+
+        async def call(request: Any) -> Any:
+            if _is_generator_fn(fn):
+                result = await self._invoke(fn, (request,), {})
+                return http.StreamingResponse(
+                    self._iterate(result), media_type="text/plain; charset=utf-8"
+                )
+            return await self._invoke(fn, (request,), {})
+
+        await http.serve_request(scope, body, send, call)

@@ -1,0 +1,123 @@
+"""Per-process registry of routers, fed by a long-poll subscription to the controller.
+
+The controller publishes versioned snapshots under string keys (a deployment's
+replica set under ``DeploymentID.key``, the route table under ``"routes"``).
+The registry keeps one ``listen`` call open on the controller with the
+versions it knows; the call returns when any of them changes. When a new key
+is needed the open call is cancelled and re-issued with the larger key set.
+If the controller is unreachable, routers keep the replicas they know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from schooner.router.pool import ConnectionPool
+from schooner.router.router import Router
+from schooner.rpc.connection import Connection, ConnectionLost
+from schooner.rpc.messages import DeploymentID
+
+logger = logging.getLogger("schooner.router")
+
+#: How long one long-poll call may stay open before it is re-issued.
+LISTEN_TIMEOUT_S = 30.0
+
+
+class RouterRegistry:
+    """Routers of this process, kept up to date from the controller."""
+
+    def __init__(self, controller: Connection) -> None:
+        self._controller = controller
+        self.pool = ConnectionPool()
+        self._routers: dict[DeploymentID, Router] = {}
+        self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
+        self._versions: dict[str, int] = {}
+        self._values: dict[str, Any] = {}
+        self._listen_task: asyncio.Task[None] | None = None
+        self._keys_changed = asyncio.Event()
+        self._first_snapshot: dict[str, asyncio.Event] = {}
+
+    def router(self, deployment: DeploymentID) -> Router:
+        """The router for ``deployment`` (created and subscribed on first use)."""
+        router = self._routers.get(deployment)
+        if router is None:
+            router = Router(deployment, self.pool)
+            self._routers[deployment] = router
+            self.subscribe(deployment.key, router.update)
+        return router
+
+    def subscribe(self, key: str, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(value)`` now (if known) and whenever ``key``'s snapshot changes."""
+        self._callbacks.setdefault(key, []).append(callback)
+        if key in self._values:
+            callback(self._values[key])
+        if key not in self._versions:
+            self._versions[key] = -1
+            self._first_snapshot.setdefault(key, asyncio.Event())
+            self._restart_listen()
+
+    async def wait_for_snapshot(self, key: str, timeout_s: float) -> None:
+        event = self._first_snapshot.setdefault(key, asyncio.Event())
+        if key in self._values:
+            return
+        await asyncio.wait_for(event.wait(), timeout_s)
+
+    def _restart_listen(self) -> None:
+        if self._listen_task is not None and not self._listen_task.done():
+            self._keys_changed.set()  # the open call is re-issued with the new keys
+            return
+        self._listen_task = asyncio.get_running_loop().create_task(self._listen_loop())
+
+    async def _listen_once(self) -> dict[str, tuple[int, Any]] | None:
+        """One long-poll call; None if it was abandoned because the key set grew."""
+        self._keys_changed.clear()
+        req_id, reply = self._controller.call_future(
+            "listen", (dict(self._versions), LISTEN_TIMEOUT_S), {}
+        )
+        keys_changed = asyncio.ensure_future(self._keys_changed.wait())
+        try:
+            await asyncio.wait({reply, keys_changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            keys_changed.cancel()
+        if not reply.done():
+            self._controller.cancel_request(req_id)
+            reply.cancel()
+            return None
+        result: dict[str, tuple[int, Any]] = reply.result()
+        return result
+
+    async def _listen_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                changes = await self._listen_once()
+            except (ConnectionLost, OSError):
+                logger.warning("lost the controller; routers keep their last known replicas")
+                return
+            except Exception:
+                logger.exception("long-poll listen failed; retrying")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if changes is None:
+                continue
+            backoff = 0.05
+            for key, (version, value) in changes.items():
+                self._versions[key] = version
+                self._values[key] = value
+                for callback in self._callbacks.get(key, []):
+                    try:
+                        callback(value)
+                    except Exception:
+                        logger.exception("snapshot callback for %s failed", key)
+                event = self._first_snapshot.get(key)
+                if event is not None:
+                    event.set()
+
+    def close(self) -> None:
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+        self.pool.close()

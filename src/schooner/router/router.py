@@ -1,0 +1,196 @@
+"""Choosing a replica for each request, from the caller's side.
+
+Each process that calls a deployment (proxy, driver, another replica) has one
+:class:`Router` per target deployment. The router knows the live replicas
+(pushed by the controller) and its own in-flight count per replica. It picks
+by *power of two choices* (sample two replicas with a free slot, take the one
+with fewer requests in flight), never has more than ``max_ongoing_requests``
+in flight to one replica, and when every replica is full it queues up to
+``max_queued_requests`` requests (FIFO; -1 means unbounded) and rejects the
+rest at once with :class:`~schooner.exceptions.BackPressureError`.
+
+A freed slot is handed directly to the oldest waiter, so waiting costs no
+polling and no thundering herd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from schooner.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
+from schooner.router.pool import ConnectionPool
+from schooner.rpc.connection import ConnectionLost
+from schooner.rpc.messages import DeploymentID, ReplicaInfo, ReplicaSet
+
+#: Published in place of a ReplicaSet when a deployment has been deleted.
+DELETED = "DELETED"
+
+
+class Router:
+    """Routes this process's requests to the replicas of one deployment."""
+
+    def __init__(self, deployment: DeploymentID, pool: ConnectionPool) -> None:
+        self.deployment = deployment
+        self._pool = pool
+        self._replicas: list[ReplicaInfo] = []
+        self._inflight: dict[str, int] = {}
+        self._waiters: deque[asyncio.Future[ReplicaInfo]] = deque()
+        self._max_ongoing = 5
+        self._max_queued = -1
+        self._deleted = False
+
+    # -- replica set ------------------------------------------------------------
+    def update(self, replica_set: ReplicaSet | str | None) -> None:
+        """Apply a snapshot from the controller (a ReplicaSet, DELETED, or None = unknown)."""
+        if replica_set == DELETED:
+            self._deleted = True
+            self._replicas = []
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(
+                        DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")
+                    )
+            return
+        if not isinstance(replica_set, ReplicaSet):
+            return
+        self._deleted = False
+        self._replicas = list(replica_set.replicas)
+        self._max_ongoing = replica_set.max_ongoing_requests
+        self._max_queued = replica_set.max_queued_requests
+        live = {r.replica_id for r in self._replicas}
+        for replica_id in [r for r in self._inflight if r not in live]:
+            if self._inflight[replica_id] == 0:
+                del self._inflight[replica_id]
+        self._hand_off()
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self._replicas)
+
+    @property
+    def num_queued(self) -> int:
+        return len(self._waiters)
+
+    # -- slots ------------------------------------------------------------------
+    def _choose(self) -> ReplicaInfo | None:
+        replicas = self._replicas
+        limit = self._max_ongoing
+        inflight = self._inflight
+        if len(replicas) > 2:
+            a, b = random.sample(replicas, 2)
+            na, nb = inflight.get(a.replica_id, 0), inflight.get(b.replica_id, 0)
+            best, n = (a, na) if na <= nb else (b, nb)
+            if n < limit:
+                return best
+        best_n = limit
+        chosen = None
+        for replica in replicas:
+            n = inflight.get(replica.replica_id, 0)
+            if n < best_n:
+                chosen, best_n = replica, n
+        return chosen
+
+    async def _acquire(self) -> ReplicaInfo:
+        if self._deleted:
+            raise DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")
+        if not self._waiters:
+            replica = self._choose()
+            if replica is not None:
+                self._inflight[replica.replica_id] = self._inflight.get(replica.replica_id, 0) + 1
+                return replica
+        if self._max_queued != -1 and len(self._waiters) >= self._max_queued:
+            raise BackPressureError(
+                num_queued_requests=len(self._waiters),
+                max_queued_requests=self._max_queued,
+                deployment=str(self.deployment),
+            )
+        waiter: asyncio.Future[ReplicaInfo] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())  # got a slot just as we were cancelled
+            else:
+                try:
+                    self._waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+
+    def _release(self, replica: ReplicaInfo) -> None:
+        rid = replica.replica_id
+        n = self._inflight.get(rid, 1) - 1
+        if n <= 0 and all(r.replica_id != rid for r in self._replicas):
+            self._inflight.pop(rid, None)
+        else:
+            self._inflight[rid] = max(n, 0)
+        if self._waiters:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        while self._waiters:
+            replica = self._choose()
+            if replica is None:
+                return
+            waiter = self._waiters.popleft()
+            if waiter.done():
+                continue
+            self._inflight[replica.replica_id] = self._inflight.get(replica.replica_id, 0) + 1
+            waiter.set_result(replica)
+
+    def _drop_replica(self, replica: ReplicaInfo) -> None:
+        """Stop sending to a replica we could not reach until the controller says otherwise."""
+        self._replicas = [r for r in self._replicas if r.replica_id != replica.replica_id]
+
+    # -- calls ------------------------------------------------------------------
+    async def _connect(self) -> tuple[ReplicaInfo, Any]:
+        while True:
+            replica = await self._acquire()
+            conn = self._pool.get_nowait(replica.address)
+            if conn is not None:
+                return replica, conn
+            try:
+                return replica, await self._pool.get(replica.address)
+            except OSError:
+                self._release(replica)
+                self._drop_replica(replica)
+            except BaseException:
+                self._release(replica)
+                raise
+
+    async def call(self, method: str, *args: Any) -> Any:
+        """Send ``rpc_<method>(*args)`` to a chosen replica and return the result."""
+        replica, conn = await self._connect()
+        try:
+            return await conn.call(method, *args)
+        except ConnectionLost as exc:
+            raise ReplicaUnavailableError(
+                f"Replica {replica.replica_id} of {self.deployment} died while handling "
+                "the request."
+            ) from exc
+        finally:
+            self._release(replica)
+
+    async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+        """Like :meth:`call` for a streaming RPC; yields the items."""
+        replica, conn = await self._connect()
+        try:
+            async for item in conn.stream(method, *args):
+                yield item
+        except ConnectionLost as exc:
+            raise ReplicaUnavailableError(
+                f"Replica {replica.replica_id} of {self.deployment} died while streaming "
+                "the response."
+            ) from exc
+        finally:
+            self._release(replica)

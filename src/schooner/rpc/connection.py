@@ -1,0 +1,337 @@
+"""A persistent, multiplexed, bidirectional RPC connection.
+
+Either side may call the other. Requests carry an id; many are in flight on
+one connection at once. Messages (tuples, first element the kind):
+
+- ``(REQ, id, method, args, kwargs, stream)``: call ``rpc_<method>`` on the
+  peer's handler. With ``stream`` the handler returns an async iterator and
+  each item comes back as ``ITEM``, then ``END``.
+- ``(OK, id, value)`` / ``(ERR, id, RemoteError)``: the outcome of a call.
+- ``(ITEM, id, value)`` / ``(END, id)``: stream items and end of stream.
+- ``(CANCEL, id)``: the caller gave up; the handler's task is cancelled.
+
+Writes are coalesced: everything sent during one event-loop iteration goes out
+in one ``writelines``. A handler method that returns a plain value (not an
+awaitable) is answered without creating a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import os
+import struct
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from schooner.rpc import codec
+
+logger = logging.getLogger("schooner.rpc")
+
+REQ, OK, ERR, ITEM, END, CANCEL = range(6)
+_LEN = struct.Struct("!I")
+_END_OF_STREAM = object()
+
+
+class ConnectionLost(ConnectionError):
+    """The peer closed the connection or its process died while calls were pending."""
+
+
+@dataclass
+class RemoteError:
+    """An exception raised by the peer's handler, in a form that always unpickles.
+
+    ``exc`` is the original exception when it could be pickled (else None);
+    ``type_name``, ``message`` and ``traceback`` describe it either way.
+    """
+
+    type_name: str
+    message: str
+    traceback: str
+    exc: BaseException | None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> RemoteError:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        original: BaseException | None = exc
+        try:
+            codec.dumps(exc)
+        except Exception:  # noqa: BLE001 - anything unpicklable is sent by description
+            original = None
+        return cls(type(exc).__name__, str(exc), tb, original)
+
+
+class _Stream:
+    __slots__ = ("queue",)
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+
+class Connection(asyncio.Protocol):
+    """One end of an RPC connection; see the module docstring for the protocol."""
+
+    def __init__(self, handler: object | None = None) -> None:
+        self._handler = handler
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any] | _Stream] = {}
+        self._tasks: dict[int, asyncio.Task[Any]] = {}
+        self._out: list[bytes | memoryview] = []
+        self._flush_scheduled = False
+        self._loop = asyncio.get_event_loop()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self.on_close: list[Callable[[Connection], None]] = []
+
+    # -- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        on_connect = getattr(self._handler, "on_connect", None)
+        if on_connect is not None:
+            on_connect(self)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        offset = 0
+        n = len(buf)
+        while n - offset >= 4:
+            (length,) = _LEN.unpack_from(buf, offset)
+            end = offset + 4 + length
+            if end > n:
+                break
+            frame = buf[offset + 4 : end]
+            offset = end
+            try:
+                message = codec.decode(memoryview(frame))
+            except Exception:
+                logger.exception("undecodable frame; closing connection")
+                self.close()
+                return
+            self._dispatch(message)
+        if offset:
+            del buf[:offset]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        lost = ConnectionLost("connection closed by peer")
+        for entry in self._pending.values():
+            if isinstance(entry, _Stream):
+                entry.queue.put_nowait(lost)
+            elif not entry.done():
+                entry.set_exception(lost)
+        self._pending.clear()
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for callback in self.on_close:
+            callback(self)
+
+    # -- sending ------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        if self._transport is None:
+            raise ConnectionLost("connection is closed")
+        self._out.extend(codec.encode(message))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self._transport is not None and out:
+            self._transport.writelines(out)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._flush()
+            self._transport.close()
+
+    # -- outgoing calls -----------------------------------------------------
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``rpc_<method>`` on the peer and return its result."""
+        req_id = next(self._ids)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[req_id] = fut
+        self._send((REQ, req_id, method, args, kwargs, False))
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._cancel(req_id)
+            raise
+
+    def call_future(
+        self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """Start a call without a coroutine; returns (request id, future)."""
+        req_id = next(self._ids)
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[req_id] = fut
+        self._send((REQ, req_id, method, args, kwargs, False))
+        return req_id, fut
+
+    async def stream(self, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """Call a streaming ``rpc_<method>`` on the peer and yield its items."""
+        req_id = next(self._ids)
+        stream = _Stream()
+        self._pending[req_id] = stream
+        self._send((REQ, req_id, method, args, kwargs, True))
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if item is _END_OF_STREAM:
+                    finished = True
+                    return
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                yield item
+        finally:
+            if not finished:
+                self._cancel(req_id)
+
+    def _cancel(self, req_id: int) -> None:
+        if self._pending.pop(req_id, None) is not None and self.is_open:
+            self._send((CANCEL, req_id))
+
+    def cancel_request(self, req_id: int) -> None:
+        """Tell the peer to cancel request ``req_id`` (started with :meth:`call_future`)."""
+        self._cancel(req_id)
+
+    # -- incoming messages ----------------------------------------------------
+    def _dispatch(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == REQ:
+            self._handle_request(*message[1:])
+        elif kind == OK:
+            fut = self._pending.pop(message[1], None)
+            if fut is not None and not isinstance(fut, _Stream) and not fut.done():
+                fut.set_result(message[2])
+        elif kind == ERR:
+            entry = self._pending.pop(message[1], None)
+            if isinstance(entry, _Stream):
+                entry.queue.put_nowait(RemoteCallError(message[2]))
+            elif entry is not None and not entry.done():
+                entry.set_exception(RemoteCallError(message[2]))
+        elif kind == ITEM:
+            entry = self._pending.get(message[1])
+            if isinstance(entry, _Stream):
+                entry.queue.put_nowait(message[2])
+        elif kind == END:
+            entry = self._pending.pop(message[1], None)
+            if isinstance(entry, _Stream):
+                entry.queue.put_nowait(_END_OF_STREAM)
+        elif kind == CANCEL:
+            task = self._tasks.pop(message[1], None)
+            if task is not None:
+                task.cancel()
+
+    def _handle_request(
+        self, req_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool
+    ) -> None:
+        fn = getattr(self._handler, "rpc_" + method, None)
+        if fn is None:
+            self._send(
+                (
+                    ERR,
+                    req_id,
+                    RemoteError.from_exception(
+                        AttributeError(f"peer has no RPC method {method!r}")
+                    ),
+                )
+            )
+            return
+        if stream:
+            self._start_task(req_id, self._run_stream(req_id, fn, args, kwargs))
+            return
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - every handler error goes back to the caller
+            self._send((ERR, req_id, RemoteError.from_exception(exc)))
+            return
+        if inspect.isawaitable(result):
+            self._start_task(req_id, self._run_call(req_id, result))
+        else:
+            self._send((OK, req_id, result))
+
+    def _start_task(self, req_id: int, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks[req_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(req_id, None))
+
+    async def _run_call(self, req_id: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._reply(ERR, req_id, RemoteError.from_exception(exc))
+        else:
+            self._reply(OK, req_id, result)
+
+    async def _run_stream(
+        self,
+        req_id: int,
+        fn: Callable[..., AsyncIterator[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        try:
+            async for item in fn(*args, **kwargs):
+                self._reply(ITEM, req_id, item)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._reply(ERR, req_id, RemoteError.from_exception(exc))
+        else:
+            self._reply(END, req_id)
+
+    def _reply(self, kind: int, req_id: int, *payload: Any) -> None:
+        if self._transport is None:
+            return
+        try:
+            self._send((kind, req_id, *payload))
+        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable return value
+            if kind == ERR:
+                raise
+            self._send((ERR, req_id, RemoteError.from_exception(exc)))
+
+
+class RemoteCallError(Exception):
+    """Raised in the caller when the peer's handler raised; wraps a :class:`RemoteError`."""
+
+    def __init__(self, error: RemoteError) -> None:
+        self.error = error
+        super().__init__(f"{error.type_name}: {error.message}")
+
+
+async def connect_unix(path: str, handler: object | None = None) -> Connection:
+    """Open a connection to the RPC server listening on the Unix socket ``path``."""
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_unix_connection(lambda: Connection(handler), path)
+    return protocol
+
+
+async def serve_unix(path: str, handler_factory: Callable[[], object]) -> asyncio.Server:
+    """Listen on the Unix socket ``path`` (mode 0600); each connection gets a new handler."""
+    loop = asyncio.get_running_loop()
+    if os.path.exists(path):
+        os.unlink(path)
+    old_umask = os.umask(0o177)
+    try:
+        server = await loop.create_unix_server(lambda: Connection(handler_factory()), path)
+    finally:
+        os.umask(old_umask)
+    return server

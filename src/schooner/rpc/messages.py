@@ -1,0 +1,91 @@
+"""Plain records that cross process boundaries between controller, routers and replicas.
+
+They hold no user objects (user code and arguments travel as opaque pickled
+blobs), so the head process never imports user code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class DeploymentID:
+    """Identifies a deployment: its name within an application."""
+
+    name: str
+    app_name: str = "default"
+
+    def __str__(self) -> str:
+        return f"{self.app_name}#{self.name}"
+
+    @property
+    def key(self) -> str:
+        """Long-poll key under which the controller publishes this deployment's replicas."""
+        return f"replicas:{self}"
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """A running replica as routers see it."""
+
+    replica_id: str
+    address: str  # Unix socket path (embedded runtime) or host:port
+    deployment: DeploymentID
+
+
+@dataclass(frozen=True)
+class ReplicaSet:
+    """What the controller publishes for one deployment: live replicas and routing limits."""
+
+    replicas: tuple[ReplicaInfo, ...]
+    max_ongoing_requests: int
+    max_queued_requests: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """One entry of the proxy's route table."""
+
+    route_prefix: str
+    app_name: str
+    ingress: DeploymentID
+
+
+@dataclass(frozen=True)
+class CodeRef:
+    """How a replica finds the user's class or function.
+
+    Either ``import_path`` (``module:qualname``) when the driver could import
+    it the same way, or ``pickled`` (cloudpickle by value) for code defined in
+    ``__main__`` or otherwise not importable.
+    """
+
+    import_path: str | None = None
+    pickled: bytes | None = None
+
+
+@dataclass
+class DeploymentSpec:
+    """Everything the controller needs to run one deployment of an application."""
+
+    name: str
+    code: CodeRef
+    init_blob: bytes  # pickled (args, kwargs); handles inside are DeploymentHandles
+    config: Any  # schooner.config.DeploymentConfig
+    is_function: bool
+    code_version: str  # changes when code or init args change
+
+
+@dataclass
+class AppSpec:
+    """A whole application as sent to the controller."""
+
+    name: str
+    route_prefix: str | None
+    ingress: str
+    deployments: list[DeploymentSpec]
+    source: str = "imperative"
+    docs_path: str | None = None
+    sys_path: list[str] = field(default_factory=list)

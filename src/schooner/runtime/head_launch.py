@@ -1,0 +1,136 @@
+"""Starting a head process from a driver (``serve.run``, ``schooner run``).
+
+The head is started in its own session (so Ctrl-C in the terminal reaches
+only the driver, which then shuts the instance down in order) and tied to
+the driver by a lifeline: if the driver dies, even by SIGKILL, the head and
+everything it started exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from schooner.exceptions import RayServeException
+from schooner.runtime.lifeline import Lifeline
+from schooner.runtime.session import Session
+
+HEAD_START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class HeadHandle:
+    process: subprocess.Popen[bytes]
+    session: Session
+    lifeline: Lifeline | None
+    http_host: str
+    http_port: int
+
+    def wait(self, timeout_s: float) -> bool:
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def release(self) -> None:
+        if self.lifeline is not None:
+            self.lifeline.close()
+            self.lifeline = None
+
+
+def start_head(
+    *,
+    http_host: str = "127.0.0.1",
+    http_port: int = 8000,
+    root_path: str = "",
+    detached: bool = False,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+) -> HeadHandle:
+    """Start a head process and wait until it serves (or raise with its reason)."""
+    session = Session.create()
+    ready_r, ready_w = os.pipe()
+    lifeline = None if detached else Lifeline()
+    args = [
+        sys.executable,
+        "-m",
+        "schooner.controller.head",
+        "--session",
+        str(session.root),
+        "--http-host",
+        http_host,
+        "--http-port",
+        str(http_port),
+        "--root-path",
+        root_path,
+        "--ready-fd",
+        str(ready_w),
+        "--resources",
+        json.dumps(resources or {}),
+    ]
+    pass_fds = [ready_w]
+    if lifeline is not None:
+        args += ["--lifeline-fd", str(lifeline.read_fd)]
+        pass_fds.append(lifeline.read_fd)
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        args += ["--num-gpus", str(num_gpus)]
+    env = dict(os.environ)
+    env["SCHOONER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
+    process = subprocess.Popen(
+        args, pass_fds=pass_fds, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+    )
+    os.close(ready_w)
+    if lifeline is not None:
+        lifeline.close_read_end()
+    line = _read_line(ready_r, HEAD_START_TIMEOUT_S)
+    os.close(ready_r)
+    if not line.startswith("READY"):
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        if lifeline is not None:
+            lifeline.close()
+        reason = (
+            line[len("ERROR ") :]
+            if line.startswith("ERROR ")
+            else (
+                f"the head process exited (code {process.returncode}) before it was ready; "
+                f"see {session.logs / 'controller.log'}"
+            )
+        )
+        raise RayServeException(
+            f"Could not start Schooner: {reason.replace(chr(92) + 'n', chr(10))}"
+        )
+    port = int(line.split()[1])
+    return HeadHandle(process, session, lifeline, http_host, port)
+
+
+def _read_line(fd: int, timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "ERROR the head process did not become ready in time"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()

@@ -1,0 +1,86 @@
+"""Starting, watching and stopping worker processes on this machine.
+
+Processes are started with ``subprocess`` (fork immediately followed by exec,
+or posix_spawn), never a bare fork of our threaded process, so it is safe
+with threads and CUDA. Every child inherits the head's lifeline (see
+:mod:`schooner.runtime.lifeline`) and exits when the head dies.
+
+The launcher is an interface so the controller can be unit-tested with a fake.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class ProcessSpec:
+    """What to start: ``python -m <module> <args>`` with extra environment."""
+
+    module: str
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    pass_fds: tuple[int, ...] = ()
+
+
+class ProcessHandle(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+    def poll(self) -> int | None:
+        """The exit code once the process has exited, else None."""
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Launcher(Protocol):
+    def launch(self, spec: ProcessSpec) -> ProcessHandle: ...
+
+
+class _Popen:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def poll(self) -> int | None:
+        return self._proc.poll()
+
+    def terminate(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+
+
+class SubprocessLauncher:
+    """Starts children of this process with the current Python interpreter.
+
+    Children inherit stdout and stderr, so ``print`` output of user code
+    reaches the terminal of ``schooner run``.
+    """
+
+    def __init__(self, base_env: dict[str, str] | None = None) -> None:
+        self._base_env = dict(os.environ if base_env is None else base_env)
+
+    def launch(self, spec: ProcessSpec) -> ProcessHandle:
+        env = {**self._base_env, **spec.env}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", spec.module, *spec.args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            pass_fds=spec.pass_fds,
+            close_fds=True,
+        )
+        return _Popen(proc)

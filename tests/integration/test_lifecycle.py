@@ -1,0 +1,133 @@
+"""Failures and lifecycle: constructor errors, replica deaths, backpressure, deletion."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+import pytest
+from helpers import wait_for
+from starlette.requests import Request
+
+import schooner as serve
+from schooner.exceptions import BackPressureError, DeployFailedError
+
+
+@serve.deployment
+class Broken:
+    def __init__(self) -> None:
+        raise RuntimeError("cannot load weights from /nowhere")
+
+
+@serve.deployment
+class Ok:
+    def __call__(self, request: Request) -> str:
+        return "ok"
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def test_failing_constructor_marks_app_failed_and_others_keep_serving(clean) -> None:
+    serve.run(Ok.bind(), name="good", route_prefix="/good")
+    with pytest.raises(DeployFailedError) as info:
+        serve.run(Broken.bind(), name="bad", route_prefix="/bad")
+    message = str(info.value)
+    assert "RuntimeError" in message and "cannot load weights from /nowhere" in message
+    assert "Traceback" in message
+    status = serve.status()
+    bad = status.applications["bad"]
+    assert bad.status == "DEPLOY_FAILED"
+    assert "cannot load weights" in bad.message
+    assert bad.deployments["Broken"].status == "DEPLOY_FAILED"
+    assert status.applications["good"].status == "RUNNING"
+    assert clean.http.get("/good").text == "ok"
+
+
+def test_dead_replica_is_replaced(clean) -> None:
+    handle = serve.run(Ok.bind(), name="good", route_prefix="/good")
+    pid = handle.pid.remote().result()
+    os.kill(pid, signal.SIGKILL)
+
+    def replaced() -> bool:
+        return handle.pid.remote().result(timeout_s=5) != pid
+
+    wait_for(replaced, timeout_s=30, message="a new replica")
+    assert clean.http.get("/good").text == "ok"
+    st = serve.status().applications["good"].deployments["Ok"]
+    assert st.replica_states == {"RUNNING": 1}
+
+
+@serve.deployment(max_ongoing_requests=1, max_queued_requests=1)
+class Narrow:
+    async def __call__(self, request: Request) -> str:
+        import asyncio
+
+        await asyncio.sleep(1.0)
+        return "done"
+
+    async def wait(self, seconds: float) -> str:
+        import asyncio
+
+        await asyncio.sleep(seconds)
+        return "done"
+
+
+def test_backpressure_handle_and_http_503(clean) -> None:
+    handle = serve.run(Narrow.bind(), name="narrow", route_prefix="/narrow")
+    first = handle.wait.remote(1.0)   # in flight
+    second = handle.wait.remote(1.0)  # queued
+    third = handle.wait.remote(1.0)   # over the queue limit
+    with pytest.raises(BackPressureError):
+        third.result()
+    assert first.result() == "done" and second.result() == "done"
+
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(
+            lambda _: httpx.get(f"{clean.url}/narrow", timeout=30).status_code, range(4)))
+    assert codes.count(200) >= 1
+    assert 503 in codes
+
+
+def test_delete_removes_route_and_replicas(clean, tmp_root) -> None:
+    handle = serve.run(Ok.bind(), name="good", route_prefix="/good")
+    pid = handle.pid.remote().result()
+    serve.delete("good")
+    assert "good" not in serve.status().applications
+    assert clean.http.get("/good").status_code == 404
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
+             open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z",
+             timeout_s=10, message="replica process to exit")
+
+
+def test_duplicate_route_prefix_rejected(clean) -> None:
+    serve.run(Ok.bind(), name="one", route_prefix="/same")
+    with pytest.raises(serve.exceptions.ServeConfigError, match="already used"):
+        serve.run(Ok.bind(), name="two", route_prefix="/same")
+    assert serve.status().applications["one"].status == "RUNNING"
+
+
+@serve.deployment(ray_actor_options={"num_gpus": 1})
+class NeedsGpu:
+    def __call__(self, request: Request) -> str:
+        return "gpu"
+
+
+def test_replica_waiting_for_resources_says_why(clean) -> None:
+    from schooner import _core
+
+    core = _core.get_core()
+    from schooner.deployment import build_app
+
+    spec = build_app(NeedsGpu.bind(), "gpu", "/gpu")
+    core.call_controller_sync("deploy_app", spec)
+
+    def waiting_message() -> str:
+        app = serve.status().applications["gpu"]
+        return app.deployments["NeedsGpu"].message if app.status == "DEPLOYING" else ""
+
+    message = wait_for(waiting_message, timeout_s=10, message="resource message")
+    assert "GPU" in message and "needs 1" in message
