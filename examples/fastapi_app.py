@@ -33,8 +33,7 @@ class Inventory:
     @api.get("/items/{item_id}")
     def get_item(self, item_id: int, q: str | None = None) -> dict:
         item = self.items.get(item_id)
-        return {"item_id": item_id, "q": q, "found": item is not None,
-                "currency": self.currency}
+        return {"item_id": item_id, "q": q, "found": item is not None, "currency": self.currency}
 
     @api.post("/items", response_model=StoredItem, status_code=201)
     def add_item(self, item: Item) -> StoredItem:

@@ -57,8 +57,9 @@ class PearStand:
 
 @serve.deployment(num_replicas=2)
 class FruitMarket:
-    def __init__(self, mango: DeploymentHandle, orange: DeploymentHandle,
-                 pear: DeploymentHandle) -> None:
+    def __init__(
+        self, mango: DeploymentHandle, orange: DeploymentHandle, pear: DeploymentHandle
+    ) -> None:
         self.stands = {"MANGO": mango, "ORANGE": orange, "PEAR": pear}
 
     async def check_price(self, fruit: str, amount: float) -> float:

@@ -62,11 +62,12 @@ class Core:
                 try:
                     conn = await connect_unix(session.controller_socket)
                     ready.set_result(cls(loop, session, conn, thread))
-                except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                except BaseException as exc:
                     ready.set_exception(exc)
 
-            loop.create_task(setup())
+            setup_task = loop.create_task(setup())
             loop.run_forever()
+            del setup_task
             loop.close()
 
         thread = threading.Thread(target=run, name="schooner-core", daemon=True)

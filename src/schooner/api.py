@@ -15,9 +15,8 @@ import threading
 import time
 from typing import Any
 
-from schooner import _core
+from schooner import _core, context
 from schooner.config import HTTPOptions
-from schooner import context
 from schooner.deployment import Application, build_app
 from schooner.exceptions import DeployFailedError, RayServeException
 from schooner.handle import DeploymentHandle, _user_exception
@@ -48,7 +47,8 @@ def _controller_call(method: str, *args: Any, timeout_s: float | None = 60) -> A
     try:
         return _core.get_core().call_controller_sync(method, *args, timeout_s=timeout_s)
     except RemoteCallError as exc:
-        raise _user_exception(exc) from None
+        user_exc = _user_exception(exc)
+        raise user_exc from user_exc.__cause__
 
 
 def start(
@@ -72,7 +72,7 @@ def start(
             http_options = HTTPOptions(**http_options)
         http = http_options or HTTPOptions()
         head = start_head(
-            http_host=http.host,
+            http_host=http.host or "127.0.0.1",
             http_port=http.port,
             root_path=http.root_path,
             num_cpus=kwargs.get("num_cpus"),
@@ -180,7 +180,7 @@ def shutdown() -> None:
             return
         try:
             core.call_controller_sync("shutdown", timeout_s=60)
-        except Exception as exc:  # noqa: BLE001 - the head may already be gone
+        except Exception as exc:
             logger.debug("shutdown RPC failed: %r", exc)
         core.close()
         _core.set_core(None)
@@ -198,7 +198,7 @@ def _replica_context_is_set() -> bool:
 def _shutdown_at_exit() -> None:
     try:
         shutdown()
-    except Exception:  # noqa: BLE001 - interpreter is exiting
+    except Exception:
         pass
 
 

@@ -81,7 +81,8 @@ class RequestContext:
 
 
 _request_context: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
-    "schooner_request_context", default=RequestContext()
+    "schooner_request_context",
+    default=RequestContext(),  # noqa: B039 - frozen dataclass, immutable
 )
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 __all__ = [
     "BackPressureError",
-    "DeploymentUnavailableError",
-    "RayServeException",
-    "ReplicaUnavailableError",
-    "RequestCancelledError",
     "DeployFailedError",
     "DeploymentOptionError",
+    "DeploymentUnavailableError",
+    "RayServeException",
     "RemoteUserError",
+    "ReplicaUnavailableError",
+    "RequestCancelledError",
     "ServeConfigError",
     "http_status_for",
 ]
@@ -48,8 +48,9 @@ class BackPressureError(RayServeException):
     there is no replica to send to at all.
     """
 
-    def __init__(self, *, num_queued_requests: int = 0, max_queued_requests: int = 0,
-                 deployment: str = "") -> None:
+    def __init__(
+        self, *, num_queued_requests: int = 0, max_queued_requests: int = 0, deployment: str = ""
+    ) -> None:
         self.num_queued_requests = num_queued_requests
         self.max_queued_requests = max_queued_requests
         self.deployment = deployment
@@ -60,13 +61,16 @@ class BackPressureError(RayServeException):
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_backpressure, (self.num_queued_requests, self.max_queued_requests,
-                                        self.deployment))
+        return (
+            _rebuild_backpressure,
+            (self.num_queued_requests, self.max_queued_requests, self.deployment),
+        )
 
 
 def _rebuild_backpressure(queued: int, max_queued: int, deployment: str) -> BackPressureError:
-    return BackPressureError(num_queued_requests=queued, max_queued_requests=max_queued,
-                             deployment=deployment)
+    return BackPressureError(
+        num_queued_requests=queued, max_queued_requests=max_queued, deployment=deployment
+    )
 
 
 class RequestCancelledError(RayServeException):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -174,7 +174,8 @@ async def _call(
     try:
         return await router.call("call", meta, args, kwargs)
     except RemoteCallError as exc:
-        raise _user_exception(exc) from None
+        user_exc = _user_exception(exc)
+        raise user_exc from user_exc.__cause__
 
 
 def _on_loop_thread_error() -> RuntimeError:
@@ -227,9 +228,7 @@ class DeploymentResponse:
     def cancel(self) -> None:
         """Cancel the request (the replica's task is cancelled too)."""
         future = self._future
-        if isinstance(future, concurrent.futures.Future):
-            future.cancel()
-        elif self._core.in_loop_thread():
+        if isinstance(future, concurrent.futures.Future) or self._core.in_loop_thread():
             future.cancel()
         else:
             self._core.loop.call_soon_threadsafe(future.cancel)
@@ -289,7 +288,7 @@ class DeploymentResponseGenerator:
         except asyncio.CancelledError:
             queue.put_nowait(_Raise(RequestCancelledError("The request was cancelled.")))
             raise
-        except BaseException as exc:  # noqa: BLE001 - delivered to the consumer
+        except BaseException as exc:
             queue.put_nowait(_Raise(exc))
         else:
             queue.put_nowait(_END)
@@ -349,7 +348,3 @@ class DeploymentResponseGenerator:
 @dataclass
 class _Raise:
     exc: BaseException
-
-
-def _coro_type_check(_: Coroutine[Any, Any, Any]) -> None:  # pragma: no cover - typing aid
-    return None

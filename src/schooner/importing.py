@@ -104,7 +104,7 @@ def build_application(
                 annotation = inspect.get_annotations(target, eval_str=True).get(
                     params[0].name, annotation
                 )
-            except Exception:  # noqa: BLE001 - unresolved annotation: pass the dict
+            except Exception:
                 annotation = dict
         from pydantic import BaseModel, ValidationError
 

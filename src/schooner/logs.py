@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 LINE_FORMAT = (
     "%(levelname)s %(asctime)s %(component)s %(replica)s "
@@ -104,7 +104,7 @@ def setup_process_logging(
     if echo_prefix is not None:
         sys.stdout = _Tee(sys.__stdout__, logfile, echo_prefix)
         sys.stderr = _Tee(sys.__stderr__, logfile, echo_prefix)
-        stream: TextIO = sys.stderr
+        stream: Any = sys.stderr
     else:
         stream = logfile
     handler = logging.StreamHandler(stream)

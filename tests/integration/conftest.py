@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import free_port  # noqa: E402
+from helpers import free_port
 
-import schooner as serve  # noqa: E402
+import schooner as serve
 
 
 class Instance:

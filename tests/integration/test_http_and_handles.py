@@ -74,8 +74,10 @@ def test_route_matching_longest_prefix_and_404(clean) -> None:
     serve.delete("root")
     r = clean.http.get("/nothing-here")
     assert r.status_code == 404
-    assert r.text == (f"Path '/nothing-here' not found. Ping http://127.0.0.1:{clean.port}"
-                      "/-/routes for available routes.")
+    assert r.text == (
+        f"Path '/nothing-here' not found. Ping http://127.0.0.1:{clean.port}"
+        "/-/routes for available routes."
+    )
 
 
 def test_healthz(clean) -> None:
@@ -90,7 +92,7 @@ def test_healthz(clean) -> None:
 
 @serve.deployment
 class Responses:
-    async def __call__(self, request: Request):  # noqa: ANN204
+    async def __call__(self, request: Request):
         kind = request.query_params["kind"]
         if kind == "bytes":
             return b"\x00\x01raw"
@@ -101,10 +103,12 @@ class Responses:
         if kind == "response":
             return PlainTextResponse("teapot", status_code=418, headers={"x-extra": "1"})
         if kind == "stream":
-            async def numbers():  # noqa: ANN202
+
+            async def numbers():
                 for i in range(3):
                     yield f"chunk{i};"
                     await asyncio.sleep(0)
+
             return StreamingResponse(numbers(), media_type="text/plain")
         if kind == "boom":
             raise ValueError("bad kind")
@@ -141,11 +145,18 @@ class Failing:
     def fail(self) -> None:
         raise KeyError("missing thing")
 
-    def custom(self) -> None:
+    def local(self) -> None:
         class Local(Exception):
             pass
 
-        raise Local("cannot be pickled by reference")
+        raise Local("defined inside a method")
+
+    def unpicklable(self) -> None:
+        class Unpicklable(Exception):
+            def __reduce__(self):
+                raise TypeError("no pickling")
+
+        raise Unpicklable("cannot travel")
 
 
 def test_user_exception_reraises_in_caller_with_remote_traceback(clean) -> None:
@@ -156,19 +167,22 @@ def test_user_exception_reraises_in_caller_with_remote_traceback(clean) -> None:
     assert "def fail" in str(info.value.__cause__) or "in fail" in str(info.value.__cause__)
     from schooner.exceptions import RemoteUserError
 
-    with pytest.raises(RemoteUserError) as info2:
-        handle.custom.remote().result()
-    assert info2.value.type_name == "Local"
-    assert "cannot be pickled" in str(info2.value)
+    with pytest.raises(Exception, match="defined inside a method") as info2:
+        handle.local.remote().result()
+    assert type(info2.value).__name__ == "Local"
+    with pytest.raises(RemoteUserError) as info3:
+        handle.unpicklable.remote().result()
+    assert info3.value.type_name == "Unpicklable"
+    assert "cannot travel" in str(info3.value)
+    assert "Traceback" in info3.value.remote_traceback
 
 
 @serve.deployment
 class Streamer:
-    def count(self, n: int):  # noqa: ANN201
-        for i in range(n):
-            yield i
+    def count(self, n: int):
+        yield from range(n)
 
-    async def acount(self, n: int):  # noqa: ANN201
+    async def acount(self, n: int):
         for i in range(n):
             yield {"i": i}
 
@@ -225,8 +239,13 @@ class Configured:
 
     def __call__(self, request: Request) -> dict:
         ctx = serve.get_replica_context()
-        return {"greeting": self.greeting, "app": ctx.app_name, "deployment": ctx.deployment,
-                "tag": ctx.replica_tag, "same": ctx.servable_object is self}
+        return {
+            "greeting": self.greeting,
+            "app": ctx.app_name,
+            "deployment": ctx.deployment,
+            "tag": ctx.replica_tag,
+            "same": ctx.servable_object is self,
+        }
 
 
 def test_async_init_user_config_and_replica_context(clean) -> None:
@@ -263,11 +282,15 @@ class Combiner:
 
 
 def test_composition_with_nested_handles(clean) -> None:
-    app = Combiner.bind([Adder.options(name="one").bind(1), Adder.options(name="ten").bind(10)],
-                        {"double": Adder.options(name="hundred").bind(100)})
+    app = Combiner.bind(
+        [Adder.options(name="one").bind(1), Adder.options(name="ten").bind(10)],
+        {"double": Adder.options(name="hundred").bind(100)},
+    )
     serve.run(app, name="combo", route_prefix="/combo")
     assert clean.http.get("/combo", params={"x": 5}).json() == {
-        "result": 116, "handle_type": "DeploymentHandle"}
+        "result": 116,
+        "handle_type": "DeploymentHandle",
+    }
     st = serve.status().applications["combo"]
     assert st.status == "RUNNING"
     assert set(st.deployments) == {"Combiner", "one", "ten", "hundred"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -76,9 +77,9 @@ class Narrow:
 
 def test_backpressure_handle_and_http_503(clean) -> None:
     handle = serve.run(Narrow.bind(), name="narrow", route_prefix="/narrow")
-    first = handle.wait.remote(1.0)   # in flight
+    first = handle.wait.remote(1.0)  # in flight
     second = handle.wait.remote(1.0)  # queued
-    third = handle.wait.remote(1.0)   # over the queue limit
+    third = handle.wait.remote(1.0)  # over the queue limit
     with pytest.raises(BackPressureError):
         third.result()
     assert first.result() == "done" and second.result() == "done"
@@ -86,8 +87,9 @@ def test_backpressure_handle_and_http_503(clean) -> None:
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        codes = list(pool.map(
-            lambda _: httpx.get(f"{clean.url}/narrow", timeout=30).status_code, range(4)))
+        codes = list(
+            pool.map(lambda _: httpx.get(f"{clean.url}/narrow", timeout=30).status_code, range(4))
+        )
     assert codes.count(200) >= 1
     assert 503 in codes
 
@@ -98,9 +100,14 @@ def test_delete_removes_route_and_replicas(clean, tmp_root) -> None:
     serve.delete("good")
     assert "good" not in serve.status().applications
     assert clean.http.get("/good").status_code == 404
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or
-             open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z",
-             timeout_s=10, message="replica process to exit")
+
+    def exited() -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    wait_for(exited, timeout_s=10, message="replica process to exit")
 
 
 def test_duplicate_route_prefix_rejected(clean) -> None:

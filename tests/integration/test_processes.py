@@ -11,10 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
-from helpers import free_port, wait_for
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from conftest import schooner_processes  # noqa: E402
+from helpers import free_port, schooner_processes, wait_for
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -57,12 +54,27 @@ def _session_owner(cmdline: str) -> int | None:
 def test_schooner_run_serves_fruit_stand_and_stops_on_sigint(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "schooner.cli.main", "run", "fruit:app", "--port", str(port),
-         "--app-dir", str(EXAMPLES)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "schooner.cli.main",
+            "run",
+            "fruit:app",
+            "--port",
+            str(port),
+            "--app-dir",
+            str(EXAMPLES),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        r = wait_for(lambda: _post(f"http://127.0.0.1:{port}/", json=["MANGO", 2]),
-                     timeout_s=60, message="fruit stand to answer")
+        r = wait_for(
+            lambda: _post(f"http://127.0.0.1:{port}/", json=["MANGO", 2]),
+            timeout_s=60,
+            message="fruit stand to answer",
+        )
         assert r.status_code == 200 and r.json() == 6
         r = _post(f"http://127.0.0.1:{port}/", json=["PEAR", 2])
         assert r is not None and r.json() == 8
@@ -78,7 +90,8 @@ def test_schooner_run_serves_fruit_stand_and_stops_on_sigint(tmp_path: Path) -> 
 
 def test_schooner_run_file_path_builder_args_and_replica_output(tmp_path: Path) -> None:
     app_file = tmp_path / "greeter.py"
-    app_file.write_text(textwrap.dedent("""
+    app_file.write_text(
+        textwrap.dedent("""
         import schooner as serve
 
         @serve.deployment
@@ -92,15 +105,29 @@ def test_schooner_run_file_path_builder_args_and_replica_output(tmp_path: Path) 
 
         def build(args):
             return Greeter.bind(args["greeting"])
-    """))
+    """)
+    )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "schooner.cli.main", "run", f"{app_file}:build",
-         "greeting=ahoy", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path.parent)
+        [
+            sys.executable,
+            "-m",
+            "schooner.cli.main",
+            "run",
+            f"{app_file}:build",
+            "greeting=ahoy",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path.parent,
+    )
     try:
-        r = wait_for(lambda: _get(f"http://127.0.0.1:{port}/x"), timeout_s=60,
-                     message="greeter to answer")
+        r = wait_for(
+            lambda: _get(f"http://127.0.0.1:{port}/x"), timeout_s=60, message="greeter to answer"
+        )
         assert r.text == "ahoy"
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
@@ -115,7 +142,8 @@ def test_schooner_run_file_path_builder_args_and_replica_output(tmp_path: Path) 
 def test_sigkill_of_owner_stops_every_process_within_5s(tmp_path: Path) -> None:
     script = tmp_path / "owner.py"
     port = free_port()
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import schooner as serve
 
         @serve.deployment(num_replicas=2)
@@ -127,7 +155,8 @@ def test_sigkill_of_owner_stops_every_process_within_5s(tmp_path: Path) -> None:
         print("READY", flush=True)
         import time
         time.sleep(600)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -149,7 +178,8 @@ def test_sigkill_of_owner_stops_every_process_within_5s(tmp_path: Path) -> None:
 def test_script_with_blocking_run_shuts_down_on_sigint(tmp_path: Path) -> None:
     script = tmp_path / "blocking.py"
     port = free_port()
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import schooner as serve
 
         @serve.deployment
@@ -160,12 +190,15 @@ def test_script_with_blocking_run_shuts_down_on_sigint(tmp_path: Path) -> None:
         serve.start(http_options={{"port": {port}}})
         serve.run(Main.bind(), blocking=True)
         print("EXITED-CLEANLY", flush=True)
-    """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
-        r = wait_for(lambda: _get(f"http://127.0.0.1:{port}/"), timeout_s=60,
-                     message="script app to answer")
+        r = wait_for(
+            lambda: _get(f"http://127.0.0.1:{port}/"), timeout_s=60, message="script app to answer"
+        )
         assert r.text == "main-defined"  # class from __main__ travelled by value
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)

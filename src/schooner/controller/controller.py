@@ -279,7 +279,7 @@ class Controller:
                 ),
                 float(config.graceful_shutdown_timeout_s) + 2,
             )
-            conn.call_future("shutdown", (), {})
+            conn.notify("shutdown")
         except (TimeoutError, ConnectionLost, RemoteCallError, OSError):
             pass
         await asyncio.sleep(1.0)
@@ -312,7 +312,7 @@ class Controller:
         dep = self._replica_index.get(replica_id)
         replica = dep.replicas.get(replica_id) if dep is not None else None
         if dep is None or replica is None or replica.state != ReplicaState.STARTING:
-            conn.call_future("shutdown", (), {})
+            conn.notify("shutdown")
             return
         replica.conn = conn
         self._spawn(self._initialize(dep, replica, conn))

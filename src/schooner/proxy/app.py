@@ -128,7 +128,7 @@ class ProxyApp:
                     started = True
                     message["headers"] = [*message.get("headers", ()), rid_header]
                 await send(message)
-        except Exception as exc:  # noqa: BLE001 - any failure becomes an HTTP error status
+        except Exception as exc:
             if isinstance(exc, RemoteCallError):
                 logger.error("replica failed request %s: %s", request_id, exc.error.traceback)
                 text = f"Internal Server Error: {exc.error.type_name}: {exc.error.message}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 logger = logging.getLogger("schooner.replica")
 
-Message = dict[str, Any]
+Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
 
@@ -55,7 +55,7 @@ def to_response(result: Any) -> Response:
     if isinstance(result, bytes | bytearray | memoryview):
         return Response(bytes(result), media_type="application/octet-stream")
     if inspect.isasyncgen(result) or inspect.isgenerator(result):
-        return StreamingResponse(result, media_type="text/plain; charset=utf-8")
+        return StreamingResponse(result, media_type="text/plain; charset=utf-8")  # type: ignore[arg-type]
     try:
         return JSONResponse(result)
     except (TypeError, ValueError):

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
+from starlette.responses import StreamingResponse
 
 from schooner import context
 from schooner.ingress import build_asgi_app, call_asgi, is_ingress_class, start_lifespan
@@ -250,12 +251,12 @@ class Replica:
 
     async def rpc_http(
         self, meta: tuple[str, ...], scope: dict[str, Any], body: bytes
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[http.Message]:
         """Serve one HTTP request; yields the ASGI messages of the response."""
         token = self._enter(meta)
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        queue: asyncio.Queue[http.Message | None] = asyncio.Queue()
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: http.Message) -> None:
             queue.put_nowait(message)
 
         async def run() -> None:
@@ -292,7 +293,7 @@ class Replica:
         async def call(request: Any) -> Any:
             if _is_generator_fn(fn):
                 result = await self._invoke(fn, (request,), {})
-                return http.StreamingResponse(
+                return StreamingResponse(
                     self._iterate(result), media_type="text/plain; charset=utf-8"
                 )
             return await self._invoke(fn, (request,), {})

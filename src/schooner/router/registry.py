@@ -82,9 +82,10 @@ class RouterRegistry:
             await asyncio.wait({reply, keys_changed}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             keys_changed.cancel()
-        if not reply.done():
-            self._controller.cancel_request(req_id)
-            reply.cancel()
+            if not reply.done():
+                self._controller.cancel_request(req_id)
+                reply.cancel()
+        if reply.cancelled():
             return None
         result: dict[str, tuple[int, Any]] = reply.result()
         return result

@@ -60,7 +60,7 @@ class RemoteError:
         original: BaseException | None = exc
         try:
             codec.dumps(exc)
-        except Exception:  # noqa: BLE001 - anything unpicklable is sent by description
+        except Exception:
             original = None
         return cls(type(exc).__name__, str(exc), tb, original)
 
@@ -82,6 +82,7 @@ class Connection(asyncio.Protocol):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any] | _Stream] = {}
         self._tasks: dict[int, asyncio.Task[Any]] = {}
+        self._notifications: set[asyncio.Task[Any]] = set()
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_event_loop()
@@ -171,6 +172,11 @@ class Connection(asyncio.Protocol):
             self._cancel(req_id)
             raise
 
+    def notify(self, method: str, *args: Any) -> None:
+        """Call ``rpc_<method>`` on the peer without waiting for (or getting) an answer."""
+        if self.is_open:
+            self._send((REQ, 0, method, args, {}, False))
+
     def call_future(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[int, asyncio.Future[Any]]:
@@ -258,16 +264,20 @@ class Connection(asyncio.Protocol):
             return
         try:
             result = fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - every handler error goes back to the caller
-            self._send((ERR, req_id, RemoteError.from_exception(exc)))
+        except Exception as exc:
+            self._reply(ERR, req_id, RemoteError.from_exception(exc))
             return
         if inspect.isawaitable(result):
             self._start_task(req_id, self._run_call(req_id, result))
         else:
-            self._send((OK, req_id, result))
+            self._reply(OK, req_id, result)
 
     def _start_task(self, req_id: int, coro: Any) -> None:
         task = self._loop.create_task(coro)
+        if req_id == 0:  # a notification: keep it alive, nobody can cancel it
+            self._notifications.add(task)
+            task.add_done_callback(self._notifications.discard)
+            return
         self._tasks[req_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(req_id, None))
 
@@ -276,7 +286,7 @@ class Connection(asyncio.Protocol):
             result = await awaitable
         except asyncio.CancelledError:
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._reply(ERR, req_id, RemoteError.from_exception(exc))
         else:
             self._reply(OK, req_id, result)
@@ -293,17 +303,17 @@ class Connection(asyncio.Protocol):
                 self._reply(ITEM, req_id, item)
         except asyncio.CancelledError:
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._reply(ERR, req_id, RemoteError.from_exception(exc))
         else:
             self._reply(END, req_id)
 
     def _reply(self, kind: int, req_id: int, *payload: Any) -> None:
-        if self._transport is None:
+        if self._transport is None or req_id == 0:
             return
         try:
             self._send((kind, req_id, *payload))
-        except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable return value
+        except Exception as exc:
             if kind == ERR:
                 raise
             self._send((ERR, req_id, RemoteError.from_exception(exc)))

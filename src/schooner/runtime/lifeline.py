@@ -38,7 +38,7 @@ class Lifeline:
             self._write_fd = -1
 
 
-def watch_parent(read_fd: int, on_parent_death: Callable[[], None]) -> None:
+def watch_parent(read_fd: int, on_parent_death: Callable[[], object]) -> None:
     """In a child: call ``on_parent_death`` (from a thread) once the parent is gone.
 
     ``on_parent_death`` should start a graceful shutdown; if the process is
@@ -56,7 +56,7 @@ def watch_parent(read_fd: int, on_parent_death: Callable[[], None]) -> None:
         timer.start()
         try:
             on_parent_death()
-        except BaseException:  # noqa: BLE001 - we are exiting regardless
+        except BaseException:
             os._exit(1)
 
     threading.Thread(target=watch, name="schooner-lifeline", daemon=True).start()
