@@ -17,17 +17,20 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def _get(url: str) -> httpx.Response | None:
+    """The response once the app answers 200 (None while starting up)."""
     try:
-        return httpx.get(url, timeout=5)
+        r = httpx.get(url, timeout=5)
     except httpx.HTTPError:
         return None
+    return r if r.status_code == 200 else None
 
 
 def _post(url: str, **kwargs: object) -> httpx.Response | None:
     try:
-        return httpx.post(url, timeout=5, **kwargs)  # type: ignore[arg-type]
+        r = httpx.post(url, timeout=5, **kwargs)  # type: ignore[arg-type]
     except httpx.HTTPError:
         return None
+    return r if r.status_code == 200 else None
 
 
 def _descendants_gone(owner_pid: int, timeout_s: float) -> list[tuple[int, str]]:

@@ -46,12 +46,14 @@ class Router:
         self._max_ongoing = 5
         self._max_queued = -1
         self._deleted = False
+        self._known = asyncio.Event()  # set once the controller's first snapshot arrived
 
     # -- replica set ------------------------------------------------------------
     def update(self, replica_set: ReplicaSet | str | None) -> None:
         """Apply a snapshot from the controller (a ReplicaSet, DELETED, or None = unknown)."""
         if replica_set == DELETED:
             self._deleted = True
+            self._known.set()
             self._replicas = []
             while self._waiters:
                 waiter = self._waiters.popleft()
@@ -63,6 +65,7 @@ class Router:
         if not isinstance(replica_set, ReplicaSet):
             return
         self._deleted = False
+        self._known.set()
         self._replicas = list(replica_set.replicas)
         self._max_ongoing = replica_set.max_ongoing_requests
         self._max_queued = replica_set.max_queued_requests
@@ -102,6 +105,10 @@ class Router:
     async def _acquire(self) -> ReplicaInfo:
         if self._deleted:
             raise DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")
+        if not self._known.is_set():
+            await self._known.wait()  # limits are unknown until the first snapshot
+            if self._deleted:
+                raise DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")
         if not self._waiters:
             replica = self._choose()
             if replica is not None:
