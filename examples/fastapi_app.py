@@ -30,6 +30,10 @@ class Inventory:
         self.currency = currency
         self.items: dict[int, Item] = {}
 
+    @api.get("/")
+    def index(self) -> dict:
+        return {"service": "inventory", "items": len(self.items)}
+
     @api.get("/items/{item_id}")
     def get_item(self, item_id: int, q: str | None = None) -> dict:
         item = self.items.get(item_id)

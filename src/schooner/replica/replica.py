@@ -280,6 +280,9 @@ class Replica:
 
     async def _serve_http(self, scope: dict[str, Any], body: bytes, send: http.Send) -> None:
         if self._asgi_app is not None:
+            if scope["path"] == scope.get("root_path") and scope["path"] not in ("", "/"):
+                # A request for exactly the route prefix is the app's "/" (not a redirect).
+                scope = {**scope, "path": scope["path"] + "/"}
             tracker = http.ResponseTracker(send)
             try:
                 await call_asgi(self._asgi_app, scope, body, tracker)
