@@ -138,3 +138,63 @@ def test_replica_waiting_for_resources_says_why(clean) -> None:
 
     message = wait_for(waiting_message, timeout_s=10, message="resource message")
     assert "GPU" in message and "needs 1" in message
+
+
+@serve.deployment
+class SyncCaller:
+    def __init__(self, adder) -> None:  # noqa: ANN001
+        self.adder = adder
+
+    def __call__(self, request: Request) -> int:
+        # A sync method runs in a worker thread, so it may block on a handle call.
+        return self.adder.remote(int(request.query_params["x"])).result()
+
+
+@serve.deployment
+def plus_one(x: int) -> int:
+    import logging
+
+    logging.getLogger("user.code").info("adding one to %s", x)
+    return x + 1
+
+
+def test_sync_method_blocks_on_nested_handle_and_logs_carry_ids(clean, tmp_root) -> None:
+    serve.run(SyncCaller.bind(plus_one.bind()), name="sync", route_prefix="/sync")
+    r = clean.http.get("/sync", params={"x": 41}, headers={"x-request-id": "trace-me-42"})
+    assert r.json() == 42
+    logs = tmp_root / "schooner" / "session_latest" / "logs"
+    replica_logs = list(logs.glob("replica_sync_plus_one_*.log"))
+    assert len(replica_logs) == 1
+    line = next(line for line in replica_logs[0].read_text().splitlines()
+                if "adding one to 41" in line)
+    assert "replica sync#plus_one#" in line
+    assert "req=trace-me-42" in line  # the request id follows the call across deployments
+    assert (logs / "controller.log").exists() and (logs / "proxy.log").exists()
+
+
+def test_proxy_process_is_restarted_if_it_dies(clean) -> None:
+    serve.run(Ok.bind(), name="good", route_prefix="/good")
+    from helpers import schooner_processes
+
+    proxies = [pid for pid, cmd in schooner_processes() if "schooner.proxy.main" in cmd]
+    assert len(proxies) == 1
+    os.kill(proxies[0], signal.SIGKILL)
+
+    def answers() -> bool:
+        try:
+            return clean.http.get("/good", timeout=2).text == "ok"
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answers, timeout_s=30, message="a restarted proxy")
+
+
+def test_bad_targets_and_names_give_clear_errors(clean) -> None:
+    with pytest.raises(TypeError, match="bind"):
+        serve.run(Ok)  # type: ignore[arg-type]
+    with pytest.raises(serve.exceptions.RayServeException, match="does not exist"):
+        serve.get_app_handle("nope")
+    with pytest.raises(serve.exceptions.ServeConfigError, match="must start with '/'"):
+        serve.run(Ok.bind(), name="x", route_prefix="no-slash")
+    with pytest.raises(RuntimeError, match="cannot be constructed"):
+        Ok()
