@@ -173,6 +173,7 @@ def test_sigkill_of_owner_stops_every_process_within_5s(tmp_path: Path) -> None:
         started = time.monotonic()
         left = _descendants_gone(proc.pid, 5.0)
         assert left == [], f"still running {time.monotonic() - started:.1f}s later: {left}"
+        print(f"every process exited {time.monotonic() - started:.2f}s after SIGKILL")
     finally:
         if proc.poll() is None:
             proc.kill()

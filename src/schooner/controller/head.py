@@ -121,7 +121,10 @@ class Head:
                 logger.warning("replicas did not stop in time; killing them")
                 controller.kill_all()
         if self.proxy is not None:
-            self.proxy.terminate()
+            if self.fast_stop:
+                self.proxy.kill()
+            else:
+                self.proxy.terminate()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             alive = [p for p in [*controller.all_pids()] if _alive(p)]

@@ -249,15 +249,8 @@ class Connection(asyncio.Protocol):
     ) -> None:
         fn = getattr(self._handler, "rpc_" + method, None)
         if fn is None:
-            self._send(
-                (
-                    ERR,
-                    req_id,
-                    RemoteError.from_exception(
-                        AttributeError(f"peer has no RPC method {method!r}")
-                    ),
-                )
-            )
+            error = AttributeError(f"peer has no RPC method {method!r}")
+            self._reply(ERR, req_id, RemoteError.from_exception(error))
             return
         if stream:
             self._start_task(req_id, self._run_stream(req_id, fn, args, kwargs))

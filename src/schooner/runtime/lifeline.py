@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 
 #: How long a child may spend shutting down gracefully after its parent died.
-_HARD_EXIT_AFTER_S = 3.0
+_HARD_EXIT_AFTER_S = 1.0
 
 
 class Lifeline:
