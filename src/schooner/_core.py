@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from schooner.exceptions import RayServeException
-from schooner.router.registry import RouterRegistry
+from schooner.router.registry import LoopRouters, RouterRegistry
 from schooner.rpc.connection import Connection, connect_unix
 from schooner.runtime.session import Session
 
@@ -41,6 +42,9 @@ class Core:
         self.registry = RouterRegistry(controller)
         self._thread = thread
         self._thread_id = thread.ident if thread is not None else threading.get_ident()
+        self._loop_routers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopRouters] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -79,6 +83,16 @@ class Core:
             raise
 
     # -- running coroutines ---------------------------------------------------------
+    def routers_for(self, loop: asyncio.AbstractEventLoop) -> RouterRegistry | LoopRouters:
+        """Routers usable from ``loop``: the registry itself on the core loop, else loop-local."""
+        if loop is self.loop:
+            return self.registry
+        routers = self._loop_routers.get(loop)
+        if routers is None:
+            routers = LoopRouters(self.registry, self.loop, loop)
+            self._loop_routers[loop] = routers
+        return routers
+
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_id
 

@@ -24,6 +24,7 @@ from schooner import _core
 from schooner.context import current_request
 from schooner.exceptions import RemoteUserError, RequestCancelledError
 from schooner.rpc.connection import RemoteCallError
+from schooner.router.registry import LoopRouters, RouterRegistry
 from schooner.rpc.messages import DeploymentID
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
@@ -141,8 +142,16 @@ class DeploymentHandle:
         )
         if options.stream:
             return DeploymentResponseGenerator(core, self._deployment_id, meta, args, kwargs)
-        future = core.submit(_call(core, self._deployment_id, meta, args, kwargs))
-        return DeploymentResponse(core, future)
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None:  # sync caller: run on the core's loop thread
+            coro = _call(core.registry, self._deployment_id, meta, args, kwargs)
+            return DeploymentResponse(core, core.submit(coro), core.loop)
+        routers = core.routers_for(loop)
+        task = loop.create_task(_call(routers, self._deployment_id, meta, args, kwargs))
+        return DeploymentResponse(core, task, loop)
 
 
 def _rebuild_handle(name: str, app: str, options: _HandleOptions) -> DeploymentHandle:
@@ -163,14 +172,14 @@ async def _resolve(
 
 
 async def _call(
-    core: _core.Core,
+    routers: RouterRegistry | LoopRouters,
     deployment: DeploymentID,
     meta: tuple[str, ...],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
 ) -> Any:
     args, kwargs = await _resolve(args, kwargs)
-    router = core.registry.router(deployment)
+    router = routers.router(deployment)
     try:
         return await router.call("call", meta, args, kwargs)
     except RemoteCallError as exc:
@@ -189,20 +198,27 @@ class DeploymentResponse:
     """The future result of a ``handle.remote()`` call."""
 
     def __init__(
-        self, core: _core.Core, future: asyncio.Future[Any] | concurrent.futures.Future[Any]
+        self,
+        core: _core.Core,
+        future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._core = core
         self._future = future
+        self._loop = loop  # the loop running the call
 
     def __await__(self) -> Generator[Any, None, Any]:
         future = self._future
         if isinstance(future, concurrent.futures.Future):
             return asyncio.wrap_future(future).__await__()
-        if self._core.in_loop_thread():
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if current is self._loop:
             return future.__await__()
-        return asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(_await(future), self._core.loop)
-        ).__await__()
+        cross = asyncio.run_coroutine_threadsafe(_await(future), self._loop)
+        return asyncio.wrap_future(cross).__await__()
 
     def result(self, timeout_s: float | None = None, *, _skip_asyncio_check: bool = False) -> Any:
         """Block until the result is ready (raises ``TimeoutError`` after ``timeout_s``)."""
@@ -214,24 +230,22 @@ class DeploymentResponse:
             else:
                 raise _on_loop_thread_error()
         future = self._future
-        if isinstance(future, concurrent.futures.Future):
-            try:
-                return future.result(timeout_s)
-            except concurrent.futures.TimeoutError:
-                raise TimeoutError(
-                    f"Timed out waiting for the result after {timeout_s}s."
-                ) from None
-            except concurrent.futures.CancelledError:
-                raise RequestCancelledError("The request was cancelled.") from None
-        return self._core.run_sync(_await(future), timeout_s)
+        if not isinstance(future, concurrent.futures.Future):
+            future = asyncio.run_coroutine_threadsafe(_await(future), self._loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"Timed out waiting for the result after {timeout_s}s.") from None
+        except concurrent.futures.CancelledError:
+            raise RequestCancelledError("The request was cancelled.") from None
 
     def cancel(self) -> None:
         """Cancel the request (the replica's task is cancelled too)."""
         future = self._future
-        if isinstance(future, concurrent.futures.Future) or self._core.in_loop_thread():
+        if isinstance(future, concurrent.futures.Future):
             future.cancel()
         else:
-            self._core.loop.call_soon_threadsafe(future.cancel)
+            self._loop.call_soon_threadsafe(future.cancel)
 
     def cancelled(self) -> bool:
         return self._future.cancelled()

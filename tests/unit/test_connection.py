@@ -419,11 +419,6 @@ def test_notify_gets_no_reply() -> None:
     run(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): a notify() of an unknown method is answered with an ERR frame for "
-    "request id 0 (connection.py _handle_request), though notifications get no reply",
-)
 def test_notify_unknown_method_gets_no_reply() -> None:
     async def body() -> None:
         client, _ = await wire(Handler())

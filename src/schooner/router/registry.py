@@ -122,3 +122,36 @@ class RouterRegistry:
         if self._listen_task is not None:
             self._listen_task.cancel()
         self.pool.close()
+
+
+class LoopRouters:
+    """Routers bound to another event loop of this process (a user's ``asyncio.run``).
+
+    Calls made from that loop then need no hop to the core's thread: the
+    routers and their connections live on the caller's loop, and only
+    replica-set updates cross threads (forwarded from the core's registry).
+    """
+
+    def __init__(self, registry: RouterRegistry, registry_loop: asyncio.AbstractEventLoop,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self._registry = registry
+        self._registry_loop = registry_loop
+        self._loop = loop
+        self.pool = ConnectionPool()
+        self._routers: dict[DeploymentID, Router] = {}
+
+    def router(self, deployment: DeploymentID) -> Router:
+        router = self._routers.get(deployment)
+        if router is None:
+            router = Router(deployment, self.pool)
+            self._routers[deployment] = router
+            loop = self._loop
+
+            def forward(value: Any, router: Router = router) -> None:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(router.update, value)
+
+            self._registry_loop.call_soon_threadsafe(
+                self._registry.subscribe, deployment.key, forward
+            )
+        return router
