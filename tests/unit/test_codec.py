@@ -1,4 +1,4 @@
-"""The wire codec: frame layout, pickle protocol 5 with out-of-band buffers, cloudpickle fallback."""
+"""The wire codec: frame layout, protocol 5 with out-of-band buffers, cloudpickle fallback."""
 
 from __future__ import annotations
 
@@ -195,7 +195,7 @@ def test_unimportable_main_module_class_is_pickled_by_value() -> None:
 def test_main_module_instance_with_large_array_keeps_out_of_band_buffer() -> None:
     cls = _main_class()
     obj = cls(2)
-    obj.weights = np.arange(20_000, dtype=np.float64)  # type: ignore[attr-defined]
+    obj.weights = np.arange(20_000, dtype=np.float64)
     chunks = codec.encode(obj)
     _, n_buffers = codec.HEADER.unpack_from(chunks[0], 0)
     assert n_buffers == 1

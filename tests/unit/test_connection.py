@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -296,7 +296,7 @@ def test_unknown_method() -> None:
 
 def test_stream_yields_items_then_ends() -> None:
     async def body() -> None:
-        client, server = await wire(Handler())
+        client, _ = await wire(Handler())
         assert [i async for i in client.stream("count", 5)] == [0, 1, 2, 3, 4]
         assert [i async for i in client.stream("count", 0)] == []
         kinds = [m[0] for m in client.received]
@@ -324,7 +324,7 @@ def test_closing_a_stream_early_cancels_the_generator() -> None:
     async def body() -> None:
         handler = Handler()
         client, _ = await wire(handler)
-        stream = client.stream("endless", "s")
+        stream = cast(AsyncGenerator[Any, None], client.stream("endless", "s"))
         assert await anext(stream) == 0
         await handler._event(handler.started, "s").wait()
         await stream.aclose()
@@ -339,7 +339,7 @@ def test_closing_a_stream_early_cancels_the_generator() -> None:
 def test_cancelling_a_call_cancels_the_handler_task() -> None:
     async def body() -> None:
         handler = Handler()
-        client, server = await wire(handler)
+        client, _ = await wire(handler)
         task = asyncio.ensure_future(client.call("block", "c"))
         await handler._event(handler.started, "c").wait()
         task.cancel()

@@ -226,9 +226,9 @@ def test_never_more_than_max_ongoing_per_replica() -> None:
             await until(lambda: bool(pool.all_pending()), "a call in flight")
             pool.all_pending()[0].future.set_result(None)
             done += 1
+            in_flight = min(6, 20 - done)
             await until(
-                lambda d=done: sum(c.ongoing for c in pool.conns.values())  # type: ignore[misc]
-                == min(6, 20 - d),
+                lambda n=in_flight: sum(c.ongoing for c in pool.conns.values()) == n,  # type: ignore[misc]
                 "slots refilled",
             )
         await asyncio.gather(*tasks)
@@ -292,6 +292,7 @@ def test_cancelled_waiter_leaves_the_queue_and_the_slot_goes_to_the_next() -> No
         await until(lambda: router.num_queued == 1)
         assert b.cancelled()
         d = start(router, "d")  # room again in the queue
+        assert not d.done()
         await until(lambda: router.num_queued == 2)
         pool.all_pending()[0].future.set_result(None)
         await a
@@ -317,6 +318,7 @@ def test_cancelled_in_flight_call_frees_its_slot() -> None:
         await until(lambda: pool.total_calls() == 2)
         assert pool.all_pending()[0].args == ("b",)
         assert router.num_queued == 0
+        assert a.cancelled() and not b.done()
 
     run(body)
 
@@ -336,7 +338,7 @@ def test_waiter_cancelled_just_after_getting_a_slot_gives_it_back() -> None:
         c = start(router, "c")
         await until(lambda: pool.total_calls() == 2, "c sent to r2")
         assert pool.conn("r2").pending()[0].args == ("c",)
-        assert not a.done()
+        assert not a.done() and not c.done()
 
     run(body)
 
@@ -581,12 +583,6 @@ def test_other_connect_errors_propagate_and_free_the_slot() -> None:
     run(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): Router._connect releases a replica whose connect failed before "
-    "dropping it, so _release's hand-off can give that dead replica to a queued request, "
-    "which then tries to connect to it again",
-)
 def test_replica_that_failed_to_connect_is_not_handed_to_a_waiter() -> None:
     async def body() -> None:
         router, pool = make_router("r1", "r2", max_ongoing=1)

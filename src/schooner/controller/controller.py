@@ -377,9 +377,10 @@ class Controller:
             existing.last_deployed_time_s = now
             for d in spec.deployments:
                 state = existing.deployments.get(d.name)
-                if state is None or state.deleting:
+                if state is None:
                     existing.deployments[d.name] = DeploymentState.new(spec.name, d)
-                else:
+                else:  # also when it was being removed: keep tracking its old replicas
+                    state.deleting = False
                     state.apply_spec(d)
             for name, state in existing.deployments.items():
                 if name not in names:

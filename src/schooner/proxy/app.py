@@ -1,8 +1,8 @@
-"""The proxy's ASGI application: route, forward, relay.
+"""The proxy's request handling: route, forward, relay.
 
 Routes come from the controller (long-poll key ``"routes"``); the longest
 route prefix matching the path wins. The request body is read whole and sent
-with the ASGI scope to a replica of the application's ingress deployment
+with the request line and headers to a replica of the application's ingress deployment
 (chosen by that deployment's router); the replica streams back the ASGI
 messages of its response, which are relayed as they come. Every response
 carries ``x-request-id``.
@@ -10,6 +10,7 @@ carries ``x-request-id``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 
 from schooner._core import Core
 from schooner.exceptions import BackPressureError, http_status_for
+from schooner.proxy.http_server import Request
 from schooner.rpc.connection import RemoteCallError
 from schooner.rpc.messages import Route
 
@@ -40,13 +42,17 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 
 
 class ProxyApp:
-    """ASGI app of one proxy process."""
+    """Request handling of one proxy process (on top of :mod:`schooner.proxy.http_server`)."""
 
-    def __init__(self, core: Core, root_path: str = "") -> None:
+    def __init__(self, core: Core, root_path: str = "", server: tuple[str, int] | None = None
+                 ) -> None:
         self.core = core
         self.root_path = root_path
+        self.server = server
         self.routes: dict[str, Route] | None = None
         self._prefixes: list[str] = []
+        self._loop = asyncio.get_event_loop()
+        self._tasks: set[asyncio.Task[None]] = set()
         core.registry.subscribe("routes", self.update_routes)
 
     def update_routes(self, routes: dict[str, Route] | None) -> None:
@@ -64,71 +70,77 @@ class ProxyApp:
                 return self.routes[prefix]
         return None
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            await send({"type": "websocket.close", "code": 1003})
-            return
-        request_id = _header(scope, b"x-request-id") or str(uuid.uuid4())
-        path = scope["path"]
+    def handle(self, request: Request) -> None:
+        """Answer ``request``: built-in endpoints here, everything else via a replica."""
+        rid = request.header(b"x-request-id")
+        request_id = rid.decode("latin-1") if rid else str(uuid.uuid4())
+        path = request.path
         if self.root_path and path.startswith(self.root_path):
-            path = path[len(self.root_path) :] or "/"
+            path = path[len(self.root_path):] or "/"
         if path == "/-/healthz":
             if self.routes:
-                await _respond(send, 200, b"success", request_id)
+                _text(request, 200, b"success", request_id)
             else:
-                await _respond(send, 503, b"Route table is not populated yet.", request_id)
+                _text(request, 503, b"Route table is not populated yet.", request_id)
             return
         if path == "/-/routes":
             if self.routes:
                 table = {p: r.app_name for p, r in self.routes.items()}
                 body = json.dumps(table, separators=(",", ":")).encode()
-                await _respond(send, 200, body, request_id, b"application/json")
+                request.respond(200, [(b"content-type", b"application/json"),
+                                      (b"x-request-id", request_id.encode())], body)
             else:
-                await _respond(send, 503, b"Route table is not populated yet.", request_id)
+                _text(request, 503, b"Route table is not populated yet.", request_id)
             return
         route = self.match(path) if self.routes else None
         if route is None:
-            host = _header(scope, b"host") or "127.0.0.1"
-            await _respond(
-                send,
-                404,
-                (
-                    f"Path '{path}' not found. Ping http://{host}/-/routes for available routes."
-                ).encode(),
-                request_id,
-            )
+            host = (request.header(b"host") or b"127.0.0.1").decode("latin-1")
+            _text(request, 404, (f"Path '{path}' not found. Ping http://{host}/-/routes "
+                                 "for available routes.").encode(), request_id)
             return
-        await self._forward(scope, receive, send, route, request_id)
+        task = self._loop.create_task(self._forward(request, route, request_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        request.on_disconnect = task.cancel  # type: ignore[assignment]
 
-    async def _forward(
-        self, scope: Scope, receive: Any, send: Any, route: Route, request_id: str
-    ) -> None:
-        body = await _read_body(receive)
-        inner = {key: scope[key] for key in _FORWARDED_SCOPE_KEYS if key in scope}
+    async def _forward(self, request: Request, route: Route, request_id: str) -> None:
         prefix = "" if route.route_prefix == "/" else route.route_prefix
-        inner["root_path"] = scope.get("root_path", "") + prefix
-        meta = (
-            request_id,
-            "__call__",
-            _header(scope, b"serve_multiplexed_model_id")
-            or _header(scope, b"serve-multiplexed-model-id")
-            or "",
-            _header(scope, b"x-session-id") or "",
-            route.route_prefix,
-        )
+        model_id = request.header(b"serve_multiplexed_model_id") or request.header(
+            b"serve-multiplexed-model-id") or b""
+        session_id = request.header(b"x-session-id") or b""
+        meta = (request_id, "__call__", model_id.decode("latin-1"),
+                session_id.decode("latin-1"), route.route_prefix)
+        http_request = (request.method, request.path, request.raw_path.partition(b"?")[0],
+                        request.query_string, request.headers, request.http_version,
+                        request.client, self.server, self.root_path + prefix)
         router = self.core.registry.router(route.ingress)
-        started = False
         rid_header = (b"x-request-id", request_id.encode())
+        pending_start: dict[str, Any] | None = None
         try:
-            async for message in router.stream("http", meta, inner, body):
-                if message["type"] == "http.response.start":
-                    started = True
-                    message["headers"] = [*message.get("headers", ()), rid_header]
-                await send(message)
-        except Exception as exc:
+            async for message in router.stream("http", meta, http_request, request.body):
+                kind = message["type"]
+                if kind == "http.response.start":
+                    pending_start = message
+                elif kind == "http.response.body":
+                    body = message.get("body", b"")
+                    if pending_start is not None:
+                        headers = [*_byte_headers(pending_start.get("headers", ())),
+                                   rid_header]
+                        status = pending_start["status"]
+                        pending_start = None
+                        if not message.get("more_body", False):
+                            request.respond(status, headers, body)
+                            continue
+                        request.start(status, headers)
+                    if message.get("more_body", False):
+                        request.send(body)
+                        await request.drain()
+                    else:
+                        request.end(body)
+        except asyncio.CancelledError:
+            logger.info("request %s cancelled: the client disconnected (499)", request_id)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure becomes an HTTP error status
             if isinstance(exc, RemoteCallError):
                 logger.error("replica failed request %s: %s", request_id, exc.error.traceback)
                 text = f"Internal Server Error: {exc.error.type_name}: {exc.error.message}"
@@ -138,57 +150,26 @@ class ProxyApp:
                     logger.warning("request %s failed: %r", request_id, exc)
                 text = f"{type(exc).__name__}: {exc}"
                 status = http_status_for(exc)
-            if not started:
-                await _respond(send, status, text.encode(), request_id)
+            if not request.started:
+                _text(request, status, text.encode(), request_id)
             else:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _respond(
-    send: Any,
-    status: int,
-    body: bytes,
-    request_id: str,
-    content_type: bytes = b"text/plain; charset=utf-8",
-) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-request-id", request_id.encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
+                request.keep_alive = False
+                request.end()
             return
+        if not request.finished:
+            if pending_start is not None:
+                request.respond(pending_start["status"],
+                                [*_byte_headers(pending_start.get("headers", ())), rid_header],
+                                b"")
+            else:
+                request.keep_alive = False
+                request.end()
+
+
+def _byte_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    return [(bytes(k), bytes(v)) for k, v in headers]
+
+
+def _text(request: Request, status: int, body: bytes, request_id: str) -> None:
+    request.respond(status, [(b"content-type", b"text/plain; charset=utf-8"),
+                             (b"x-request-id", request_id.encode())], body)

@@ -1,6 +1,6 @@
 """Entry point of a proxy process: ``python -m schooner.proxy.main``.
 
-Serves HTTP with uvicorn (httptools, uvloop) on a listening socket inherited
+Serves HTTP (:mod:`schooner.proxy.http_server`, on uvloop) on a listening socket inherited
 from the head, so several proxy processes can share one port and a restarted
 proxy takes over without the port ever closing.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from schooner import _core
 from schooner.logs import setup_process_logging
+from schooner.proxy import http_server
 from schooner.proxy.app import ProxyApp
 from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
@@ -38,35 +38,19 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
     loop = asyncio.get_running_loop()
     core = await _core.Core.connect(session)
     _core.set_core(core)
-    app = ProxyApp(core, root_path=args.root_path)
     sock = socket.socket(fileno=args.http_fd)
-    config = uvicorn.Config(
-        app,
-        loop="none",
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        log_level="warning",
-        timeout_keep_alive=args.keep_alive_s,
-    )
-    server = uvicorn.Server(config)
-
-    def stop() -> None:
-        server.should_exit = True
-
-    watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stop))
-    core.controller.on_close.append(lambda _c: stop())
-
-    async def register_when_started() -> None:
-        while not server.started:
-            await asyncio.sleep(0.005)
-        await core.registry.wait_for_snapshot("routes", 10)
-        await core.controller.call("register_proxy")
-
-    registration = loop.create_task(register_when_started())
-    await server.serve(sockets=[sock])
-    registration.cancel()
+    host, port = sock.getsockname()[:2]
+    app = ProxyApp(core, root_path=args.root_path, server=(str(host), int(port)))
+    server = await http_server.serve(app.handle, sock, keep_alive_s=args.keep_alive_s)
+    stopped = asyncio.Event()
+    watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
+    core.controller.on_close.append(lambda _c: stopped.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    await core.registry.wait_for_snapshot("routes", 10)
+    await core.controller.call("register_proxy")
+    await stopped.wait()
+    server.close()
     core.close()
 
 

@@ -24,6 +24,31 @@ Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 
 
+def make_scope(request: tuple[Any, ...]) -> dict[str, Any]:
+    """The ASGI scope of a request forwarded by the proxy.
+
+    ``request`` is (method, path, raw_path, query_string, headers,
+    http_version, client, server, root_path); ``path`` is the full path and
+    ``root_path`` the application's route prefix.
+    """
+    method, path, raw_path, query, headers, version, client, server, root_path = request
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": version,
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": headers,
+        "client": client,
+        "server": server,
+        "state": {},
+    }
+
+
 def make_receive(body: bytes) -> Callable[[], Awaitable[Message]]:
     """An ASGI ``receive`` that delivers ``body`` once, then blocks like a live client."""
     sent = False

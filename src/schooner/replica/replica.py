@@ -250,9 +250,10 @@ class Replica:
             )
 
     async def rpc_http(
-        self, meta: tuple[str, ...], scope: dict[str, Any], body: bytes
+        self, meta: tuple[str, ...], request: tuple[Any, ...], body: bytes
     ) -> AsyncIterator[http.Message]:
         """Serve one HTTP request; yields the ASGI messages of the response."""
+        scope = http.make_scope(request)
         token = self._enter(meta)
         queue: asyncio.Queue[http.Message | None] = asyncio.Queue()
 

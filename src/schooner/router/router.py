@@ -169,8 +169,8 @@ class Router:
             try:
                 return replica, await self._pool.get(replica.address)
             except OSError:
+                self._drop_replica(replica)  # before releasing: don't hand it to a waiter
                 self._release(replica)
-                self._drop_replica(replica)
             except BaseException:
                 self._release(replica)
                 raise

@@ -1,0 +1,358 @@
+"""A small HTTP/1.1 server on asyncio protocols and httptools, built for proxying.
+
+The proxy does not need ASGI: it reads a request (method, target, headers,
+whole body), hands it to a handler, and writes back a status line, headers
+and a body, or a stream of chunks. Doing that directly on an
+``asyncio.Protocol`` saves a task, a scope dict and several message dicts per
+request compared to an ASGI server.
+
+Supported: keep-alive with an idle timeout, pipelined requests (answered in
+order), chunked request bodies, ``Expect: 100-continue``, HEAD, streamed
+responses (chunked transfer encoding when no content-length is known),
+backpressure on slow readers, a request body size limit (413), and malformed
+requests (400). When a client disconnects, the request's ``disconnected``
+callback runs so the work behind it can be cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
+
+logger = logging.getLogger("schooner.proxy")
+
+Headers = list[tuple[bytes, bytes]]
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+
+
+class _DateHeader:
+    """The ``date`` header, formatted at most once per second."""
+
+    value = b""
+    second = -1
+
+    @classmethod
+    def get(cls, now: float) -> bytes:
+        second = int(now)
+        if second != cls.second:
+            cls.second = second
+            cls.value = b"date: " + formatdate(second, usegmt=True).encode() + b"\r\n"
+        return cls.value
+
+
+class Request:
+    """One parsed request and the means to answer it."""
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_finished",
+        "_head",
+        "_started",
+        "body",
+        "client",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "on_disconnect",
+        "path",
+        "query_string",
+        "raw_path",
+    )
+
+    def __init__(self, conn: HttpProtocol, method: str, raw_path: bytes, headers: Headers,
+                 http_version: str, keep_alive: bool) -> None:
+        self._conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        path, _, query = raw_path.partition(b"?")
+        self.path = unquote(path.decode("latin-1")) if b"%" in path else path.decode("latin-1")
+        self.query_string = query
+        self.headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.body = b""
+        self.client = conn.client
+        self._head = method == "HEAD"
+        self._started = False
+        self._finished = False
+        self._chunked = False
+        self.on_disconnect: Callable[[], None] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    # -- answering -----------------------------------------------------------------
+    def respond(self, status: int, headers: Headers, body: bytes) -> None:
+        """Send a whole response (adds content-length)."""
+        head = [_status_line(status), self._conn.date()]
+        for key, value in headers:
+            if key != b"content-length" and key != b"transfer-encoding":
+                head.append(key + b": " + value + b"\r\n")
+        head.append(b"content-length: %d\r\n" % len(body))
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        if not self._head:
+            head.append(body)
+        self._started = True
+        self._finish(b"".join(head))
+
+    def start(self, status: int, headers: Headers) -> None:
+        """Start a streamed response; chunked unless ``headers`` give a content-length."""
+        self._started = True
+        chunked = True
+        head = [_status_line(status), self._conn.date()]
+        for key, value in headers:
+            if key == b"content-length":
+                chunked = False
+            elif key == b"transfer-encoding":
+                continue
+            head.append(key + b": " + value + b"\r\n")
+        if chunked and not self._head:
+            head.append(b"transfer-encoding: chunked\r\n")
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self._chunked = chunked and not self._head
+        self._conn.write(b"".join(head))
+
+    def send(self, data: bytes) -> None:
+        """Send part of a streamed body."""
+        if self._head or not data:
+            return
+        if self._chunked:
+            self._conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self._conn.write(data)
+
+    def end(self, data: bytes = b"") -> None:
+        """Finish a streamed response."""
+        if self._head:
+            self._finish(b"")
+        elif self._chunked:
+            tail = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n"
+            self._finish(tail)
+        else:
+            self._finish(data)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    async def drain(self) -> None:
+        """Wait while the client is not reading fast enough."""
+        await self._conn.drain()
+
+    def _finish(self, data: bytes) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._conn.finish(self, data)
+
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, handler: Callable[[Request], Any], *, keep_alive_s: float = 90.0,
+                 max_body_bytes: int = 100 * 1024 * 1024) -> None:
+        self._handler = handler
+        self._keep_alive_s = keep_alive_s
+        self._max_body = max_body_bytes
+        self._loop = asyncio.get_event_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self.client: tuple[str, int] | None = None
+        self._url = b""
+        self._headers: Headers = []
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._current: Request | None = None
+        self._pipeline: deque[Request] = deque()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._too_large = False
+
+    # -- connection --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        self._arm_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        current = self._current
+        if current is not None and not current.finished and current.on_disconnect is not None:
+            current.on_disconnect()
+        self._pipeline.clear()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reject(501, b"Protocol upgrades (WebSockets) are not supported by this proxy.")
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"Malformed HTTP request: {exc}".encode())
+
+    def _reject(self, status: int, text: bytes) -> None:
+        if self._transport is None:
+            return
+        self._transport.write(
+            _status_line(status) + self.date() + b"content-type: text/plain; charset=utf-8\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(text), text))
+        self._transport.close()
+
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self._loop.call_later(self._keep_alive_s, self._idle_timeout)
+
+    def _idle_timeout(self) -> None:
+        if self._current is None and self._transport is not None:
+            self._transport.close()
+
+    def date(self) -> bytes:
+        return _DateHeader.get(time.time())
+
+    # -- httptools callbacks --------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._body_size = 0
+        self._too_large = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        for name, value in self._headers:
+            if name == b"expect" and value.lower() == b"100-continue" \
+                    and self._transport is not None:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            elif name == b"content-length" and value.isdigit() and int(value) > self._max_body:
+                self._too_large = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > self._max_body:
+            self._too_large = True
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        request = Request(self, method, self._url, self._headers, parser.get_http_version(),
+                          parser.should_keep_alive())
+        if self._too_large:
+            request.keep_alive = False
+            text = f"Request body is larger than the limit of {self._max_body} bytes.".encode()
+            self._pipeline.append(request)
+            request.body = text
+            request.method = "__too_large__"
+        else:
+            request.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+            self._pipeline.append(request)
+        self._body = []
+        if self._current is None:
+            self._next()
+
+    # -- dispatch -------------------------------------------------------------------
+    def _next(self) -> None:
+        if not self._pipeline or self._transport is None:
+            self._current = None
+            self._arm_idle_timer()
+            return
+        request = self._pipeline.popleft()
+        self._current = request
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if request.method == "__too_large__":
+            text = request.body
+            request.method = "POST"
+            request.respond(413, [(b"content-type", b"text/plain; charset=utf-8")], text)
+            return
+        try:
+            self._handler(request)
+        except Exception:
+            logger.exception("request handler failed")
+            if not request.started:
+                request.respond(500, [(b"content-type", b"text/plain; charset=utf-8")],
+                                b"Internal Server Error")
+
+    def finish(self, request: Request, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if data:
+            transport.write(data)
+        if not request.keep_alive:
+            transport.close()
+            return
+        if request is self._current:
+            self._next()
+
+    def write(self, data: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(data)
+
+    # -- flow control -------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self._write_paused and self._transport is not None:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+
+async def serve(handler: Callable[[Request], Any], sock: Any, *, keep_alive_s: float = 90.0,
+                max_body_bytes: int = 100 * 1024 * 1024) -> asyncio.Server:
+    """Serve HTTP on the listening socket ``sock``; ``handler(request)`` must answer it."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: HttpProtocol(handler, keep_alive_s=keep_alive_s, max_body_bytes=max_body_bytes),
+        sock=sock, backlog=2048)
