@@ -23,8 +23,8 @@ from typing import Any
 from schooner import _core
 from schooner.context import current_request
 from schooner.exceptions import RemoteUserError, RequestCancelledError
-from schooner.rpc.connection import RemoteCallError
 from schooner.router.registry import LoopRouters, RouterRegistry
+from schooner.rpc.connection import RemoteCallError
 from schooner.rpc.messages import DeploymentID
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]

@@ -65,7 +65,7 @@ def test_small_objects_round_trip(obj: Any) -> None:
 def test_small_object_is_one_chunk_without_buffers() -> None:
     chunks = codec.encode({"a": 1})
     assert len(chunks) == 1
-    length, n_buffers = codec.HEADER.unpack_from(chunks[0], 0)
+    length, _, _, n_buffers = codec.HEADER.unpack_from(chunks[0], 0)
     assert n_buffers == 0
     assert length == len(chunks[0]) - 4
 
@@ -91,7 +91,7 @@ def test_large_array_travels_out_of_band() -> None:
     chunks = codec.encode(arr)
     assert len(chunks) == 2
     head, buf = chunks
-    _, n_buffers = codec.HEADER.unpack_from(head, 0)
+    _, _, _, n_buffers = codec.HEADER.unpack_from(head, 0)
     assert n_buffers == 1
     (buf_len,) = codec.BUFLEN.unpack_from(head, codec.HEADER.size)
     assert buf_len == arr.nbytes == memoryview(buf).nbytes
@@ -106,7 +106,7 @@ def test_several_large_arrays_in_one_message() -> None:
     small = np.arange(10)
     msg = (2, 9, {"a": a, "b": b, "small": small, "text": "ok"})
     chunks = codec.encode(msg)
-    _, n_buffers = codec.HEADER.unpack_from(chunks[0], 0)
+    _, _, _, n_buffers = codec.HEADER.unpack_from(chunks[0], 0)
     assert n_buffers == 2
     assert len(chunks) == 3
     kind, req_id, out = roundtrip(msg)
@@ -197,7 +197,7 @@ def test_main_module_instance_with_large_array_keeps_out_of_band_buffer() -> Non
     obj = cls(2)
     obj.weights = np.arange(20_000, dtype=np.float64)
     chunks = codec.encode(obj)
-    _, n_buffers = codec.HEADER.unpack_from(chunks[0], 0)
+    _, _, _, n_buffers = codec.HEADER.unpack_from(chunks[0], 0)
     assert n_buffers == 1
     out = roundtrip(obj)
     assert out.predict(3) == 6

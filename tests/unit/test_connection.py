@@ -33,9 +33,9 @@ class Recording(Connection):
         super().__init__(handler)
         self.received: list[tuple[Any, ...]] = []
 
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
-        self.received.append(message)
-        super()._dispatch(message)
+    def _dispatch(self, kind: int, req_id: int, payload: Any) -> None:
+        self.received.append((kind, req_id, payload))
+        super()._dispatch(kind, req_id, payload)
 
 
 async def wire(
@@ -251,12 +251,6 @@ def test_unpicklable_exception_keeps_its_description() -> None:
     run(body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RemoteError.from_exception only checks that the exception pickles; one whose "
-    "__init__ takes other arguments does not unpickle, so the caller's decode fails and the "
-    "whole connection is closed (every call on it fails with ConnectionLost)",
-)
 def test_exception_that_cannot_be_rebuilt_does_not_kill_the_connection() -> None:
     async def body() -> None:
         client, _ = await wire(Handler())
@@ -470,3 +464,44 @@ def test_replies_are_matched_by_id_when_out_of_order() -> None:
         assert await slow == "slow"
 
     run(body)
+
+
+def test_result_that_cannot_be_decoded_fails_only_its_own_call() -> None:
+    class Unloadable:
+        def __reduce__(self):  # noqa: ANN204
+            return (_explode, ())
+
+    class Handler:
+        def rpc_bad(self) -> object:
+            return Unloadable()
+
+        def rpc_good(self) -> str:
+            return "fine"
+
+    async def test() -> None:
+        client, _server = await wire(Handler())
+        with pytest.raises(RemoteCallError) as info:
+            await client.call("bad")
+        assert info.value.error.type_name == "DecodeError"
+        assert "cannot be loaded here" in info.value.error.message
+        assert await client.call("good") == "fine"  # the connection survived
+
+    run(test)
+
+
+def _explode() -> object:
+    raise RuntimeError("cannot be loaded here")
+
+
+def test_emit_style_stream_sends_items_and_a_final_value() -> None:
+    class Handler:
+        async def rpc_parts(self, emit: Callable[[Any], None], n: int) -> str:
+            for i in range(n):
+                emit(i)
+            return "last"
+
+    async def test() -> None:
+        client, _server = await wire(Handler())
+        assert [x async for x in client.stream("parts", 3)] == [0, 1, 2, "last"]
+
+    run(test)

@@ -117,30 +117,38 @@ class ProxyApp:
         rid_header = (b"x-request-id", request_id.encode())
         pending_start: dict[str, Any] | None = None
         try:
-            async for message in router.stream("http", meta, http_request, request.body):
-                kind = message["type"]
-                if kind == "http.response.start":
-                    pending_start = message
-                elif kind == "http.response.body":
+            async for part in router.stream("http", meta, http_request, request.body):
+                if type(part) is tuple:  # a whole response from a plain deployment
+                    status, headers, body = part
+                    request.respond(status, [*headers, rid_header], body)
+                    continue
+                for message in part:
+                    kind = message["type"]
+                    if kind == "http.response.start":
+                        pending_start = message
+                        continue
+                    if kind != "http.response.body":
+                        continue
                     body = message.get("body", b"")
+                    more = message.get("more_body", False)
                     if pending_start is not None:
-                        headers = [*_byte_headers(pending_start.get("headers", ())),
-                                   rid_header]
+                        headers = [*_byte_headers(pending_start.get("headers", ())), rid_header]
                         status = pending_start["status"]
                         pending_start = None
-                        if not message.get("more_body", False):
+                        if not more:
                             request.respond(status, headers, body)
                             continue
                         request.start(status, headers)
-                    if message.get("more_body", False):
+                    if more:
                         request.send(body)
-                        await request.drain()
                     else:
                         request.end(body)
+                if request.started and not request.finished:
+                    await request.drain()
         except asyncio.CancelledError:
             logger.info("request %s cancelled: the client disconnected (499)", request_id)
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure becomes an HTTP error status
+        except Exception as exc:
             if isinstance(exc, RemoteCallError):
                 logger.error("replica failed request %s: %s", request_id, exc.error.traceback)
                 text = f"Internal Server Error: {exc.error.type_name}: {exc.error.message}"

@@ -89,6 +89,32 @@ def to_response(result: Any) -> Response:
         return Response(json.dumps(jsonable_encoder(result)), media_type="application/json")
 
 
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+_BYTES = [(b"content-type", b"application/octet-stream")]
+_JSON = [(b"content-type", b"application/json")]
+
+
+def whole_response(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """``(status, headers, body)`` for the common results, without building a Response.
+
+    None for results that need :func:`to_response` (Responses, generators, ...).
+    The proxy adds content-length.
+    """
+    kind = type(result)
+    if kind is str:
+        return 200, _TEXT, result.encode()
+    if kind is bytes:
+        return 200, _BYTES, result
+    if kind is dict or kind is list or kind is int or kind is float or result is None:
+        try:
+            body = json.dumps(result, ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":")).encode()
+        except (TypeError, ValueError):
+            return None
+        return 200, _JSON, body
+    return None
+
+
 def error_response(exc: BaseException) -> Response:
     """The 500 answer for an exception raised by user code: type and message, no traceback."""
     return Response(
@@ -96,20 +122,6 @@ def error_response(exc: BaseException) -> Response:
         status_code=500,
         media_type="text/plain; charset=utf-8",
     )
-
-
-async def serve_request(
-    scope: dict[str, Any], body: bytes, send: Send, call: Callable[[Request], Awaitable[Any]]
-) -> None:
-    """Run a plain deployment's ``__call__`` (through ``call``) for one request."""
-    receive = make_receive(body)
-    request = Request(scope, receive)
-    try:
-        response = to_response(await call(request))
-    except Exception as exc:
-        logger.exception("request failed")
-        response = error_response(exc)
-    await response(scope, receive, send)
 
 
 class ResponseTracker:

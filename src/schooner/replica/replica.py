@@ -250,36 +250,37 @@ class Replica:
             )
 
     async def rpc_http(
-        self, meta: tuple[str, ...], request: tuple[Any, ...], body: bytes
-    ) -> AsyncIterator[http.Message]:
-        """Serve one HTTP request; yields the ASGI messages of the response."""
+        self,
+        emit: Callable[[Any], None],
+        meta: tuple[str, ...],
+        request: tuple[Any, ...],
+        body: bytes,
+    ) -> Any:
+        """Serve one HTTP request (a streaming RPC in the ``emit`` style).
+
+        Returns ``(status, headers, body)`` for a whole response from a plain
+        deployment, else a list of ASGI messages; a streamed body is emitted
+        in parts as it is produced.
+        """
         scope = http.make_scope(request)
         token = self._enter(meta)
-        queue: asyncio.Queue[http.Message | None] = asyncio.Queue()
+        pending: list[http.Message] = []
 
         async def send(message: http.Message) -> None:
-            queue.put_nowait(message)
+            pending.append(message)
+            if message["type"] == "http.response.body" and message.get("more_body", False):
+                emit(list(pending))
+                pending.clear()
 
-        async def run() -> None:
-            try:
-                await self._serve_http(scope, body, send)
-            finally:
-                queue.put_nowait(None)
-
-        task = asyncio.get_running_loop().create_task(run())
         try:
-            while True:
-                message = await queue.get()
-                if message is None:
-                    break
-                yield message
-            await task
+            whole = await self._serve_http(scope, body, send)
         finally:
-            if not task.done():
-                task.cancel()
             self._exit(token)
+        return whole if whole is not None else pending
 
-    async def _serve_http(self, scope: dict[str, Any], body: bytes, send: http.Send) -> None:
+    async def _serve_http(
+        self, scope: dict[str, Any], body: bytes, send: http.Send
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         if self._asgi_app is not None:
             if scope["path"] == scope.get("root_path") and scope["path"] not in ("", "/"):
                 # A request for exactly the route prefix is the app's "/" (not a redirect).
@@ -291,15 +292,22 @@ class Replica:
                 logger.exception("ASGI app raised")
                 if not tracker.started:
                     await http.error_response(exc)(scope, http.make_receive(b""), send)
-            return
+            return None
         fn = self._method("__call__")
-
-        async def call(request: Any) -> Any:
+        receive = http.make_receive(body)
+        request = http.Request(scope, receive)
+        try:
+            result = await self._invoke(fn, (request,), {})
             if _is_generator_fn(fn):
-                result = await self._invoke(fn, (request,), {})
-                return StreamingResponse(
+                result = StreamingResponse(
                     self._iterate(result), media_type="text/plain; charset=utf-8"
                 )
-            return await self._invoke(fn, (request,), {})
-
-        await http.serve_request(scope, body, send, call)
+            whole = http.whole_response(result)
+            if whole is not None:
+                return whole
+            response = http.to_response(result)
+        except Exception as exc:
+            logger.exception("request failed")
+            response = http.error_response(exc)
+        await response(scope, receive, send)
+        return None

@@ -1,18 +1,25 @@
 """A persistent, multiplexed, bidirectional RPC connection.
 
 Either side may call the other. Requests carry an id; many are in flight on
-one connection at once. Messages (tuples, first element the kind):
+one connection at once. Each frame has a kind and a request id (see
+:mod:`schooner.rpc.codec`) and a payload:
 
-- ``(REQ, id, method, args, kwargs, stream)``: call ``rpc_<method>`` on the
-  peer's handler. With ``stream`` the handler returns an async iterator and
-  each item comes back as ``ITEM``, then ``END``.
-- ``(OK, id, value)`` / ``(ERR, id, RemoteError)``: the outcome of a call.
-- ``(ITEM, id, value)`` / ``(END, id)``: stream items and end of stream.
-- ``(CANCEL, id)``: the caller gave up; the handler's task is cancelled.
+- ``REQ``: ``(method, args, kwargs, stream)``: call ``rpc_<method>`` on the
+  peer's handler. Request id 0 is a notification: no answer is sent.
+- ``OK`` / ``ERR``: the call's value, or a :class:`RemoteError`.
+- ``ITEM`` / ``END``: for a streaming call (``stream=True``), each item, then
+  the end. ``END`` may carry a last item.
+- ``CANCEL``: the caller gave up; the handler's task is cancelled.
+
+A streaming handler is either an async generator (each yielded value is an
+``ITEM``) or a coroutine function taking an ``emit`` callable as its first
+argument (each ``emit(x)`` sends an ``ITEM``; the return value, unless None,
+rides on ``END``), so a short stream costs one frame.
 
 Writes are coalesced: everything sent during one event-loop iteration goes out
 in one ``writelines``. A handler method that returns a plain value (not an
-awaitable) is answered without creating a task.
+awaitable) is answered without creating a task. A payload that cannot be
+decoded fails only its own request.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import inspect
 import itertools
 import logging
 import os
+import pickle
 import struct
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,26 +51,53 @@ class ConnectionLost(ConnectionError):
 
 @dataclass
 class RemoteError:
-    """An exception raised by the peer's handler, in a form that always unpickles.
+    """An exception raised by the peer's handler, in a form that always decodes.
 
-    ``exc`` is the original exception when it could be pickled (else None);
-    ``type_name``, ``message`` and ``traceback`` describe it either way.
+    ``type_name``, ``message`` and ``traceback`` describe it; :attr:`exc` is
+    the original exception when it can be rebuilt on this side (else None).
     """
 
     type_name: str
     message: str
     traceback: str
-    exc: BaseException | None
+    exc_blob: bytes | None = None
+
+    @property
+    def exc(self) -> BaseException | None:
+        if self.exc_blob is None:
+            return None
+        try:
+            exc = pickle.loads(self.exc_blob)
+        except Exception:
+            return None
+        return exc if isinstance(exc, BaseException) else None
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> RemoteError:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        original: BaseException | None = exc
+        blob: bytes | None
         try:
-            codec.dumps(exc)
+            blob = codec.dumps(exc)
+            pickle.loads(blob)  # an exception that pickles may still not unpickle
         except Exception:
-            original = None
-        return cls(type(exc).__name__, str(exc), tb, original)
+            blob = None
+        return cls(type(exc).__name__, str(exc), tb, blob)
+
+
+def _decode_error(exc: BaseException) -> RemoteError:
+    return RemoteError(
+        "DecodeError",
+        f"The message could not be decoded on the receiving side: {type(exc).__name__}: {exc}",
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    )
+
+
+class RemoteCallError(Exception):
+    """Raised in the caller when the peer's handler raised; wraps a :class:`RemoteError`."""
+
+    def __init__(self, error: RemoteError) -> None:
+        self.error = error
+        super().__init__(f"{error.type_name}: {error.message}")
 
 
 class _Stream:
@@ -106,15 +141,17 @@ class Connection(asyncio.Protocol):
             end = offset + 4 + length
             if end > n:
                 break
-            frame = buf[offset + 4 : end]
+            frame = memoryview(buf[offset + 4 : end])
             offset = end
+            kind, req_id = codec.decode_header(frame)
             try:
-                message = codec.decode(memoryview(frame))
-            except Exception:
-                logger.exception("undecodable frame; closing connection")
-                self.close()
-                return
-            self._dispatch(message)
+                payload = codec.decode(frame)
+            except Exception as exc:
+                logger.warning("could not decode a frame (kind %d, request %d): %r",
+                               kind, req_id, exc)
+                self._undecodable(kind, req_id, exc)
+                continue
+            self._dispatch(kind, req_id, payload)
         if offset:
             del buf[:offset]
 
@@ -140,10 +177,10 @@ class Connection(asyncio.Protocol):
     def is_open(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 
-    def _send(self, message: tuple[Any, ...]) -> None:
+    def _send(self, kind: int, req_id: int, payload: Any) -> None:
         if self._transport is None:
             raise ConnectionLost("connection is closed")
-        self._out.extend(codec.encode(message))
+        self._out.extend(codec.encode(payload, kind, req_id))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -162,10 +199,7 @@ class Connection(asyncio.Protocol):
     # -- outgoing calls -----------------------------------------------------
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``rpc_<method>`` on the peer and return its result."""
-        req_id = next(self._ids)
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[req_id] = fut
-        self._send((REQ, req_id, method, args, kwargs, False))
+        req_id, fut = self.call_future(method, args, kwargs)
         try:
             return await fut
         except asyncio.CancelledError:
@@ -175,7 +209,7 @@ class Connection(asyncio.Protocol):
     def notify(self, method: str, *args: Any) -> None:
         """Call ``rpc_<method>`` on the peer without waiting for (or getting) an answer."""
         if self.is_open:
-            self._send((REQ, 0, method, args, {}, False))
+            self._send(REQ, 0, (method, args, {}, False))
 
     def call_future(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -184,7 +218,7 @@ class Connection(asyncio.Protocol):
         req_id = next(self._ids)
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending[req_id] = fut
-        self._send((REQ, req_id, method, args, kwargs, False))
+        self._send(REQ, req_id, (method, args, kwargs, False))
         return req_id, fut
 
     async def stream(self, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -192,7 +226,7 @@ class Connection(asyncio.Protocol):
         req_id = next(self._ids)
         stream = _Stream()
         self._pending[req_id] = stream
-        self._send((REQ, req_id, method, args, kwargs, True))
+        self._send(REQ, req_id, (method, args, kwargs, True))
         finished = False
         try:
             while True:
@@ -210,39 +244,50 @@ class Connection(asyncio.Protocol):
 
     def _cancel(self, req_id: int) -> None:
         if self._pending.pop(req_id, None) is not None and self.is_open:
-            self._send((CANCEL, req_id))
+            self._send(CANCEL, req_id, None)
 
     def cancel_request(self, req_id: int) -> None:
         """Tell the peer to cancel request ``req_id`` (started with :meth:`call_future`)."""
         self._cancel(req_id)
 
     # -- incoming messages ----------------------------------------------------
-    def _dispatch(self, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == REQ:
-            self._handle_request(*message[1:])
-        elif kind == OK:
-            fut = self._pending.pop(message[1], None)
+    def _dispatch(self, kind: int, req_id: int, payload: Any) -> None:
+        if kind == OK:
+            fut = self._pending.pop(req_id, None)
             if fut is not None and not isinstance(fut, _Stream) and not fut.done():
-                fut.set_result(message[2])
-        elif kind == ERR:
-            entry = self._pending.pop(message[1], None)
-            if isinstance(entry, _Stream):
-                entry.queue.put_nowait(RemoteCallError(message[2]))
-            elif entry is not None and not entry.done():
-                entry.set_exception(RemoteCallError(message[2]))
+                fut.set_result(payload)
+        elif kind == REQ:
+            method, args, kwargs, stream = payload
+            self._handle_request(req_id, method, args, kwargs, stream)
         elif kind == ITEM:
-            entry = self._pending.get(message[1])
+            entry = self._pending.get(req_id)
             if isinstance(entry, _Stream):
-                entry.queue.put_nowait(message[2])
+                entry.queue.put_nowait(payload)
         elif kind == END:
-            entry = self._pending.pop(message[1], None)
+            entry = self._pending.pop(req_id, None)
             if isinstance(entry, _Stream):
+                if payload is not None:
+                    entry.queue.put_nowait(payload)
                 entry.queue.put_nowait(_END_OF_STREAM)
+        elif kind == ERR:
+            self._fail(req_id, RemoteCallError(payload))
         elif kind == CANCEL:
-            task = self._tasks.pop(message[1], None)
+            task = self._tasks.pop(req_id, None)
             if task is not None:
                 task.cancel()
+
+    def _fail(self, req_id: int, error: BaseException) -> None:
+        entry = self._pending.pop(req_id, None)
+        if isinstance(entry, _Stream):
+            entry.queue.put_nowait(error)
+        elif entry is not None and not entry.done():
+            entry.set_exception(error)
+
+    def _undecodable(self, kind: int, req_id: int, exc: BaseException) -> None:
+        if kind == REQ:
+            self._reply(ERR, req_id, _decode_error(exc))
+        elif kind in (OK, ITEM, END, ERR):
+            self._fail(req_id, RemoteCallError(_decode_error(exc)))
 
     def _handle_request(
         self, req_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool
@@ -285,39 +330,33 @@ class Connection(asyncio.Protocol):
             self._reply(OK, req_id, result)
 
     async def _run_stream(
-        self,
-        req_id: int,
-        fn: Callable[..., AsyncIterator[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        self, req_id: int, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        last = None
         try:
-            async for item in fn(*args, **kwargs):
-                self._reply(ITEM, req_id, item)
+            if inspect.isasyncgenfunction(fn):
+                async for item in fn(*args, **kwargs):
+                    self._reply(ITEM, req_id, item)
+            else:
+                last = await fn(lambda item: self._reply(ITEM, req_id, item), *args, **kwargs)
         except asyncio.CancelledError:
             return
         except Exception as exc:
             self._reply(ERR, req_id, RemoteError.from_exception(exc))
         else:
-            self._reply(END, req_id)
+            self._reply(END, req_id, last)
 
-    def _reply(self, kind: int, req_id: int, *payload: Any) -> None:
+    def _reply(self, kind: int, req_id: int, payload: Any) -> None:
         if self._transport is None or req_id == 0:
             return
         try:
-            self._send((kind, req_id, *payload))
+            self._send(kind, req_id, payload)
+        except ConnectionLost:
+            return
         except Exception as exc:
             if kind == ERR:
                 raise
-            self._send((ERR, req_id, RemoteError.from_exception(exc)))
-
-
-class RemoteCallError(Exception):
-    """Raised in the caller when the peer's handler raised; wraps a :class:`RemoteError`."""
-
-    def __init__(self, error: RemoteError) -> None:
-        self.error = error
-        super().__init__(f"{error.type_name}: {error.message}")
+            self._send(ERR, req_id, RemoteError.from_exception(exc))
 
 
 async def connect_unix(path: str, handler: object | None = None) -> Connection:
