@@ -20,15 +20,16 @@ import logging
 import pickle
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from schooner import context
 from schooner.ingress import build_asgi_app, call_asgi, is_ingress_class, start_lifespan
 from schooner.replica import http
+from schooner.replica.executor import SyncExecutor
 from schooner.rpc.connection import Connection
 from schooner.rpc.messages import CodeRef, DeploymentID
 
@@ -69,7 +70,7 @@ class Replica:
         self._is_function = False
         self._asgi_app: Any = None
         self._lifespan_shutdown: Callable[[], Any] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=5, thread_name_prefix="replica")
+        self._executor: SyncExecutor | None = None
         self._ongoing = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -87,9 +88,7 @@ class Replica:
     ) -> float:
         """Construct the user's object and apply ``user_config``; returns seconds taken."""
         started = time.monotonic()
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(1, max_ongoing_requests), thread_name_prefix="replica"
-        )
+        self._executor = SyncExecutor(asyncio.get_running_loop(), max_ongoing_requests)
         target = await self._in_thread(load_code, code)
         args, kwargs = pickle.loads(init_blob)
         replica_ctx = context.ReplicaContext(
@@ -171,9 +170,11 @@ class Replica:
             ) from None
 
     async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        ctx = contextvars.copy_context()
-        call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        if self._executor is None:
+            self._executor = SyncExecutor(asyncio.get_running_loop(), 5)
+        if kwargs:
+            return await self._executor.submit(functools.partial(fn, *args, **kwargs))
+        return await self._executor.submit(fn, *args)
 
     async def _invoke(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
@@ -295,7 +296,7 @@ class Replica:
             return None
         fn = self._method("__call__")
         receive = http.make_receive(body)
-        request = http.Request(scope, receive)
+        request = Request(scope, receive)
         try:
             result = await self._invoke(fn, (request,), {})
             if _is_generator_fn(fn):
