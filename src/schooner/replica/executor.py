@@ -59,7 +59,7 @@ class SyncExecutor:
                 self._oldest_enqueued_at = time.monotonic()
             self._queued += 1
             need_first = self._workers == 0
-            busy = self._idle == 0
+            busy = self._queued > self._idle  # more work than waiting workers
         self._queue.put((fut, contextvars.copy_context(), fn, args))
         if need_first:
             self._spawn()
@@ -71,7 +71,7 @@ class SyncExecutor:
     def _check_backlog(self) -> None:
         self._check_scheduled = False
         with self._lock:
-            waiting = self._queued > 0 and self._idle == 0
+            waiting = self._queued > self._idle
             stale = time.monotonic() - self._oldest_enqueued_at >= SPAWN_AFTER_S
             can_grow = self._workers < self._max_workers
         if waiting and can_grow:
