@@ -44,6 +44,9 @@ def test_failing_constructor_marks_app_failed_and_others_keep_serving(clean) -> 
     assert bad.deployments["Broken"].status == "DEPLOY_FAILED"
     assert status.applications["good"].status == "RUNNING"
     assert clean.http.get("/good").text == "ok"
+    r = clean.http.get("/bad", timeout=5)  # answered at once, not queued forever
+    assert r.status_code == 503
+    assert "failed to deploy" in r.text
 
 
 def test_dead_replica_is_replaced(clean) -> None:
@@ -198,3 +201,30 @@ def test_bad_targets_and_names_give_clear_errors(clean) -> None:
         serve.run(Ok.bind(), name="x", route_prefix="no-slash")
     with pytest.raises(RuntimeError, match="cannot be constructed"):
         Ok()
+
+
+@serve.deployment(user_config={"version": 1})
+class Versioned:
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def reconfigure(self, config: dict) -> None:
+        self.calls.append(config["version"])
+
+    def get(self) -> tuple[list[int], int]:
+        return self.calls, os.getpid()
+
+
+def test_user_config_change_reconfigures_live_replicas_without_restart(clean) -> None:
+    handle = serve.run(Versioned.bind(), name="v", route_prefix=None)
+    calls, pid = handle.get.remote().result()
+    assert calls == [1]
+    handle = serve.run(Versioned.options(user_config={"version": 2}).bind(), name="v",
+                       route_prefix=None)
+    calls, pid_after = handle.get.remote().result()
+    assert (calls, pid_after) == ([1, 2], pid)  # same process, reconfigure() called again
+    handle = serve.run(Versioned.options(ray_actor_options={"num_cpus": 0.5},
+                                         user_config={"version": 2}).bind(),
+                       name="v", route_prefix=None)
+    calls, pid_restarted = handle.get.remote().result()
+    assert pid_restarted != pid and calls == [2]  # a restart-cost change replaces the replica

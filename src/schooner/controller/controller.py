@@ -166,7 +166,13 @@ class Controller:
             )
             for replica in ranked[keep:]:
                 self._stop_replica(dep, replica)
-        # 3. Scale the current version.
+        # 3. Reconfigure live replicas in place when only user_config-like options changed.
+        for replica in current:
+            if replica.state == ReplicaState.RUNNING and \
+                    replica.reconfig_version != dep.reconfig_version:
+                replica.state = ReplicaState.UPDATING
+                self._spawn(self._reconfigure(dep, replica))
+        # 4. Scale the current version.
         dep.pending_reason = None
         if len(current) < target and not dep.failed:
             for _ in range(target - len(current)):
@@ -178,7 +184,7 @@ class Controller:
             )
             for replica in extra[: len(current) - target]:
                 self._stop_replica(dep, replica)
-        # 4. Status.
+        # 5. Status.
         dep.update_status()
 
     def _enforce_deadlines(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
@@ -295,14 +301,19 @@ class Controller:
             for dep in app.deployments.values():
                 replicas = tuple(
                     ReplicaInfo(r.replica_id, r.address, dep.id)
-                    for r in sorted(dep.running(), key=lambda r: r.replica_id)
+                    for r in sorted(dep.serving(), key=lambda r: r.replica_id)
                 )
+                unavailable = ""
+                if dep.failed and not replicas:
+                    unavailable = (f"Deployment '{dep.id.name}' of application '{app.name}' has no "
+                                   "running replicas: it failed to deploy (see `serve.status()`).")
                 self.long_poll.publish(
                     dep.id.key,
                     ReplicaSet(
                         replicas,
                         int(dep.spec.config.max_ongoing_requests),
                         int(dep.spec.config.max_queued_requests),
+                        unavailable,
                     ),
                 )
         self.long_poll.publish("routes", routes)
@@ -321,6 +332,7 @@ class Controller:
         self, dep: DeploymentState, replica: ReplicaRecord, conn: Connection
     ) -> None:
         spec = dep.spec
+        reconfig_version = dep.reconfig_version
         try:
             await conn.call(
                 "initialize",
@@ -339,8 +351,30 @@ class Controller:
             return  # the process died; reaping counts the failure
         if replica.state == ReplicaState.STARTING:
             replica.state = ReplicaState.RUNNING
+            replica.reconfig_version = reconfig_version
             dep.consecutive_failures = 0
             logger.info("replica %s of %s is running", replica.replica_id, dep.id)
+        self.wake()
+
+    async def _reconfigure(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
+        """Apply reconfigure-cost options (``user_config``, ...) to a live replica."""
+        target = dep.reconfig_version
+        config = dep.spec.config
+        assert replica.conn is not None
+        try:
+            await replica.conn.call("update", config.user_config,
+                                    int(config.max_ongoing_requests))
+        except (RemoteCallError, ConnectionLost) as exc:
+            logger.warning("reconfiguring replica %s of %s failed; replacing it: %s",
+                           replica.replica_id, dep.id, exc)
+            if replica.state == ReplicaState.UPDATING:
+                replica.state = ReplicaState.RUNNING
+                self._stop_replica(dep, replica)
+            return
+        if replica.state == ReplicaState.UPDATING:
+            replica.state = ReplicaState.RUNNING
+            replica.reconfig_version = target
+            logger.info("replica %s of %s reconfigured", replica.replica_id, dep.id)
         self.wake()
 
     # ------------------------------------------------------------ client RPCs

@@ -112,6 +112,7 @@ class Head:
     async def shutdown(self) -> None:
         controller = self.controller
         if self.fast_stop:
+            controller.begin_shutdown()  # targets drop to zero: nothing is restarted
             controller.kill_all()
         else:
             controller.begin_shutdown()

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from schooner.config import UPDATE_TYPES
 from schooner.rpc.connection import Connection
 from schooner.rpc.messages import AppSpec, DeploymentID, DeploymentSpec
 from schooner.runtime.launcher import ProcessHandle
@@ -22,31 +23,20 @@ from schooner.schema import (
     ReplicaState,
 )
 
-#: Options whose change is applied to live replicas without restarting them.
-_LIVE_OPTIONS = frozenset(
-    {
-        "name",
-        "num_replicas",
-        "autoscaling_config",
-        "max_ongoing_requests",
-        "max_queued_requests",
-        "graceful_shutdown_wait_loop_s",
-        "graceful_shutdown_timeout_s",
-        "health_check_period_s",
-        "health_check_timeout_s",
-        "logging_config",
-        "request_router_config",
-        "max_constructor_retry_count",
-    }
-)
+def _options_of_cost(spec: DeploymentSpec, cost: str) -> str:
+    values = spec.config.model_dump(mode="json")
+    chosen = {k: v for k, v in values.items() if UPDATE_TYPES.get(k) == cost}
+    return json.dumps(chosen, sort_keys=True, default=str)
 
 
 def replica_version(spec: DeploymentSpec) -> str:
-    """A replica is replaced when this changes: code, init args or restart-level options."""
-    options = {
-        k: v for k, v in spec.config.model_dump(mode="json").items() if k not in _LIVE_OPTIONS
-    }
-    return spec.code_version + ":" + json.dumps(options, sort_keys=True, default=str)
+    """A replica is replaced when this changes: code, init args or restart-cost options."""
+    return spec.code_version + ":" + _options_of_cost(spec, "restart")
+
+
+def reconfigure_version(spec: DeploymentSpec) -> str:
+    """A live replica is reconfigured in place when this changes (``user_config``, ...)."""
+    return _options_of_cost(spec, "reconfigure")
 
 
 def target_replicas(config: Any) -> int:
@@ -78,6 +68,7 @@ class ReplicaRecord:
     started_monotonic: float
     conn: Connection | None = None
     error: str | None = None
+    reconfig_version: str = ""
     stop_requested_at: float | None = None
 
     @property
@@ -95,6 +86,7 @@ class DeploymentState:
     spec: DeploymentSpec
     version: str
     target_num_replicas: int
+    reconfig_version: str = ""
     replicas: dict[str, ReplicaRecord] = field(default_factory=dict)
     status: DeploymentStatus = DeploymentStatus.UPDATING
     status_trigger: DeploymentStatusTrigger = DeploymentStatusTrigger.CONFIG_UPDATE_STARTED
@@ -112,12 +104,14 @@ class DeploymentState:
             spec=spec,
             version=replica_version(spec),
             target_num_replicas=target_replicas(spec.config),
+            reconfig_version=reconfigure_version(spec),
         )
 
     def apply_spec(self, spec: DeploymentSpec) -> None:
         """Take a new goal; replicas of another version get rolled over."""
         self.spec = spec
         self.version = replica_version(spec)
+        self.reconfig_version = reconfigure_version(spec)
         self.target_num_replicas = target_replicas(spec.config)
         self.phase = Phase.UPDATING
         self.failed = False
@@ -139,6 +133,11 @@ class DeploymentState:
 
     def running(self) -> list[ReplicaRecord]:
         return [r for r in self.replicas.values() if r.state == ReplicaState.RUNNING]
+
+    def serving(self) -> list[ReplicaRecord]:
+        """Replicas that take requests (running, or being reconfigured in place)."""
+        return [r for r in self.replicas.values()
+                if r.state in (ReplicaState.RUNNING, ReplicaState.UPDATING)]
 
     def record_startup_failure(self, error: str) -> None:
         self.consecutive_failures += 1

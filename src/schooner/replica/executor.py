@@ -51,6 +51,10 @@ class SyncExecutor:
         self._delivery_scheduled = False
         self._closed = False
 
+    def set_max_workers(self, max_workers: int) -> None:
+        """Change the bound (extra idle workers beyond it exit over time)."""
+        self._max_workers = max(1, max_workers)
+
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` in a worker (with the caller's context variables)."""
         fut = self._loop.create_future()

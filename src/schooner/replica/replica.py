@@ -71,6 +71,7 @@ class Replica:
         self._asgi_app: Any = None
         self._lifespan_shutdown: Callable[[], Any] | None = None
         self._executor: SyncExecutor | None = None
+        self._user_config: Any = None
         self._ongoing = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -115,7 +116,15 @@ class Replica:
         self.initialized = True
         return time.monotonic() - started
 
+    async def rpc_update(self, user_config: Any, max_ongoing_requests: int) -> None:
+        """Apply a live config change: ``reconfigure()`` if user_config changed, pool size."""
+        if self._executor is not None:
+            self._executor.set_max_workers(max_ongoing_requests)
+        if user_config != self._user_config:
+            await self.rpc_reconfigure(user_config)
+
     async def rpc_reconfigure(self, user_config: Any) -> None:
+        self._user_config = user_config
         reconfigure = getattr(self._callable, "reconfigure", None)
         if reconfigure is None:
             if user_config is not None:

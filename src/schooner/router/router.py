@@ -46,6 +46,7 @@ class Router:
         self._max_ongoing = 5
         self._max_queued = -1
         self._deleted = False
+        self._unavailable = ""
         self._known = asyncio.Event()  # set once the controller's first snapshot arrived
 
     # -- replica set ------------------------------------------------------------
@@ -67,6 +68,12 @@ class Router:
         self._deleted = False
         self._known.set()
         self._replicas = list(replica_set.replicas)
+        self._unavailable = replica_set.unavailable
+        if self._unavailable and not self._replicas:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(DeploymentUnavailableError(self._unavailable))
         self._max_ongoing = replica_set.max_ongoing_requests
         self._max_queued = replica_set.max_queued_requests
         live = {r.replica_id for r in self._replicas}
@@ -96,7 +103,10 @@ class Router:
                 return best
         best_n = limit
         chosen = None
-        for replica in replicas:
+        count = len(replicas)
+        start = random.randrange(count) if count > 1 else 0  # no favourite on ties
+        for i in range(count):
+            replica = replicas[(start + i) % count]
             n = inflight.get(replica.replica_id, 0)
             if n < best_n:
                 chosen, best_n = replica, n
@@ -109,6 +119,8 @@ class Router:
             await self._known.wait()  # limits are unknown until the first snapshot
             if self._deleted:
                 raise DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")
+        if self._unavailable and not self._replicas:
+            raise DeploymentUnavailableError(self._unavailable)
         if not self._waiters:
             replica = self._choose()
             if replica is not None:

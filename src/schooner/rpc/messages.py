@@ -42,6 +42,9 @@ class ReplicaSet:
     replicas: tuple[ReplicaInfo, ...]
     max_ongoing_requests: int
     max_queued_requests: int
+    #: Why requests can't be served while there are no replicas (e.g. the deployment failed
+    #: to start); empty while replicas may still come, in which case requests wait.
+    unavailable: str = ""
 
 
 @dataclass(frozen=True)

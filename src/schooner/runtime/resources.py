@@ -7,7 +7,8 @@ laptop or a 2-core VM (processes share cores; most serving code waits on I/O
 or releases the GIL). A machine whose operator wants hard CPU limits passes
 ``num_cpus`` explicitly, which makes CPUs a hard limit too.
 
-GPUs, memory and custom resources are *hard* limits: a replica that does not
+GPUs, memory (the machine's physical memory, in bytes) and custom resources
+(including ``accelerator_type:<name>``, which a node must declare) are *hard* limits: a replica that does not
 fit waits, and its status says what it is waiting for. GPUs are assigned by
 index (fractions share a device) and exposed through ``CUDA_VISIBLE_DEVICES``.
 """
@@ -66,6 +67,10 @@ class ResourcePool:
             "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
             "GPU": float(num_gpus if num_gpus is not None else detect_gpus()),
         }
+        try:
+            capacity["memory"] = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        except (ValueError, OSError, AttributeError):
+            pass
         capacity.update(resources or {})
         return cls(capacity, hard_cpu=num_cpus is not None)
 
