@@ -10,7 +10,7 @@ from schooner.importing import import_attr
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-def _example(name: str):  # noqa: ANN202
+def _example(name: str):
     return import_attr(f"{EXAMPLES / name}.py:app")
 
 

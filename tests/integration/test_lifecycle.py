@@ -145,7 +145,7 @@ def test_replica_waiting_for_resources_says_why(clean) -> None:
 
 @serve.deployment
 class SyncCaller:
-    def __init__(self, adder) -> None:  # noqa: ANN001
+    def __init__(self, adder) -> None:
         self.adder = adder
 
     def __call__(self, request: Request) -> int:

@@ -468,7 +468,7 @@ def test_replies_are_matched_by_id_when_out_of_order() -> None:
 
 def test_result_that_cannot_be_decoded_fails_only_its_own_call() -> None:
     class Unloadable:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self):
             return (_explode, ())
 
     class Handler:

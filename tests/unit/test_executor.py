@@ -12,7 +12,7 @@ import pytest
 from schooner.replica.executor import SyncExecutor
 
 
-def _run(coro):  # noqa: ANN001, ANN202
+def _run(coro):
     return asyncio.run(coro)
 
 

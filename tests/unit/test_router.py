@@ -350,6 +350,9 @@ def test_fallback_scan_finds_the_free_replica_when_both_samples_are_full(
         def sample(self, population: list[Any], k: int) -> list[Any]:
             return list(population[:k])
 
+        def randrange(self, stop: int) -> int:
+            return 0
+
     monkeypatch.setattr(router_module, "random", FirstTwo())
 
     async def body() -> None:

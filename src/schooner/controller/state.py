@@ -23,6 +23,7 @@ from schooner.schema import (
     ReplicaState,
 )
 
+
 def _options_of_cost(spec: DeploymentSpec, cost: str) -> str:
     values = spec.config.model_dump(mode="json")
     chosen = {k: v for k, v in values.items() if UPDATE_TYPES.get(k) == cost}
