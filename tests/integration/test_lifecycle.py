@@ -168,8 +168,9 @@ def test_sync_method_blocks_on_nested_handle_and_logs_carry_ids(clean, tmp_root)
     logs = tmp_root / "schooner" / "session_latest" / "logs"
     replica_logs = list(logs.glob("replica_sync_plus_one_*.log"))
     assert len(replica_logs) == 1
-    line = next(line for line in replica_logs[0].read_text().splitlines()
-                if "adding one to 41" in line)
+    line = next(
+        line for line in replica_logs[0].read_text().splitlines() if "adding one to 41" in line
+    )
     assert "replica sync#plus_one#" in line
     assert "req=trace-me-42" in line  # the request id follows the call across deployments
     assert (logs / "controller.log").exists() and (logs / "proxy.log").exists()
@@ -219,12 +220,15 @@ def test_user_config_change_reconfigures_live_replicas_without_restart(clean) ->
     handle = serve.run(Versioned.bind(), name="v", route_prefix=None)
     calls, pid = handle.get.remote().result()
     assert calls == [1]
-    handle = serve.run(Versioned.options(user_config={"version": 2}).bind(), name="v",
-                       route_prefix=None)
+    handle = serve.run(
+        Versioned.options(user_config={"version": 2}).bind(), name="v", route_prefix=None
+    )
     calls, pid_after = handle.get.remote().result()
     assert (calls, pid_after) == ([1, 2], pid)  # same process, reconfigure() called again
-    handle = serve.run(Versioned.options(ray_actor_options={"num_cpus": 0.5},
-                                         user_config={"version": 2}).bind(),
-                       name="v", route_prefix=None)
+    handle = serve.run(
+        Versioned.options(ray_actor_options={"num_cpus": 0.5}, user_config={"version": 2}).bind(),
+        name="v",
+        route_prefix=None,
+    )
     calls, pid_restarted = handle.get.remote().result()
     assert pid_restarted != pid and calls == [2]  # a restart-cost change replaces the replica

@@ -168,8 +168,10 @@ class Controller:
                 self._stop_replica(dep, replica)
         # 3. Reconfigure live replicas in place when only user_config-like options changed.
         for replica in current:
-            if replica.state == ReplicaState.RUNNING and \
-                    replica.reconfig_version != dep.reconfig_version:
+            if (
+                replica.state == ReplicaState.RUNNING
+                and replica.reconfig_version != dep.reconfig_version
+            ):
                 replica.state = ReplicaState.UPDATING
                 self._spawn(self._reconfigure(dep, replica))
         # 4. Scale the current version.
@@ -305,8 +307,10 @@ class Controller:
                 )
                 unavailable = ""
                 if dep.failed and not replicas:
-                    unavailable = (f"Deployment '{dep.id.name}' of application '{app.name}' has no "
-                                   "running replicas: it failed to deploy (see `serve.status()`).")
+                    unavailable = (
+                        f"Deployment '{dep.id.name}' of application '{app.name}' has no "
+                        "running replicas: it failed to deploy (see `serve.status()`)."
+                    )
                 self.long_poll.publish(
                     dep.id.key,
                     ReplicaSet(
@@ -362,11 +366,14 @@ class Controller:
         config = dep.spec.config
         assert replica.conn is not None
         try:
-            await replica.conn.call("update", config.user_config,
-                                    int(config.max_ongoing_requests))
+            await replica.conn.call("update", config.user_config, int(config.max_ongoing_requests))
         except (RemoteCallError, ConnectionLost) as exc:
-            logger.warning("reconfiguring replica %s of %s failed; replacing it: %s",
-                           replica.replica_id, dep.id, exc)
+            logger.warning(
+                "reconfiguring replica %s of %s failed; replacing it: %s",
+                replica.replica_id,
+                dep.id,
+                exc,
+            )
             if replica.state == ReplicaState.UPDATING:
                 replica.state = ReplicaState.RUNNING
                 self._stop_replica(dep, replica)

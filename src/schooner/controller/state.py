@@ -137,8 +137,11 @@ class DeploymentState:
 
     def serving(self) -> list[ReplicaRecord]:
         """Replicas that take requests (running, or being reconfigured in place)."""
-        return [r for r in self.replicas.values()
-                if r.state in (ReplicaState.RUNNING, ReplicaState.UPDATING)]
+        return [
+            r
+            for r in self.replicas.values()
+            if r.state in (ReplicaState.RUNNING, ReplicaState.UPDATING)
+        ]
 
     def record_startup_failure(self, error: str) -> None:
         self.consecutive_failures += 1

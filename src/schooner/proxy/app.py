@@ -44,8 +44,9 @@ _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 class ProxyApp:
     """Request handling of one proxy process (on top of :mod:`schooner.proxy.http_server`)."""
 
-    def __init__(self, core: Core, root_path: str = "", server: tuple[str, int] | None = None
-                 ) -> None:
+    def __init__(
+        self, core: Core, root_path: str = "", server: tuple[str, int] | None = None
+    ) -> None:
         self.core = core
         self.root_path = root_path
         self.server = server
@@ -76,7 +77,7 @@ class ProxyApp:
         request_id = rid.decode("latin-1") if rid else str(uuid.uuid4())
         path = request.path
         if self.root_path and path.startswith(self.root_path):
-            path = path[len(self.root_path):] or "/"
+            path = path[len(self.root_path) :] or "/"
         if path == "/-/healthz":
             if self.routes:
                 _text(request, 200, b"success", request_id)
@@ -87,16 +88,28 @@ class ProxyApp:
             if self.routes:
                 table = {p: r.app_name for p, r in self.routes.items()}
                 body = json.dumps(table, separators=(",", ":")).encode()
-                request.respond(200, [(b"content-type", b"application/json"),
-                                      (b"x-request-id", request_id.encode())], body)
+                request.respond(
+                    200,
+                    [
+                        (b"content-type", b"application/json"),
+                        (b"x-request-id", request_id.encode()),
+                    ],
+                    body,
+                )
             else:
                 _text(request, 503, b"Route table is not populated yet.", request_id)
             return
         route = self.match(path) if self.routes else None
         if route is None:
             host = (request.header(b"host") or b"127.0.0.1").decode("latin-1")
-            _text(request, 404, (f"Path '{path}' not found. Ping http://{host}/-/routes "
-                                 "for available routes.").encode(), request_id)
+            _text(
+                request,
+                404,
+                (
+                    f"Path '{path}' not found. Ping http://{host}/-/routes for available routes."
+                ).encode(),
+                request_id,
+            )
             return
         task = self._loop.create_task(self._forward(request, route, request_id))
         self._tasks.add(task)
@@ -105,14 +118,30 @@ class ProxyApp:
 
     async def _forward(self, request: Request, route: Route, request_id: str) -> None:
         prefix = "" if route.route_prefix == "/" else route.route_prefix
-        model_id = request.header(b"serve_multiplexed_model_id") or request.header(
-            b"serve-multiplexed-model-id") or b""
+        model_id = (
+            request.header(b"serve_multiplexed_model_id")
+            or request.header(b"serve-multiplexed-model-id")
+            or b""
+        )
         session_id = request.header(b"x-session-id") or b""
-        meta = (request_id, "__call__", model_id.decode("latin-1"),
-                session_id.decode("latin-1"), route.route_prefix)
-        http_request = (request.method, request.path, request.raw_path.partition(b"?")[0],
-                        request.query_string, request.headers, request.http_version,
-                        request.client, self.server, self.root_path + prefix)
+        meta = (
+            request_id,
+            "__call__",
+            model_id.decode("latin-1"),
+            session_id.decode("latin-1"),
+            route.route_prefix,
+        )
+        http_request = (
+            request.method,
+            request.path,
+            request.raw_path.partition(b"?")[0],
+            request.query_string,
+            request.headers,
+            request.http_version,
+            request.client,
+            self.server,
+            self.root_path + prefix,
+        )
         router = self.core.registry.router(route.ingress)
         rid_header = (b"x-request-id", request_id.encode())
         pending_start: dict[str, Any] | None = None
@@ -166,9 +195,11 @@ class ProxyApp:
             return
         if not request.finished:
             if pending_start is not None:
-                request.respond(pending_start["status"],
-                                [*_byte_headers(pending_start.get("headers", ())), rid_header],
-                                b"")
+                request.respond(
+                    pending_start["status"],
+                    [*_byte_headers(pending_start.get("headers", ())), rid_header],
+                    b"",
+                )
             else:
                 request.keep_alive = False
                 request.end()
@@ -179,5 +210,8 @@ def _byte_headers(headers: Any) -> list[tuple[bytes, bytes]]:
 
 
 def _text(request: Request, status: int, body: bytes, request_id: str) -> None:
-    request.respond(status, [(b"content-type", b"text/plain; charset=utf-8"),
-                             (b"x-request-id", request_id.encode())], body)
+    request.respond(
+        status,
+        [(b"content-type", b"text/plain; charset=utf-8"), (b"x-request-id", request_id.encode())],
+        body,
+    )

@@ -75,8 +75,15 @@ class Request:
         "raw_path",
     )
 
-    def __init__(self, conn: HttpProtocol, method: str, raw_path: bytes, headers: Headers,
-                 http_version: str, keep_alive: bool) -> None:
+    def __init__(
+        self,
+        conn: HttpProtocol,
+        method: str,
+        raw_path: bytes,
+        headers: Headers,
+        http_version: str,
+        keep_alive: bool,
+    ) -> None:
         self._conn = conn
         self.method = method
         self.raw_path = raw_path
@@ -173,12 +180,16 @@ class Request:
         self._conn.finish(self, data)
 
 
-
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, handler: Callable[[Request], Any], *, keep_alive_s: float = 90.0,
-                 max_body_bytes: int = 100 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        handler: Callable[[Request], Any],
+        *,
+        keep_alive_s: float = 90.0,
+        max_body_bytes: int = 100 * 1024 * 1024,
+    ) -> None:
         self._handler = handler
         self._keep_alive_s = keep_alive_s
         self._max_body = max_body_bytes
@@ -229,7 +240,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._transport.write(
             _status_line(status) + self.date() + b"content-type: text/plain; charset=utf-8\r\n"
-            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(text), text))
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(text), text)
+        )
         self._transport.close()
 
     def _arm_idle_timer(self) -> None:
@@ -260,8 +272,11 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         for name, value in self._headers:
-            if name == b"expect" and value.lower() == b"100-continue" \
-                    and self._transport is not None:
+            if (
+                name == b"expect"
+                and value.lower() == b"100-continue"
+                and self._transport is not None
+            ):
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             elif name == b"content-length" and value.isdigit() and int(value) > self._max_body:
                 self._too_large = True
@@ -276,8 +291,14 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         parser = self._parser
         method = parser.get_method().decode("ascii")
-        request = Request(self, method, self._url, self._headers, parser.get_http_version(),
-                          parser.should_keep_alive())
+        request = Request(
+            self,
+            method,
+            self._url,
+            self._headers,
+            parser.get_http_version(),
+            parser.should_keep_alive(),
+        )
         if self._too_large:
             request.keep_alive = False
             text = f"Request body is larger than the limit of {self._max_body} bytes.".encode()
@@ -312,8 +333,9 @@ class HttpProtocol(asyncio.Protocol):
         except Exception:
             logger.exception("request handler failed")
             if not request.started:
-                request.respond(500, [(b"content-type", b"text/plain; charset=utf-8")],
-                                b"Internal Server Error")
+                request.respond(
+                    500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
+                )
 
     def finish(self, request: Request, data: bytes) -> None:
         transport = self._transport
@@ -349,10 +371,17 @@ class HttpProtocol(asyncio.Protocol):
             await waiter
 
 
-async def serve(handler: Callable[[Request], Any], sock: Any, *, keep_alive_s: float = 90.0,
-                max_body_bytes: int = 100 * 1024 * 1024) -> asyncio.Server:
+async def serve(
+    handler: Callable[[Request], Any],
+    sock: Any,
+    *,
+    keep_alive_s: float = 90.0,
+    max_body_bytes: int = 100 * 1024 * 1024,
+) -> asyncio.Server:
     """Serve HTTP on the listening socket ``sock``; ``handler(request)`` must answer it."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(
         lambda: HttpProtocol(handler, keep_alive_s=keep_alive_s, max_body_bytes=max_body_bytes),
-        sock=sock, backlog=2048)
+        sock=sock,
+        backlog=2048,
+    )

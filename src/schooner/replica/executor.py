@@ -35,8 +35,9 @@ _Job = tuple[asyncio.Future[Any], contextvars.Context, Callable[..., Any], tuple
 class SyncExecutor:
     """A bounded, lazily growing thread pool bound to one event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_workers: int,
-                 name: str = "replica") -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_workers: int, name: str = "replica"
+    ) -> None:
         self._loop = loop
         self._max_workers = max(1, max_workers)
         self._name = name
@@ -91,8 +92,9 @@ class SyncExecutor:
                 return
             self._workers += 1
             first = self._workers == 1
-        threading.Thread(target=self._work, args=(first,), name=f"{self._name}-worker",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._work, args=(first,), name=f"{self._name}-worker", daemon=True
+        ).start()
 
     def _work(self, permanent: bool) -> None:
         while True:

@@ -106,8 +106,9 @@ def whole_response(result: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes] 
         return 200, _BYTES, result
     if kind is dict or kind is list or kind is int or kind is float or result is None:
         try:
-            body = json.dumps(result, ensure_ascii=False, allow_nan=False,
-                              separators=(",", ":")).encode()
+            body = json.dumps(
+                result, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode()
         except (TypeError, ValueError):
             return None
         return 200, _JSON, body

@@ -132,8 +132,12 @@ class LoopRouters:
     replica-set updates cross threads (forwarded from the core's registry).
     """
 
-    def __init__(self, registry: RouterRegistry, registry_loop: asyncio.AbstractEventLoop,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        registry: RouterRegistry,
+        registry_loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self._registry = registry
         self._registry_loop = registry_loop
         self._loop = loop

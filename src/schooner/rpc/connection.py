@@ -147,8 +147,9 @@ class Connection(asyncio.Protocol):
             try:
                 payload = codec.decode(frame)
             except Exception as exc:
-                logger.warning("could not decode a frame (kind %d, request %d): %r",
-                               kind, req_id, exc)
+                logger.warning(
+                    "could not decode a frame (kind %d, request %d): %r", kind, req_id, exc
+                )
                 self._undecodable(kind, req_id, exc)
                 continue
             self._dispatch(kind, req_id, payload)

@@ -9,7 +9,8 @@ or releases the GIL). A machine whose operator wants hard CPU limits passes
 
 GPUs, memory (the machine's physical memory, in bytes) and custom resources
 (including ``accelerator_type:<name>``, which a node must declare) are *hard*
-limits: a replica that does not fit waits, and its status says what it is waiting for. GPUs are assigned by
+limits: a replica that does not fit waits, and its status says what it is waiting
+for. GPUs are assigned by
 index (fractions share a device) and exposed through ``CUDA_VISIBLE_DEVICES``.
 """
 
