@@ -10,24 +10,42 @@ Use it exactly like Ray Serve 2.x::
             return "hello"
 
     serve.run(Hello.bind())
+
+Names are imported on first use, so that Schooner's own processes (head,
+proxy, replicas) start without loading what they don't need.
 """
 
-from schooner.api import (
-    delete,
-    get_app_handle,
-    get_deployment_handle,
-    run,
-    shutdown,
-    start,
-    status,
-)
-from schooner.config import AutoscalingConfig, HTTPOptions, gRPCOptions
-from schooner.context import get_replica_context
-from schooner.deployment import Application, Deployment, deployment
-from schooner.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
-from schooner.ingress import ingress
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+#: public name -> module that defines it
+_EXPORTS = {
+    "Application": "schooner.deployment",
+    "AutoscalingConfig": "schooner.config",
+    "Deployment": "schooner.deployment",
+    "DeploymentHandle": "schooner.handle",
+    "DeploymentResponse": "schooner.handle",
+    "DeploymentResponseGenerator": "schooner.handle",
+    "HTTPOptions": "schooner.config",
+    "delete": "schooner.api",
+    "deployment": "schooner.deployment",
+    "gRPCOptions": "schooner.config",
+    "get_app_handle": "schooner.api",
+    "get_deployment_handle": "schooner.api",
+    "get_replica_context": "schooner.context",
+    "ingress": "schooner.ingress",
+    "run": "schooner.api",
+    "shutdown": "schooner.api",
+    "start": "schooner.api",
+    "status": "schooner.api",
+}
+_SUBMODULES = {"config", "context", "exceptions", "handle", "schema", "deployment", "api"}
 
 __all__ = [
     "Application",
@@ -49,3 +67,52 @@ __all__ = [
     "start",
     "status",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"schooner.{name}")
+    raise AttributeError(f"module 'schooner' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    """Keeps ``schooner.deployment`` and ``schooner.ingress`` the public functions.
+
+    Importing the submodules of the same names would otherwise replace the
+    package attributes with the modules (the modules stay importable with
+    ``from schooner.deployment import ...``).
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)
+
+
+if TYPE_CHECKING:
+    from schooner.api import (
+        delete,
+        get_app_handle,
+        get_deployment_handle,
+        run,
+        shutdown,
+        start,
+        status,
+    )
+    from schooner.config import AutoscalingConfig, HTTPOptions, gRPCOptions
+    from schooner.context import get_replica_context
+    from schooner.deployment import Application, Deployment, deployment
+    from schooner.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+    from schooner.ingress import ingress

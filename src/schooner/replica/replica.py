@@ -27,7 +27,6 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from schooner import context
-from schooner.ingress import build_asgi_app, call_asgi, is_ingress_class, start_lifespan
 from schooner.replica import http
 from schooner.replica.executor import SyncExecutor
 from schooner.rpc.connection import Connection
@@ -107,9 +106,12 @@ class Replica:
             else:
                 instance = await self._in_thread(target, *args, **kwargs)
             self._callable = instance
-            if is_ingress_class(type(instance)):
-                self._asgi_app = await build_asgi_app(instance)
-                self._lifespan_shutdown = await start_lifespan(self._asgi_app)
+            # Only ingress deployments pay for importing FastAPI.
+            if getattr(type(instance), "__schooner_ingress__", None) is not None:
+                ingress = importlib.import_module("schooner.ingress")
+                if ingress.is_ingress_class(type(instance)):
+                    self._asgi_app = await ingress.build_asgi_app(instance)
+                    self._lifespan_shutdown = await ingress.start_lifespan(self._asgi_app)
         replica_ctx.servable_object = self._callable
         if user_config is not None:
             await self.rpc_reconfigure(user_config)
@@ -297,6 +299,8 @@ class Replica:
                 scope = {**scope, "path": scope["path"] + "/"}
             tracker = http.ResponseTracker(send)
             try:
+                from schooner.ingress import call_asgi
+
                 await call_asgi(self._asgi_app, scope, body, tracker)
             except Exception as exc:
                 logger.exception("ASGI app raised")
