@@ -21,7 +21,7 @@ from schooner.deployment import Application, build_app
 from schooner.exceptions import DeployFailedError, RayServeException
 from schooner.handle import DeploymentHandle, _user_exception
 from schooner.rpc.connection import RemoteCallError
-from schooner.runtime.head_launch import HeadHandle, start_head
+from schooner.runtime.head_launch import HeadHandle, PendingHead, start_head
 from schooner.schema import ServeStatus
 
 logger = logging.getLogger("schooner")
@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 _head: HeadHandle | None = None
+#: A head the CLI launched early (before importing the user's code); start() adopts it.
+_pending_head: PendingHead | None = None
 _lock = threading.RLock()
 _atexit_registered = False
 #: How long serve.run waits for an application to become RUNNING.
@@ -64,21 +66,25 @@ def start(
     instance starts. Extra keyword arguments ``num_cpus``, ``num_gpus`` and
     ``resources`` set this node's capacity (by default: detected).
     """
-    global _head, _atexit_registered
+    global _head, _atexit_registered, _pending_head
     with _lock:
         if _core.get_core_or_none() is not None:
             return
-        if isinstance(http_options, dict):
-            http_options = HTTPOptions(**http_options)
-        http = http_options or HTTPOptions()
-        head = start_head(
-            http_host=http.host or "127.0.0.1",
-            http_port=http.port,
-            root_path=http.root_path,
-            num_cpus=kwargs.get("num_cpus"),
-            num_gpus=kwargs.get("num_gpus"),
-            resources=kwargs.get("resources"),
-        )
+        if _pending_head is not None:
+            pending, _pending_head = _pending_head, None
+            head = pending.wait_ready()
+        else:
+            if isinstance(http_options, dict):
+                http_options = HTTPOptions(**http_options)
+            http = http_options or HTTPOptions()
+            head = start_head(
+                http_host=http.host or "127.0.0.1",
+                http_port=http.port,
+                root_path=http.root_path,
+                num_cpus=kwargs.get("num_cpus"),
+                num_gpus=kwargs.get("num_gpus"),
+                resources=kwargs.get("resources"),
+            )
         try:
             core = _core.Core.start_background(head.session)
         except BaseException:

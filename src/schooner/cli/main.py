@@ -13,16 +13,28 @@ from schooner.exceptions import RayServeException
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from schooner.runtime.head_launch import launch_head
+
+    # Boot the instance while this process imports the application's code.
+    pending = launch_head(http_host=args.host, http_port=args.port)
+
     import schooner as serve
     from schooner import api
     from schooner.importing import build_application, import_attr, parse_kv_args
 
-    target = import_attr(args.import_path, args.app_dir)
-    app = build_application(target, parse_kv_args(args.args), args.import_path)
+    api._pending_head = pending
+    try:
+        target = import_attr(args.import_path, args.app_dir)
+        app = build_application(target, parse_kv_args(args.args), args.import_path)
+    except BaseException:
+        api._pending_head = None
+        pending.process.kill()
+        pending.process.wait()
+        raise
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.start()
     try:
         serve.run(app, name=args.name, route_prefix=args.route_prefix)
         prefix = args.route_prefix if args.route_prefix not in (None, "/") else ""

@@ -81,6 +81,7 @@ class Controller:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutting_down = False
         self.stopped = asyncio.Event()
+        self.proxy_ready = asyncio.Event()
         self.proxy_status: dict[str, str] = {}
         self.node_id = "node-" + secrets.token_hex(8)
         self.long_poll.publish("routes", {})
@@ -456,6 +457,13 @@ class Controller:
             if app is None:
                 return ApplicationStatus.NOT_STARTED.value
             if until == "ready" and app.status in settled:
+                if app.status == ApplicationStatus.RUNNING and not self.proxy_ready.is_set():
+                    # HTTP must answer once serve.run returns: wait for the proxy too.
+                    remaining = deadline - loop.time()
+                    try:
+                        await asyncio.wait_for(self.proxy_ready.wait(), max(remaining, 0.001))
+                    except TimeoutError:
+                        return ApplicationStatus.DEPLOYING.value
                 return app.status.value
             remaining = deadline - loop.time()
             if remaining <= 0:

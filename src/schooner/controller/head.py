@@ -200,6 +200,7 @@ class ControllerSession:
     def rpc_register_proxy(self) -> None:
         self.controller.proxy_status[self.controller.node_id] = "HEALTHY"
         self.head.proxy_ready.set()
+        self.controller.proxy_ready.set()
 
     async def rpc_shutdown(self) -> None:
         """Stop everything; returns when every process of the instance has exited."""
@@ -250,15 +251,7 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
         return 1
     server = await serve_unix(session.controller_socket, lambda: ControllerSession(head))
     reconcile = loop.create_task(head.controller.run())
-    head.start_proxy()
-    try:
-        await asyncio.wait_for(head.proxy_ready.wait(), PROXY_START_TIMEOUT_S)
-    except TimeoutError:
-        _report(
-            args.ready_fd, f"ERROR the HTTP proxy did not start; see {session.logs / 'proxy.log'}"
-        )
-        await head.shutdown()
-        return 1
+    head.start_proxy()  # serve.run waits for it together with the application
     watcher = loop.create_task(head.watch_proxy())
     (session.root / "address").write_text(
         json.dumps(

@@ -107,13 +107,22 @@ class _Stream:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
 
 
-class Connection(asyncio.Protocol):
+#: Frames up to this size are read into a shared buffer; larger ones get their own,
+#: filled straight from the socket (one copy, kernel to user).
+_SMALL_BUFFER_BYTES = 256 * 1024
+
+
+class Connection(asyncio.BufferedProtocol):
     """One end of an RPC connection; see the module docstring for the protocol."""
 
     def __init__(self, handler: object | None = None) -> None:
         self._handler = handler
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._small = bytearray(_SMALL_BUFFER_BYTES)
+        self._small_view = memoryview(self._small)
+        self._filled = 0  # bytes of self._small in use
+        self._big: bytearray | None = None  # a large frame being received
+        self._big_filled = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any] | _Stream] = {}
         self._tasks: dict[int, asyncio.Task[Any]] = {}
@@ -131,30 +140,61 @@ class Connection(asyncio.Protocol):
         if on_connect is not None:
             on_connect(self)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._big is not None:
+            return memoryview(self._big)[self._big_filled :]
+        return self._small_view[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._big is not None:
+            self._big_filled += nbytes
+            if self._big_filled == len(self._big):
+                big_frame = self._big
+                self._big = None
+                self._frame(memoryview(big_frame))
+            return
+        self._filled += nbytes
+        small, filled = self._small, self._filled
         offset = 0
-        n = len(buf)
-        while n - offset >= 4:
-            (length,) = _LEN.unpack_from(buf, offset)
+        while filled - offset >= 4:
+            (length,) = _LEN.unpack_from(small, offset)
             end = offset + 4 + length
-            if end > n:
-                break
-            frame = memoryview(buf[offset + 4 : end])
-            offset = end
-            kind, req_id = codec.decode_header(frame)
-            try:
-                payload = codec.decode(frame)
-            except Exception as exc:
-                logger.warning(
-                    "could not decode a frame (kind %d, request %d): %r", kind, req_id, exc
-                )
-                self._undecodable(kind, req_id, exc)
+            if end <= filled:
+                frame = bytes(small[offset + 4 : end])
+                offset = end
+                self._frame(memoryview(frame))
                 continue
-            self._dispatch(kind, req_id, payload)
-        if offset:
-            del buf[:offset]
+            if 4 + length > len(small):  # too big for the shared buffer: give it its own
+                big = bytearray(length)
+                have = filled - offset - 4
+                big[:have] = small[offset + 4 : filled]
+                self._big, self._big_filled = big, have
+                offset = filled
+            break
+        rest = filled - offset
+        if offset and rest:
+            small[:rest] = small[offset:filled]
+        self._filled = rest
+
+    def data_received(self, data: bytes) -> None:
+        """For transports without buffered-protocol support."""
+        view = memoryview(data)
+        while view:
+            buf = self.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+
+    def _frame(self, frame: memoryview) -> None:
+        kind, req_id = codec.decode_header(frame)
+        try:
+            payload = codec.decode(frame)
+        except Exception as exc:  # noqa: BLE001 - fails this request only
+            logger.warning("could not decode a frame (kind %d, request %d): %r", kind, req_id, exc)
+            self._undecodable(kind, req_id, exc)
+            return
+        self._dispatch(kind, req_id, payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

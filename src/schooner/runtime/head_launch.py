@@ -60,6 +60,59 @@ def start_head(
     resources: dict[str, float] | None = None,
 ) -> HeadHandle:
     """Start a head process and wait until it serves (or raise with its reason)."""
+    return launch_head(
+        http_host=http_host, http_port=http_port, root_path=root_path, detached=detached,
+        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+    ).wait_ready()
+
+
+@dataclass
+class PendingHead:
+    """A head process that was started and has not yet said it is ready."""
+
+    process: subprocess.Popen[bytes]
+    session: Session
+    lifeline: Lifeline | None
+    http_host: str
+    ready_fd: int
+
+    def wait_ready(self) -> HeadHandle:
+        """Wait until the head serves; raise with its reason if it failed."""
+        process, session, lifeline = self.process, self.session, self.lifeline
+        line = _read_line(self.ready_fd, HEAD_START_TIMEOUT_S)
+        os.close(self.ready_fd)
+        if not line.startswith("READY"):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            if lifeline is not None:
+                lifeline.close()
+            reason = (
+                line[len("ERROR ") :]
+                if line.startswith("ERROR ")
+                else (
+                    f"the head process exited (code {process.returncode}) before it was ready; "
+                    f"see {session.logs / 'controller.log'}"
+                )
+            )
+            raise RayServeException(
+                f"Could not start Schooner: {reason.replace(chr(92) + 'n', chr(10))}"
+            )
+        port = int(line.split()[1])
+        return HeadHandle(process, session, lifeline, self.http_host, port)
+
+
+def launch_head(
+    *,
+    http_host: str = "127.0.0.1",
+    http_port: int = 8000,
+    root_path: str = "",
+    detached: bool = False,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+) -> PendingHead:
+    """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`)."""
     session = Session.create()
     ready_r, ready_w = os.pipe()
     lifeline = None if detached else Lifeline()
@@ -96,27 +149,7 @@ def start_head(
     os.close(ready_w)
     if lifeline is not None:
         lifeline.close_read_end()
-    line = _read_line(ready_r, HEAD_START_TIMEOUT_S)
-    os.close(ready_r)
-    if not line.startswith("READY"):
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        if lifeline is not None:
-            lifeline.close()
-        reason = (
-            line[len("ERROR ") :]
-            if line.startswith("ERROR ")
-            else (
-                f"the head process exited (code {process.returncode}) before it was ready; "
-                f"see {session.logs / 'controller.log'}"
-            )
-        )
-        raise RayServeException(
-            f"Could not start Schooner: {reason.replace(chr(92) + 'n', chr(10))}"
-        )
-    port = int(line.split()[1])
-    return HeadHandle(process, session, lifeline, http_host, port)
+    return PendingHead(process, session, lifeline, http_host, ready_r)
 
 
 def _read_line(fd: int, timeout_s: float) -> str:

@@ -1,0 +1,66 @@
+"""The applications the scenarios serve, written once for Schooner and for Ray Serve.
+
+``BENCH_SERVE=ray`` in the environment selects ``ray.serve``; anything else
+selects ``schooner``. The module sits alone in its folder so that either
+system can import it by name (the folder is put on ``PYTHONPATH``, which Ray's
+worker processes inherit). Every deployment keeps the default options (one
+replica, ``max_ongoing_requests=5``), as a user's first application would.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+if os.environ.get("BENCH_SERVE") == "ray":
+    from ray import serve
+else:
+    import schooner as serve
+
+
+@serve.deployment
+class Hello:
+    """HTTP hello world: a sync ``__call__`` returning a string."""
+
+    def __call__(self, request: Request) -> str:
+        return "hello"
+
+
+@serve.deployment
+class Model:
+    """The second stage of the chain, called through a handle."""
+
+    def __call__(self, text: str) -> str:
+        return "hello"
+
+
+@serve.deployment
+class Ingress:
+    """The first stage of the chain: answers HTTP by asking ``Model``."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    async def __call__(self, request: Request) -> str:
+        result: str = await self.model.remote("x")
+        return result
+
+
+@serve.deployment
+class Echo:
+    """Echoes an HTTP request body, or (``echo``) any value sent through a handle."""
+
+    async def __call__(self, request: Request) -> Response:
+        body = await request.body()
+        return Response(body, media_type="application/octet-stream")
+
+    def echo(self, value: Any) -> Any:
+        return value
+
+
+hello = Hello.bind()
+chain = Ingress.bind(Model.bind())
+echo = Echo.bind()

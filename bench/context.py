@@ -1,0 +1,153 @@
+"""What a run knows: its options, the servers it started and what it measured."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import systems
+from bench.cpu import CpuWatch
+from bench.load import LoadResult, run_load
+from bench.procs import Server, ServerError, ServerSet, free_port
+
+#: Cores used by processes that are neither measured nor the load generator,
+#: above which a measurement is flagged as noisy.
+NOISY_OTHER_CORES = 0.3
+
+
+@dataclass
+class Options:
+    duration_s: float
+    warmup_s: float
+    cold_runs: int
+    settle_s: float
+    loadgen: str
+    ray_python: str | None
+    systems: tuple[str, ...]
+
+
+@dataclass
+class Record:
+    """One number: ``scenario`` / ``metric`` measured on ``system``."""
+
+    scenario: str
+    metric: str
+    system: str
+    value: float | None
+    unit: str
+    higher_is_better: bool
+    detail: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Context:
+    """Shared by the scenarios: starts systems, measures load, keeps records."""
+
+    def __init__(self, options: Options, log_dir: Path) -> None:
+        self.options = options
+        self.servers = ServerSet(log_dir)
+        self.records: list[Record] = []
+        self.cache: dict[str, LoadResult] = {}
+        self.warnings: list[str] = []
+
+    def available(self, *wanted: str) -> list[str]:
+        """Those of ``wanted`` this run compares (Ray only with ``--ray-python``)."""
+        found = [s for s in wanted if s in self.options.systems]
+        return [s for s in found if s != systems.RAY or self.options.ray_python]
+
+    def record(
+        self,
+        scenario: str,
+        metric: str,
+        system: str,
+        value: float | None,
+        unit: str,
+        higher_is_better: bool = True,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.records.append(
+            Record(scenario, metric, system, value, unit, higher_is_better, detail or {})
+        )
+
+    def fail(self, scenario: str, system: str, error: BaseException) -> None:
+        message = f"{type(error).__name__}: {error}"
+        log(f"[{scenario}] {systems.LABELS[system]} FAILED: {message}")
+        self.records.append(Record(scenario, "", system, None, "", True, error=message))
+
+    def warn(self, message: str) -> None:
+        log(f"WARNING: {message}")
+        self.warnings.append(message)
+
+    @contextlib.contextmanager
+    def serving(self, system: str, app: str, cli: bool = False) -> Iterator[tuple[Server, int]]:
+        """Start ``app`` on ``system``, wait for its first 200 OK, stop it afterwards."""
+        port = free_port()
+        server = systems.start_http(
+            self.servers, system, app, port, self.options.ray_python, cli
+        )
+        try:
+            interval = 0.1 if system == systems.RAY else 0.01
+            server.wait_http_ok(port, systems.READY_TIMEOUT_S[system], interval_s=interval)
+            server.track()
+            yield server, port
+        finally:
+            server.stop()
+
+    def load(
+        self, scenario: str, server: Server, port: int, connections: int, body_bytes: int = 0
+    ) -> LoadResult:
+        """Warm up, then measure; record CPU split, load average and noise in ``extra``."""
+        opts = self.options
+        run_load(port, connections, opts.warmup_s, body_bytes, opts.loadgen)
+        watch = CpuWatch(server)
+        result = run_load(port, connections, opts.duration_s, body_bytes, opts.loadgen)
+        split = watch.stop()
+        result.extra = {"cpu": split.as_dict(), "load_average_1m": os.getloadavg()[0]}
+        label = f"{scenario} {server.name} @{connections}c"
+        if split.other_cores > NOISY_OTHER_CORES:
+            self.warn(f"{label}: other processes used {split.other_cores:.2f} cores (noisy)")
+        if result.errors:
+            self.warn(f"{label}: {result.errors} errors or non-2xx answers")
+        log(
+            f"[{scenario}] {server.name} @{connections}c: {result.requests_per_s:,.0f} req/s, "
+            f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms, "
+            f"system {split.system_cores:.2f} cores, other {split.other_cores:.2f}"
+        )
+        return result
+
+    def run_driver(self, system: str, mode: str, budget_s: float) -> dict[str, Any]:
+        """Run ``handle_driver.py MODE`` on ``system`` and return its RESULT."""
+        opts = self.options
+        server = systems.start_driver(
+            self.servers, system, mode, free_port(), opts.duration_s, opts.warmup_s,
+            opts.ray_python,
+        )
+        try:
+            limit_s = budget_s + systems.READY_TIMEOUT_S[system]
+            deadline = time.perf_counter() + limit_s
+            while server.alive() and time.perf_counter() < deadline:
+                server.track()
+                time.sleep(0.2)
+            if server.alive():
+                raise server.fail(f"still running after {limit_s:.0f} s")
+            for line in server.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("RESULT "):
+                    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+                    return result
+            raise server.fail(f"exited ({server.proc and server.proc.returncode}) without RESULT")
+        finally:
+            server.stop()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+__all__ = ["Context", "Options", "Record", "ServerError", "log"]

@@ -1,0 +1,62 @@
+"""Where the CPU went during a measurement: the system measured, the load
+generator, and everything else on the machine (the noise)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import Server
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle since boot (``/proc/stat``)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and of its reaped children (wrk, once it has exited)."""
+    self_ = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return self_.ru_utime + self_.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class CpuSplit:
+    """Average cores used during a measurement, by whom."""
+
+    system_cores: float
+    loadgen_cores: float
+    other_cores: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "system_cores": round(self.system_cores, 3),
+            "loadgen_cores": round(self.loadgen_cores, 3),
+            "other_cores": round(self.other_cores, 3),
+        }
+
+
+class CpuWatch:
+    """Call :meth:`stop` after the measured work; ``server`` is the system measured."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.t0 = time.perf_counter()
+        self.busy0 = _machine_busy_s()
+        self.own0 = _own_cpu_s()
+        self.system0 = server.usage().cpu_s
+
+    def stop(self) -> CpuSplit:
+        elapsed = time.perf_counter() - self.t0
+        system = self.server.usage().cpu_s - self.system0
+        own = _own_cpu_s() - self.own0
+        busy = _machine_busy_s() - self.busy0
+        return CpuSplit(system / elapsed, own / elapsed, max(0.0, busy - system - own) / elapsed)

@@ -1,0 +1,96 @@
+"""How each compared system is started: Schooner, bare uvicorn and Ray Serve.
+
+- Schooner: ``schooner run bench_apps:APP --port P`` (the product's own path).
+- bare: ``uvicorn bare_app:app --http httptools --loop uvloop``, one process.
+- Ray Serve, under load: ``ray_server.py`` (``ray.init(num_cpus=2)`` then
+  ``serve.run``); for cold start and memory: ``serve run CONFIG`` with a config
+  file that sets the port, the counterpart of ``schooner run``.
+- handle drivers: ``handle_driver.py`` run by the system's own Python.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from bench.procs import Server, ServerSet
+
+APPS_DIR = Path(__file__).resolve().parent / "apps"
+SCHOONER = "schooner"
+BARE = "bare"
+RAY = "ray"
+ALL_SYSTEMS = (SCHOONER, BARE, RAY)
+LABELS = {SCHOONER: "Schooner", BARE: "bare", RAY: "Ray"}
+#: How long each system may take to answer its first request.
+READY_TIMEOUT_S = {SCHOONER: 60.0, BARE: 30.0, RAY: 300.0}
+
+
+def _env(system: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("BENCH_SERVE", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APPS_DIR), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    if system == RAY:
+        env["BENCH_SERVE"] = "ray"
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def schooner_argv() -> list[str]:
+    script = Path(sys.executable).with_name("schooner")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "schooner.cli.main"]
+
+
+def start_http(
+    servers: ServerSet, system: str, app: str, port: int, ray_python: str | None, cli: bool
+) -> Server:
+    """Start ``app`` (a name in bench_apps) on ``system``, serving HTTP on ``port``.
+
+    ``cli`` selects Ray's ``serve run`` instead of the ``ray.init(num_cpus=2)``
+    script (Schooner and bare are always started by their command line).
+    """
+    if system == SCHOONER:
+        argv = [*schooner_argv(), "run", f"bench_apps:{app}", "--port", str(port)]
+        return servers.start(f"schooner-{app}", argv + ["--app-dir", str(APPS_DIR)], env=_env(system))
+    if system == BARE:
+        argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(APPS_DIR)]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--http", "httptools"]
+        argv += ["--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
+        return servers.start(f"bare-{app}", argv, env=_env(system))
+    assert system == RAY and ray_python is not None
+    serve_cli = Path(ray_python).with_name("serve")
+    if cli and serve_cli.exists():
+        config = servers.log_dir / f"ray-{app}-{port}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(
+            f"http_options:\n  host: 127.0.0.1\n  port: {port}\n"
+            f"applications:\n  - name: default\n    route_prefix: /\n"
+            f"    import_path: bench_apps:{app}\n"
+        )
+        return servers.start(
+            f"ray-serve-run-{app}",
+            [str(serve_cli), "run", str(config)],
+            env=_env(system),
+            stop_signal=signal.SIGINT,
+        )
+    argv = [ray_python, str(APPS_DIR / "ray_server.py"), app, str(port)]
+    return servers.start(f"ray-{app}", argv, env=_env(system))
+
+
+def start_driver(
+    servers: ServerSet,
+    system: str,
+    mode: str,
+    port: int,
+    duration_s: float,
+    warmup_s: float,
+    ray_python: str | None,
+) -> Server:
+    """Start ``handle_driver.py MODE`` with the system's Python; it exits when done."""
+    python = ray_python if system == RAY else sys.executable
+    assert python is not None
+    argv = [python, str(APPS_DIR / "handle_driver.py"), mode, str(port)]
+    argv += [str(duration_s), str(warmup_s)]
+    return servers.start(f"{system}-driver-{mode}", argv, env=_env(system))
