@@ -89,9 +89,7 @@ class Context:
     def serving(self, system: str, app: str, cli: bool = False) -> Iterator[tuple[Server, int]]:
         """Start ``app`` on ``system``, wait for its first 200 OK, stop it afterwards."""
         port = free_port()
-        server = systems.start_http(
-            self.servers, system, app, port, self.options.ray_python, cli
-        )
+        server = systems.start_http(self.servers, system, app, port, self.options.ray_python, cli)
         try:
             interval = 0.1 if system == systems.RAY else 0.01
             server.wait_http_ok(port, systems.READY_TIMEOUT_S[system], interval_s=interval)
@@ -126,7 +124,12 @@ class Context:
         """Run ``handle_driver.py MODE`` on ``system`` and return its RESULT."""
         opts = self.options
         server = systems.start_driver(
-            self.servers, system, mode, free_port(), opts.duration_s, opts.warmup_s,
+            self.servers,
+            system,
+            mode,
+            free_port(),
+            opts.duration_s,
+            opts.warmup_s,
             opts.ray_python,
         )
         try:

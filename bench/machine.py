@@ -82,7 +82,7 @@ def machine_info(repo: Path) -> dict[str, Any]:
         done = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10)
         wrk_version = (done.stdout or done.stderr).splitlines()[0].strip()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),

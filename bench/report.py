@@ -138,9 +138,7 @@ def check_targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
         met = None
         if value is not None:
             met = value >= target.bound if target.at_least else value <= target.bound
-        checked.append(
-            {**asdict(target), "target": target.describe(), "value": value, "met": met}
-        )
+        checked.append({**asdict(target), "target": target.describe(), "value": value, "met": met})
     return checked
 
 

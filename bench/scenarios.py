@@ -97,7 +97,9 @@ def echo(ctx: Context) -> None:
                 result = ctx.load("echo", server, port, ECHO_CONNECTIONS, body_bytes=MIB)
                 tag = f"@{ECHO_CONNECTIONS}c"
                 mb_s = result.requests_per_s * MIB / 1e6
-                ctx.record("echo 1 MiB", f"MB/s {tag}", system, mb_s, "MB/s", True, result.as_dict())
+                ctx.record(
+                    "echo 1 MiB", f"MB/s {tag}", system, mb_s, "MB/s", True, result.as_dict()
+                )
                 ctx.record("echo 1 MiB", f"p50 ms {tag}", system, result.p50_ms, "ms", False)
         except Exception as exc:
             ctx.fail("echo 1 MiB", system, exc)

@@ -53,7 +53,9 @@ def start_http(
     """
     if system == SCHOONER:
         argv = [*schooner_argv(), "run", f"bench_apps:{app}", "--port", str(port)]
-        return servers.start(f"schooner-{app}", argv + ["--app-dir", str(APPS_DIR)], env=_env(system))
+        return servers.start(
+            f"schooner-{app}", [*argv, "--app-dir", str(APPS_DIR)], env=_env(system)
+        )
     if system == BARE:
         argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(APPS_DIR)]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--http", "httptools"]

@@ -15,10 +15,9 @@ import threading
 
 os.environ["BENCH_SERVE"] = "ray"
 
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
-
-import bench_apps  # noqa: E402
+import bench_apps
+import ray
+from ray import serve
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, replace
@@ -22,8 +23,11 @@ from typing import Any
 
 from schooner import _core
 from schooner.context import current_request
-from schooner.exceptions import RemoteUserError, RequestCancelledError
+from schooner.exceptions import RemoteUserError, ReplicaUnavailableError, RequestCancelledError
 from schooner.router.registry import LoopRouters, RouterRegistry
+from schooner.router.router import Router
+from schooner.rpc.connection import Connection, ConnectionLost
+from schooner.rpc.messages import ReplicaInfo
 from schooner.rpc.connection import RemoteCallError
 from schooner.rpc.messages import DeploymentID
 
@@ -126,13 +130,17 @@ class DeploymentHandle:
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        return self.options(method_name=name)
+        cache = self.__dict__.setdefault("_method_handles", {})
+        handle: DeploymentHandle | None = cache.get(name)
+        if handle is None:
+            handle = cache[name] = self.options(method_name=name)
+        return handle
 
     def remote(self, *args: Any, **kwargs: Any) -> DeploymentResponse | DeploymentResponseGenerator:
         """Send a request; see the module docstring for what comes back."""
         core = _core.get_core()
         options = self._options
-        request_id = current_request().request_id or str(uuid.uuid4())
+        request_id = current_request().request_id or _new_request_id()
         meta = (
             request_id,
             options.method_name,
@@ -150,8 +158,50 @@ class DeploymentHandle:
             coro = _call(core.registry, self._deployment_id, meta, args, kwargs)
             return DeploymentResponse(core, core.submit(coro), core.loop)
         routers = core.routers_for(loop)
+        router = routers.router(self._deployment_id)
+        if not _has_responses(args, kwargs):
+            # Fast path: a free slot and an open connection -> write the request now, no task.
+            replica = router.try_acquire()
+            if replica is not None:
+                conn = routers.pool.get_nowait(replica.address)
+                if conn is not None:
+                    req_id, reply = conn.call_future("call", (meta, args, kwargs), {})
+                    reply.add_done_callback(_Finish(router, replica, conn, req_id))
+                    return DeploymentResponse(core, reply, loop, raw=True)
+                router.release(replica)
         task = loop.create_task(_call(routers, self._deployment_id, meta, args, kwargs))
         return DeploymentResponse(core, task, loop)
+
+
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """A request id unique across processes (random per process, then a counter)."""
+    return f"{_ID_PREFIX}-{next(_id_counter):x}"
+
+
+def _has_responses(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for a in args:
+        if isinstance(a, DeploymentResponse):
+            return True
+    return bool(kwargs) and any(isinstance(v, DeploymentResponse) for v in kwargs.values())
+
+
+class _Finish:
+    """Done-callback of a fast-path call: free the router slot; tell the replica on cancel."""
+
+    __slots__ = ("conn", "replica", "req_id", "router")
+
+    def __init__(self, router: Router, replica: ReplicaInfo, conn: Connection, req_id: int
+                 ) -> None:
+        self.router, self.replica, self.conn, self.req_id = router, replica, conn, req_id
+
+    def __call__(self, reply: asyncio.Future[Any]) -> None:
+        self.router.release(self.replica)
+        if reply.cancelled():
+            self.conn.cancel_request(self.req_id)
 
 
 def _rebuild_handle(name: str, app: str, options: _HandleOptions) -> DeploymentHandle:
@@ -202,10 +252,13 @@ class DeploymentResponse:
         core: _core.Core,
         future: asyncio.Future[Any] | concurrent.futures.Future[Any],
         loop: asyncio.AbstractEventLoop,
+        *,
+        raw: bool = False,
     ) -> None:
         self._core = core
         self._future = future
         self._loop = loop  # the loop running the call
+        self._raw = raw  # the future is an RPC reply: errors still need translating
 
     def __await__(self) -> Generator[Any, None, Any]:
         future = self._future
@@ -216,8 +269,8 @@ class DeploymentResponse:
         except RuntimeError:
             current = None
         if current is self._loop:
-            return future.__await__()
-        cross = asyncio.run_coroutine_threadsafe(_await(future), self._loop)
+            return self._await_here() if self._raw else future.__await__()
+        cross = asyncio.run_coroutine_threadsafe(self._await_any(), self._loop)
         return asyncio.wrap_future(cross).__await__()
 
     def result(self, timeout_s: float | None = None, *, _skip_asyncio_check: bool = False) -> Any:
@@ -231,13 +284,27 @@ class DeploymentResponse:
                 raise _on_loop_thread_error()
         future = self._future
         if not isinstance(future, concurrent.futures.Future):
-            future = asyncio.run_coroutine_threadsafe(_await(future), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._await_any(), self._loop)
         try:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"Timed out waiting for the result after {timeout_s}s.") from None
         except concurrent.futures.CancelledError:
             raise RequestCancelledError("The request was cancelled.") from None
+
+    def _await_here(self) -> Generator[Any, None, Any]:
+        """Await the RPC reply on its own loop, translating errors as user code expects."""
+        try:
+            return (yield from self._future.__await__())  # type: ignore[union-attr]
+        except RemoteCallError as exc:
+            user_exc = _user_exception(exc)
+            raise user_exc from user_exc.__cause__
+        except ConnectionLost as exc:
+            raise ReplicaUnavailableError("The replica died while handling the request.") \
+                from exc
+
+    async def _await_any(self) -> Any:
+        return await self
 
     def cancel(self) -> None:
         """Cancel the request (the replica's task is cancelled too)."""

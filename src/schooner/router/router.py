@@ -112,6 +112,19 @@ class Router:
                 chosen, best_n = replica, n
         return chosen
 
+    def try_acquire(self) -> ReplicaInfo | None:
+        """Take a slot at once if one is free and nobody is queued (else None); see release()."""
+        if self._waiters or not self._known.is_set() or self._deleted:
+            return None
+        replica = self._choose()
+        if replica is not None:
+            self._inflight[replica.replica_id] = self._inflight.get(replica.replica_id, 0) + 1
+        return replica
+
+    def release(self, replica: ReplicaInfo) -> None:
+        """Give back a slot taken with try_acquire()."""
+        self._release(replica)
+
     async def _acquire(self) -> ReplicaInfo:
         if self._deleted:
             raise DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")

@@ -1,0 +1,1 @@
+"""Schooner's benchmark suite: ``python -m bench`` (see docs/performance.md)."""
