@@ -194,8 +194,7 @@ class _Finish:
 
     __slots__ = ("conn", "replica", "req_id", "router")
 
-    def __init__(self, router: Router, replica: ReplicaInfo, conn: Connection, req_id: int
-                 ) -> None:
+    def __init__(self, router: Router, replica: ReplicaInfo, conn: Connection, req_id: int) -> None:
         self.router, self.replica, self.conn, self.req_id = router, replica, conn, req_id
 
     def __call__(self, reply: asyncio.Future[Any]) -> None:
@@ -300,8 +299,7 @@ class DeploymentResponse:
             user_exc = _user_exception(exc)
             raise user_exc from user_exc.__cause__
         except ConnectionLost as exc:
-            raise ReplicaUnavailableError("The replica died while handling the request.") \
-                from exc
+            raise ReplicaUnavailableError("The replica died while handling the request.") from exc
 
     async def _await_any(self) -> Any:
         return await self

@@ -531,8 +531,11 @@ class _InOrder:
         return 0
 
 
-def test_unreachable_replica_is_dropped_and_request_goes_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_replica_is_dropped_and_request_goes_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(router_module, "random", _InOrder())  # try r1 first
+
     async def body() -> None:
         router, pool = make_router("r1", "r2", max_ongoing=1)
         pool.unreachable.add("r1")
@@ -597,8 +600,11 @@ def test_other_connect_errors_propagate_and_free_the_slot() -> None:
     run(body)
 
 
-def test_replica_that_failed_to_connect_is_not_handed_to_a_waiter(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_replica_that_failed_to_connect_is_not_handed_to_a_waiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(router_module, "random", _InOrder())  # try r1 first
+
     async def body() -> None:
         router, pool = make_router("r1", "r2", max_ongoing=1)
         gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -28,6 +28,7 @@ import secrets
 import string
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from schooner.controller.long_poll import LongPollHost
@@ -36,8 +37,8 @@ from schooner.exceptions import ServeConfigError
 from schooner.router.router import DELETED
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
 from schooner.rpc.messages import AppSpec, ReplicaInfo, ReplicaSet, Route
-from schooner.runtime.launcher import Launcher, ProcessSpec
-from schooner.runtime.resources import ResourcePool
+from schooner.runtime.launcher import Launcher, ProcessHandle, ProcessSpec
+from schooner.runtime.resources import Allocation, ResourcePool
 from schooner.runtime.session import Session
 from schooner.schema import ApplicationStatus, DeploymentStatus, ReplicaState
 
@@ -49,6 +50,21 @@ STARTUP_TIMEOUT_S = 600.0
 #: After asking a replica to stop, how long it may take on top of its graceful timeout.
 STOP_GRACE_S = 5.0
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+#: An unused spare replica process exits after this long (it only speeds up cold starts).
+SPARE_IDLE_S = 30.0
+
+
+@dataclass
+class _Spare:
+    """A replica process started ahead of need, waiting to be assigned an identity."""
+
+    spare_id: str
+    process: ProcessHandle
+    launched_at: float
+    conn: Connection | None = None
+    registered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _new_replica_id() -> str:
@@ -84,6 +100,8 @@ class Controller:
         self.proxy_ready = asyncio.Event()
         self.proxy_status: dict[str, str] = {}
         self.node_id = "node-" + secrets.token_hex(8)
+        self._spare: _Spare | None = None
+        self._adopting: dict[str, _Spare] = {}
         self.long_poll.publish("routes", {})
 
     # ------------------------------------------------------------------ loop
@@ -106,6 +124,7 @@ class Controller:
         self._wake.set()
 
     def tick(self) -> None:
+        self._check_spare()
         for app in list(self.apps.values()):
             for dep in list(app.deployments.values()):
                 try:
@@ -202,6 +221,84 @@ class Controller:
             replica.error = f"The replica did not become ready within {STARTUP_TIMEOUT_S:.0f} s."
             replica.process.kill()
 
+    # ------------------------------------------------------------------ spare
+    def launch_spare(self) -> None:
+        """Start a replica process ahead of need (the next replica adopts it)."""
+        if self._spare is not None or self._shutting_down:
+            return
+        spare_id = _new_replica_id()
+        spec = ProcessSpec(
+            module="schooner.replica.main",
+            args=[
+                "--session",
+                str(self.session.root),
+                "--spare-id",
+                spare_id,
+                "--lifeline-fd",
+                str(self.lifeline_fd),
+            ],
+            pass_fds=(self.lifeline_fd,),
+        )
+        try:
+            process = self.launcher.launch(spec)
+        except OSError as exc:
+            logger.warning("could not start a spare replica process: %s", exc)
+            return
+        self._spare = _Spare(spare_id, process, self.clock())
+
+    def spare_registered(self, spare_id: str, conn: Connection) -> None:
+        spare = self._spare or self._adopting.get(spare_id)
+        if spare is not None and spare.spare_id == spare_id:
+            spare.conn = conn
+            spare.registered.set()
+        else:
+            conn.notify("shutdown")
+
+    def _check_spare(self) -> None:
+        spare = self._spare
+        if spare is None:
+            return
+        if spare.process.poll() is not None:
+            self._spare = None
+        elif self._shutting_down or self.clock() - spare.launched_at > SPARE_IDLE_S:
+            spare.process.terminate()
+            self._spare = None
+
+    def _take_spare(self) -> _Spare | None:
+        """The spare, if any; one still starting is taken too (it is ahead of a new process)."""
+        spare = self._spare
+        if spare is None or spare.process.poll() is not None:
+            return None
+        self._spare = None
+        self._adopting[spare.spare_id] = spare
+        return spare
+
+    async def _adopt_spare(
+        self,
+        dep: DeploymentState,
+        replica: ReplicaRecord,
+        spare: _Spare,
+        env: dict[str, str],
+        sys_path: list[str],
+    ) -> None:
+        try:
+            await asyncio.wait_for(spare.registered.wait(), STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            return  # the startup deadline replaces it; a spare that died is reaped
+        finally:
+            self._adopting.pop(spare.spare_id, None)
+        conn = spare.conn
+        assert conn is not None
+        try:
+            await conn.call(
+                "assign", replica.replica_id, dep.id.app_name, dep.id.name, env, sys_path
+            )
+        except (RemoteCallError, ConnectionLost) as exc:
+            replica.error = f"The spare replica process could not take its identity: {exc}"
+            replica.process.terminate()
+            return
+        self.replica_registered(replica.replica_id, conn)
+
     def _forget_deleted_deployments(self, app: ApplicationState) -> None:
         for name, dep in list(app.deployments.items()):
             if dep.deleting and not dep.replicas:
@@ -217,9 +314,18 @@ class Controller:
             )
             return False
         replica_id = _new_replica_id()
-        env = {"SCHOONER_SYS_PATH": os.pathsep.join(self.apps[dep.id.app_name].spec.sys_path)}
+        sys_path = self.apps[dep.id.app_name].spec.sys_path
+        env = {"SCHOONER_SYS_PATH": os.pathsep.join(sys_path)}
         if allocation.cuda_visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
+        spare = self._take_spare()
+        if spare is not None:
+            replica = self._record_replica(dep, replica_id, spare.process, allocation)
+            logger.info(
+                "replica %s of %s adopts spare process %d", replica_id, dep.id, spare.process.pid
+            )
+            self._spawn(self._adopt_spare(dep, replica, spare, env, sys_path))
+            return True
         spec = ProcessSpec(
             module="schooner.replica.main",
             args=[
@@ -243,6 +349,13 @@ class Controller:
             self.resources.release(allocation)
             dep.record_startup_failure(f"Could not start a replica process: {exc}")
             return False
+        self._record_replica(dep, replica_id, process, allocation)
+        logger.info("starting replica %s of %s (pid %d)", replica_id, dep.id, process.pid)
+        return True
+
+    def _record_replica(
+        self, dep: DeploymentState, replica_id: str, process: ProcessHandle, allocation: Allocation
+    ) -> ReplicaRecord:
         replica = ReplicaRecord(
             replica_id=replica_id,
             version=dep.version,
@@ -258,8 +371,7 @@ class Controller:
         )
         dep.replicas[replica_id] = replica
         self._replica_index[replica_id] = dep
-        logger.info("starting replica %s of %s (pid %d)", replica_id, dep.id, process.pid)
-        return True
+        return replica
 
     def _stop_replica(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
         if replica.state == ReplicaState.STOPPING:
@@ -515,7 +627,8 @@ class Controller:
         return any(dep.replicas for app in self.apps.values() for dep in app.deployments.values())
 
     def all_pids(self) -> list[int]:
-        return [
+        spare = [self._spare.process.pid] if self._spare is not None else []
+        return spare + [
             r.pid
             for app in self.apps.values()
             for dep in app.deployments.values()
@@ -523,6 +636,8 @@ class Controller:
         ]
 
     def kill_all(self) -> None:
+        if self._spare is not None:
+            self._spare.process.kill()
         for app in self.apps.values():
             for dep in app.deployments.values():
                 for replica in dep.replicas.values():

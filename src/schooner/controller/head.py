@@ -197,6 +197,10 @@ class ControllerSession:
         assert self.conn is not None
         self.controller.replica_registered(replica_id, self.conn)
 
+    def rpc_register_spare(self, spare_id: str) -> None:
+        assert self.conn is not None
+        self.controller.spare_registered(spare_id, self.conn)
+
     def rpc_register_proxy(self) -> None:
         self.controller.proxy_status[self.controller.node_id] = "HEALTHY"
         self.head.proxy_ready.set()
@@ -250,6 +254,7 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
         _report(args.ready_fd, f"ERROR {exc}")
         return 1
     server = await serve_unix(session.controller_socket, lambda: ControllerSession(head))
+    head.controller.launch_spare()  # warms up while the driver imports and deploys
     reconcile = loop.create_task(head.controller.run())
     head.start_proxy()  # serve.run waits for it together with the application
     watcher = loop.create_task(head.watch_proxy())

@@ -1,8 +1,16 @@
 """Entry point of a replica process: ``python -m schooner.replica.main``.
 
-Started by the controller's launcher. It listens for data RPCs on its Unix
-socket, connects to the controller (which then initializes it over that same
-connection) and serves until told to stop or until the head process dies.
+Started by the controller's launcher, in one of two ways:
+
+- with its identity (``--replica-id``, ``--app``, ``--deployment``): it
+  listens for data RPCs on its Unix socket, connects to the controller (which
+  then initializes it over that same connection) and serves;
+- as a *spare* (``--spare-id``): it imports what every replica needs, connects
+  to the controller and waits to be assigned an identity (``rpc_assign``).
+  A spare saves the next replica the start-up of a Python process, which is
+  most of an application's cold start.
+
+It serves until told to stop, or until the head process dies.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from schooner import _core, context
 from schooner.logs import setup_process_logging
 from schooner.replica.replica import Replica
-from schooner.rpc.connection import serve_unix
+from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import DeploymentID
 from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
@@ -29,50 +38,113 @@ logger = logging.getLogger("schooner.replica")
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="schooner-replica")
     parser.add_argument("--session", required=True)
-    parser.add_argument("--replica-id", required=True)
-    parser.add_argument("--app", required=True)
-    parser.add_argument("--deployment", required=True)
+    parser.add_argument("--replica-id")
+    parser.add_argument("--app")
+    parser.add_argument("--deployment")
+    parser.add_argument("--spare-id")
     parser.add_argument("--lifeline-fd", type=int, required=True)
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace, session: Session) -> None:
-    replica = Replica(args.replica_id, DeploymentID(args.deployment, args.app))
+def _add_sys_path(entries: list[str]) -> None:
+    for entry in reversed(entries):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+
+
+def _setup_logging(session: Session, replica_id: str, app: str, deployment: str) -> None:
+    setup_process_logging(
+        session.logs,
+        f"replica_{app}_{deployment}_{replica_id}",
+        "replica",
+        replica=f"{app}#{deployment}#{replica_id}",
+        echo_prefix=f"(ServeReplica:{app}:{deployment} pid={os.getpid()}) ",
+        request_id=lambda: context.current_request().request_id,
+    )
+
+
+class _Process:
+    """What one replica process runs: a Replica once it knows who it is."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.replica: Replica | None = None
+        self.stopped = asyncio.Event()  # created outside a loop: fine since Python 3.10
+        self.server: asyncio.Server | None = None
+        self.socket_path: str | None = None
+
+    async def become(self, replica_id: str, app: str, deployment: str) -> Replica:
+        replica = Replica(replica_id, DeploymentID(deployment, app))
+        replica.stopped = self.stopped
+        self.socket_path = self.session.replica_socket(replica_id)
+        self.server = await serve_unix(self.socket_path, lambda: replica)
+        self.replica = replica
+        return replica
+
+
+class _SpareHandler:
+    """The controller's view of a spare until it is assigned (then the Replica takes over)."""
+
+    def __init__(self, process: _Process) -> None:
+        self.process = process
+        self.conn: Connection | None = None
+
+    def on_connect(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def rpc_assign(
+        self, replica_id: str, app: str, deployment: str, env: dict[str, str], sys_path: list[str]
+    ) -> None:
+        os.environ.update(env)
+        _add_sys_path(sys_path)
+        _setup_logging(self.process.session, replica_id, app, deployment)
+        replica = await self.process.become(replica_id, app, deployment)
+        assert self.conn is not None
+        self.conn.set_handler(replica)
+
+    def rpc_shutdown(self) -> None:
+        self.process.stopped.set()
+
+
+async def _serve(args: argparse.Namespace, session: Session, process: _Process) -> None:
     loop = asyncio.get_running_loop()
-    watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(replica.stopped.set))
-    server = await serve_unix(session.replica_socket(args.replica_id), lambda: replica)
-    core = await _core.Core.connect(session, handler=replica)
+    watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(process.stopped.set))
+    handler: Any
+    if args.spare_id:
+        import schooner.deployment  # noqa: F401 - what user code imports first: load it now
+
+        handler = _SpareHandler(process)
+    else:
+        handler = await process.become(args.replica_id, args.app, args.deployment)
+    core = await _core.Core.connect(session, handler=handler)
     _core.set_core(core)
-    core.controller.on_close.append(lambda _c: replica.stopped.set())
-    await core.controller.call("register_replica", args.replica_id)
-    await replica.stopped.wait()
-    server.close()
+    core.controller.on_close.append(lambda _c: process.stopped.set())
+    if args.spare_id:
+        await core.controller.call("register_spare", args.spare_id)
+    else:
+        await core.controller.call("register_replica", args.replica_id)
+    await process.stopped.wait()
+    if process.server is not None:
+        process.server.close()
     core.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     session = Session.open(Path(args.session))
-    for entry in reversed(os.environ.get("SCHOONER_SYS_PATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
-    full_id = f"{args.app}#{args.deployment}#{args.replica_id}"
-    setup_process_logging(
-        session.logs,
-        f"replica_{args.app}_{args.deployment}_{args.replica_id}",
-        "replica",
-        replica=full_id,
-        echo_prefix=f"(ServeReplica:{args.app}:{args.deployment} pid={os.getpid()}) ",
-        request_id=lambda: context.current_request().request_id,
-    )
+    _add_sys_path(os.environ.get("SCHOONER_SYS_PATH", "").split(os.pathsep))
+    if not args.spare_id:
+        _setup_logging(session, args.replica_id, args.app, args.deployment)
     loop = new_event_loop()
+    process = _Process(session)
     try:
-        loop.run_until_complete(_serve(args, session))
+        loop.run_until_complete(_serve(args, session, process))
     finally:
-        try:
-            os.unlink(session.replica_socket(args.replica_id))
-        except OSError:
-            pass
+        if process.socket_path is not None:
+            try:
+                os.unlink(process.socket_path)
+            except OSError:
+                pass
     os._exit(0)  # don't wait for stray user threads
 
 

@@ -55,6 +55,15 @@ def load_code(code: CodeRef) -> Any:
     return inner if inner is not None and hasattr(target, "bind") else target
 
 
+class _MethodInfo:
+    __slots__ = ("fn", "is_async", "is_generator")
+
+    def __init__(self, fn: Any, is_async: bool, is_generator: bool) -> None:
+        self.fn = fn
+        self.is_async = is_async
+        self.is_generator = is_generator
+
+
 def _is_generator_fn(fn: Any) -> bool:
     return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
@@ -70,6 +79,7 @@ class Replica:
         self._asgi_app: Any = None
         self._lifespan_shutdown: Callable[[], Any] | None = None
         self._executor: SyncExecutor | None = None
+        self._methods: dict[str, _MethodInfo] = {}
         self._user_config: Any = None
         self._ongoing = 0
         self._idle = asyncio.Event()
@@ -180,6 +190,15 @@ class Replica:
                 f"Deployment '{self.deployment.name}' has no method '{name}'."
             ) from None
 
+    def _method_info(self, name: str) -> _MethodInfo:
+        """The method and what kind of callable it is (inspected once per name)."""
+        info = self._methods.get(name)
+        if info is None:
+            fn = self._method(name)
+            info = _MethodInfo(fn, inspect.iscoroutinefunction(fn), _is_generator_fn(fn))
+            self._methods[name] = info
+        return info
+
     async def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._executor is None:
             self._executor = SyncExecutor(asyncio.get_running_loop(), 5)
@@ -222,13 +241,19 @@ class Replica:
     ) -> Any:
         token = self._enter(meta)
         try:
-            fn = self._method(meta[1])
-            if _is_generator_fn(fn):
+            info = self._method_info(meta[1])
+            if info.is_async:
+                result = await info.fn(*args, **kwargs)
+            elif info.is_generator:
                 raise TypeError(
                     f"Method '{meta[1]}' of deployment '{self.deployment.name}' is a generator; "
                     "call it with `handle.options(stream=True)`."
                 )
-            return await self._invoke(fn, args, kwargs)
+            else:
+                result = await self._in_thread(info.fn, *args, **kwargs)
+            if inspect.isawaitable(result):  # a sync method that returned a coroutine
+                result = await result
+            return result
         finally:
             self._exit(token)
 

@@ -213,6 +213,10 @@ class Connection(asyncio.BufferedProtocol):
         for callback in self.on_close:
             callback(self)
 
+    def set_handler(self, handler: object) -> None:
+        """Serve the peer's calls with ``handler`` from now on."""
+        self._handler = handler
+
     # -- sending ------------------------------------------------------------
     @property
     def is_open(self) -> bool:

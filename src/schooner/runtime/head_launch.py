@@ -61,8 +61,13 @@ def start_head(
 ) -> HeadHandle:
     """Start a head process and wait until it serves (or raise with its reason)."""
     return launch_head(
-        http_host=http_host, http_port=http_port, root_path=root_path, detached=detached,
-        num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+        http_host=http_host,
+        http_port=http_port,
+        root_path=root_path,
+        detached=detached,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources=resources,
     ).wait_ready()
 
 
