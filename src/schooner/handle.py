@@ -26,10 +26,8 @@ from schooner.context import current_request
 from schooner.exceptions import RemoteUserError, ReplicaUnavailableError, RequestCancelledError
 from schooner.router.registry import LoopRouters, RouterRegistry
 from schooner.router.router import Router
-from schooner.rpc.connection import Connection, ConnectionLost
-from schooner.rpc.messages import ReplicaInfo
-from schooner.rpc.connection import RemoteCallError
-from schooner.rpc.messages import DeploymentID
+from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
+from schooner.rpc.messages import DeploymentID, ReplicaInfo
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
 

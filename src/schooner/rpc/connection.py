@@ -190,7 +190,7 @@ class Connection(asyncio.BufferedProtocol):
         kind, req_id = codec.decode_header(frame)
         try:
             payload = codec.decode(frame)
-        except Exception as exc:  # noqa: BLE001 - fails this request only
+        except Exception as exc:
             logger.warning("could not decode a frame (kind %d, request %d): %r", kind, req_id, exc)
             self._undecodable(kind, req_id, exc)
             return
