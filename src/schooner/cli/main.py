@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -16,7 +17,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from schooner.runtime.head_launch import launch_head
 
     # Boot the instance while this process imports the application's code.
-    pending = launch_head(http_host=args.host, http_port=args.port)
+    pending = launch_head(
+        http_host=args.host,
+        http_port=args.port,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        resources=_parse_resources(args.resources),
+    )
 
     import schooner as serve
     from schooner import api
@@ -51,6 +58,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_resources(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RayServeException(
+            f"--resources must be a JSON object such as '{{\"TPU\": 4}}': {exc}"
+        ) from None
+    if not isinstance(value, dict) or not all(
+        isinstance(v, int | float) and v >= 0 for v in value.values()
+    ):
+        raise RayServeException(
+            "--resources must be a JSON object of resource names to non-negative numbers, "
+            "e.g. '{\"TPU\": 4}'."
+        )
+    return {str(k): float(v) for k, v in value.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="schooner", description="Serve Python models and business logic."
@@ -70,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-d",
         default=".",
         help="directory to import the application from (default '.')",
+    )
+    run.add_argument(
+        "--num-cpus",
+        type=float,
+        default=None,
+        help="CPUs replicas may reserve; makes CPUs a hard limit (default: detected, soft)",
+    )
+    run.add_argument(
+        "--num-gpus", type=float, default=None, help="GPUs of this node (default: detected)"
+    )
+    run.add_argument(
+        "--resources", default=None, help='custom resources as JSON, e.g. \'{"TPU": 4}\''
     )
     run.set_defaults(func=_cmd_run)
     return parser
