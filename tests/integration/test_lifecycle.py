@@ -232,3 +232,41 @@ def test_user_config_change_reconfigures_live_replicas_without_restart(clean) ->
     )
     calls, pid_restarted = handle.get.remote().result()
     assert pid_restarted != pid and calls == [2]  # a restart-cost change replaces the replica
+
+
+@serve.deployment(max_ongoing_requests=2)
+class Counted:
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+
+    async def _work(self) -> int:
+        import asyncio
+
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        await asyncio.sleep(0.3)
+        self.active -= 1
+        return self.peak
+
+    async def __call__(self, request: Request) -> int:
+        return await self._work()
+
+    async def work(self) -> int:
+        return await self._work()
+
+    async def peak_seen(self) -> int:
+        return self.peak
+
+
+def test_max_ongoing_requests_holds_across_callers(clean) -> None:
+    """The proxy and a driver each keep to the limit; the replica holds the sum to it too."""
+    import concurrent.futures
+
+    handle = serve.run(Counted.bind(), name="counted", route_prefix="/counted")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        http_calls = [pool.submit(httpx.get, f"{clean.url}/counted", timeout=30) for _ in range(2)]
+        handle_calls = [handle.work.remote() for _ in range(2)]
+        assert all(c.result().status_code == 200 for c in http_calls)
+        assert all(r.result() <= 2 for r in handle_calls)
+    assert handle.peak_seen.remote().result() == 2

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num-gpus", type=float, default=None, help="GPUs of this node (default: detected)"
     )
     run.add_argument(
-        "--resources", default=None, help='custom resources as JSON, e.g. \'{"TPU": 4}\''
+        "--resources", default=None, help="custom resources as JSON, e.g. '{\"TPU\": 4}'"
     )
     run.set_defaults(func=_cmd_run)
     return parser

@@ -12,6 +12,7 @@ The controller calls ``rpc_initialize`` once (constructor, then
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import functools
 import importlib
@@ -81,7 +82,10 @@ class Replica:
         self._executor: SyncExecutor | None = None
         self._methods: dict[str, _MethodInfo] = {}
         self._user_config: Any = None
-        self._ongoing = 0
+        self._ongoing = 0  # accepted requests, running or waiting for a slot
+        self._running = 0  # requests holding one of the max_ongoing_requests slots
+        self._max_ongoing = 5
+        self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._idle = asyncio.Event()
         self._idle.set()
         self.stopped = asyncio.Event()
@@ -99,6 +103,7 @@ class Replica:
         """Construct the user's object and apply ``user_config``; returns seconds taken."""
         started = time.monotonic()
         self._executor = SyncExecutor(asyncio.get_running_loop(), max_ongoing_requests)
+        self._max_ongoing = max(1, max_ongoing_requests)
         target = await self._in_thread(load_code, code)
         args, kwargs = pickle.loads(init_blob)
         replica_ctx = context.ReplicaContext(
@@ -132,6 +137,9 @@ class Replica:
         """Apply a live config change: ``reconfigure()`` if user_config changed, pool size."""
         if self._executor is not None:
             self._executor.set_max_workers(max_ongoing_requests)
+        self._max_ongoing = max(1, max_ongoing_requests)
+        while self._slot_waiters and self._running < self._max_ongoing:
+            self._hand_slot()
         if user_config != self._user_config:
             await self.rpc_reconfigure(user_config)
 
@@ -230,6 +238,43 @@ class Replica:
             )
         )
 
+    async def _take_slot(self) -> None:
+        """Wait for one of the replica's ``max_ongoing_requests`` slots.
+
+        Callers already keep to the limit, but each caller only counts its own
+        requests (a proxy and a driver may both send); this makes the limit
+        hold for the replica as a whole.
+        """
+        if self._running < self._max_ongoing and not self._slot_waiters:
+            self._running += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._free_slot()  # it was handed to us as we were cancelled
+            else:
+                try:
+                    self._slot_waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+
+    def _hand_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                self._running += 1
+                waiter.set_result(None)
+                return
+
+    def _free_slot(self) -> None:
+        self._running -= 1
+        if self._slot_waiters and self._running < self._max_ongoing:
+            self._hand_slot()
+
     def _exit(self, token: contextvars.Token[context.RequestContext]) -> None:
         context._request_context.reset(token)
         self._ongoing -= 1
@@ -240,6 +285,11 @@ class Replica:
         self, meta: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         token = self._enter(meta)
+        try:
+            await self._take_slot()
+        except BaseException:
+            self._exit(token)
+            raise
         try:
             info = self._method_info(meta[1])
             if info.is_async:
@@ -255,6 +305,7 @@ class Replica:
                 result = await result
             return result
         finally:
+            self._free_slot()
             self._exit(token)
 
     async def rpc_call_stream(
@@ -262,11 +313,17 @@ class Replica:
     ) -> AsyncIterator[Any]:
         token = self._enter(meta)
         try:
+            await self._take_slot()
+        except BaseException:
+            self._exit(token)
+            raise
+        try:
             fn = self._method(meta[1])
             result = await self._invoke(fn, args, kwargs)
             async for item in self._iterate(result):
                 yield item
         finally:
+            self._free_slot()
             self._exit(token)
 
     async def _iterate(self, result: Any) -> AsyncIterator[Any]:
@@ -310,8 +367,14 @@ class Replica:
                 pending.clear()
 
         try:
+            await self._take_slot()
+        except BaseException:
+            self._exit(token)
+            raise
+        try:
             whole = await self._serve_http(scope, body, send)
         finally:
+            self._free_slot()
             self._exit(token)
         return whole if whole is not None else pending
 
