@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
@@ -37,6 +38,10 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))
+
+
+def _new_request_id_header() -> bytes:
+    return b"x-request-id: " + uuid.uuid4().hex.encode() + b"\r\n"
 
 
 class _DateHeader:
@@ -238,8 +243,9 @@ class HttpProtocol(asyncio.Protocol):
     def _reject(self, status: int, text: bytes) -> None:
         if self._transport is None:
             return
+        head = _status_line(status) + self.date() + _new_request_id_header()
         self._transport.write(
-            _status_line(status) + self.date() + b"content-type: text/plain; charset=utf-8\r\n"
+            head + b"content-type: text/plain; charset=utf-8\r\n"
             b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(text), text)
         )
         self._transport.close()
@@ -326,7 +332,14 @@ class HttpProtocol(asyncio.Protocol):
         if request.method == "__too_large__":
             text = request.body
             request.method = "POST"
-            request.respond(413, [(b"content-type", b"text/plain; charset=utf-8")], text)
+            request.respond(
+                413,
+                [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"x-request-id", uuid.uuid4().hex.encode()),
+                ],
+                text,
+            )
             return
         try:
             self._handler(request)
