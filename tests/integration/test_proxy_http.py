@@ -12,10 +12,10 @@ import schooner as serve
 
 @serve.deployment
 class Echo:
-    async def __call__(self, request: Request):  # noqa: ANN204
+    async def __call__(self, request: Request):
         if request.query_params.get("stream"):
 
-            async def parts():  # noqa: ANN202
+            async def parts():
                 for i in range(3):
                     yield f"part{i};"
 
