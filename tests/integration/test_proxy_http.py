@@ -44,7 +44,7 @@ def _raw(port: int, payload: bytes, read_until: int = 1) -> bytes:
 
 
 def _complete(data: bytes) -> bool:
-    head, sep, body = data.rpartition(b"\r\n\r\n")
+    _head, sep, body = data.rpartition(b"\r\n\r\n")
     if not sep:
         return False
     for line in data.split(b"\r\n\r\n")[-2].split(b"\r\n"):
