@@ -4,7 +4,8 @@
 selects ``schooner``. The module sits alone in its folder so that either
 system can import it by name (the folder is put on ``PYTHONPATH``, which Ray's
 worker processes inherit). Every deployment keeps the default options (one
-replica, ``max_ongoing_requests=5``), as a user's first application would.
+replica) except ``max_ongoing_requests``, which ``BENCH_MAX_ONGOING`` sets
+when given (the suite's ``--max-ongoing``); unset, it is the default (5).
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ if os.environ.get("BENCH_SERVE") == "ray":
 else:
     import schooner as serve
 
+_max_ongoing = os.environ.get("BENCH_MAX_ONGOING")
+OPTIONS: dict[str, Any] = {"max_ongoing_requests": int(_max_ongoing)} if _max_ongoing else {}
 
-@serve.deployment
+
+@serve.deployment(**OPTIONS)
 class Hello:
     """HTTP hello world: a sync ``__call__`` returning a string."""
 
@@ -29,7 +33,7 @@ class Hello:
         return "hello"
 
 
-@serve.deployment
+@serve.deployment(**OPTIONS)
 class Model:
     """The second stage of the chain, called through a handle."""
 
@@ -37,7 +41,7 @@ class Model:
         return "hello"
 
 
-@serve.deployment
+@serve.deployment(**OPTIONS)
 class Ingress:
     """The first stage of the chain: answers HTTP by asking ``Model``."""
 
@@ -49,7 +53,7 @@ class Ingress:
         return result
 
 
-@serve.deployment
+@serve.deployment(**OPTIONS)
 class Echo:
     """Echoes an HTTP request body, or (``echo``) any value sent through a handle."""
 

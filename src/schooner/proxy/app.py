@@ -14,12 +14,14 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from schooner._core import Core
-from schooner.exceptions import BackPressureError, http_status_for
+from schooner.exceptions import BackPressureError, ReplicaUnavailableError, http_status_for
 from schooner.proxy.http_server import Request
-from schooner.rpc.connection import RemoteCallError
+from schooner.router.router import Router
+from schooner.rpc.connection import ConnectionLost, RemoteCallError, StreamSink
 from schooner.rpc.messages import Route
 
 logger = logging.getLogger("schooner.proxy")
@@ -111,12 +113,34 @@ class ProxyApp:
                 request_id,
             )
             return
-        task = self._loop.create_task(self._forward(request, route, request_id))
+        meta, http_request = self._request_parts(request, route, request_id)
+        registry = self.core.registry
+        router = registry.router(route.ingress)
+        replica = router.try_acquire()
+        if replica is not None:  # fast path: no task, the reply frames are written by callback
+            conn = registry.pool.get_nowait(replica.address)
+            if conn is not None:
+                responder = _Responder(request, request_id, lambda: router.release(replica))
+                req_id = conn.stream_to("http", (meta, http_request, request.body), responder)
+
+                def disconnected() -> None:
+                    conn.cancel_request(req_id)
+                    responder.abandon()
+
+                request.on_disconnect = disconnected
+                return
+            router.release(replica)
+        task = self._loop.create_task(
+            self._forward(request, router, meta, http_request, request_id)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         request.on_disconnect = task.cancel  # type: ignore[assignment]
 
-    async def _forward(self, request: Request, route: Route, request_id: str) -> None:
+    def _request_parts(
+        self, request: Request, route: Route, request_id: str
+    ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+        """(call metadata, request fields) as the replica's ``rpc_http`` takes them."""
         prefix = "" if route.route_prefix == "/" else route.route_prefix
         model_id = (
             request.header(b"serve_multiplexed_model_id")
@@ -142,67 +166,128 @@ class ProxyApp:
             self.server,
             self.root_path + prefix,
         )
-        router = self.core.registry.router(route.ingress)
-        rid_header = (b"x-request-id", request_id.encode())
-        pending_start: dict[str, Any] | None = None
+        return meta, http_request
+
+    async def _forward(
+        self,
+        request: Request,
+        router: Router,
+        meta: tuple[str, ...],
+        http_request: tuple[Any, ...],
+        request_id: str,
+    ) -> None:
+        """The slow path: wait for a replica slot (queueing, backpressure), then relay."""
+        responder = _Responder(request, request_id, None)
         try:
             async for part in router.stream("http", meta, http_request, request.body):
-                if type(part) is tuple:  # a whole response from a plain deployment
-                    status, headers, body = part
-                    request.respond(status, [*headers, rid_header], body)
-                    continue
-                for message in part:
-                    kind = message["type"]
-                    if kind == "http.response.start":
-                        pending_start = message
-                        continue
-                    if kind != "http.response.body":
-                        continue
-                    body = message.get("body", b"")
-                    more = message.get("more_body", False)
-                    if pending_start is not None:
-                        headers = [*_byte_headers(pending_start.get("headers", ())), rid_header]
-                        status = pending_start["status"]
-                        pending_start = None
-                        if not more:
-                            request.respond(status, headers, body)
-                            continue
-                        request.start(status, headers)
-                    if more:
-                        request.send(body)
-                    else:
-                        request.end(body)
+                responder.write(part)
                 if request.started and not request.finished:
                     await request.drain()
         except asyncio.CancelledError:
             logger.info("request %s cancelled: the client disconnected (499)", request_id)
             raise
         except Exception as exc:
-            if isinstance(exc, RemoteCallError):
-                logger.error("replica failed request %s: %s", request_id, exc.error.traceback)
-                text = f"Internal Server Error: {exc.error.type_name}: {exc.error.message}"
-                status = 500
-            else:
-                if not isinstance(exc, BackPressureError):
-                    logger.warning("request %s failed: %r", request_id, exc)
-                text = f"{type(exc).__name__}: {exc}"
-                status = http_status_for(exc)
-            if not request.started:
-                _text(request, status, text.encode(), request_id)
-            else:
-                request.keep_alive = False
-                request.end()
+            responder.fail(exc)
             return
-        if not request.finished:
-            if pending_start is not None:
-                request.respond(
-                    pending_start["status"],
-                    [*_byte_headers(pending_start.get("headers", ())), rid_header],
-                    b"",
-                )
+        responder.finish()
+
+
+class _Responder(StreamSink):
+    """Writes what a replica answers (whole responses or ASGI messages) to the client."""
+
+    __slots__ = ("_done", "_pending_start", "_request", "_request_id", "_rid_header")
+
+    def __init__(self, request: Request, request_id: str, done: Callable[[], None] | None) -> None:
+        self._request = request
+        self._request_id = request_id
+        self._rid_header = (b"x-request-id", request_id.encode())
+        self._pending_start: dict[str, Any] | None = None
+        self._done = done
+
+    # -- StreamSink (fast path) -------------------------------------------------------
+    def on_item(self, item: Any) -> None:
+        self.write(item)
+
+    def on_end(self, last: Any) -> None:
+        if last is not None:
+            self.write(last)
+        self.finish()
+        self._release()
+
+    def on_error(self, error: BaseException) -> None:
+        if isinstance(error, ConnectionLost):
+            error = ReplicaUnavailableError(f"The replica serving request {self._request_id} died.")
+        self.fail(error)
+        self._release()
+
+    def abandon(self) -> None:
+        logger.info("request %s cancelled: the client disconnected (499)", self._request_id)
+        self._release()
+
+    def _release(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
+
+    # -- writing ----------------------------------------------------------------------
+    def write(self, part: Any) -> None:
+        request = self._request
+        if type(part) is tuple:  # a whole response from a plain deployment
+            status, headers, body = part
+            request.respond(status, [*headers, self._rid_header], body)
+            return
+        for message in part:
+            kind = message["type"]
+            if kind == "http.response.start":
+                self._pending_start = message
+                continue
+            if kind != "http.response.body":
+                continue
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            start = self._pending_start
+            if start is not None:
+                headers = [*_byte_headers(start.get("headers", ())), self._rid_header]
+                self._pending_start = None
+                if not more:
+                    request.respond(start["status"], headers, body)
+                    continue
+                request.start(start["status"], headers)
+            if more:
+                request.send(body)
             else:
-                request.keep_alive = False
-                request.end()
+                request.end(body)
+
+    def finish(self) -> None:
+        request = self._request
+        if request.finished:
+            return
+        start = self._pending_start
+        if start is not None:
+            headers = [*_byte_headers(start.get("headers", ())), self._rid_header]
+            request.respond(start["status"], headers, b"")
+        else:
+            request.keep_alive = False
+            request.end()
+
+    def fail(self, exc: BaseException) -> None:
+        request, request_id = self._request, self._request_id
+        if isinstance(exc, RemoteCallError):
+            logger.error("replica failed request %s: %s", request_id, exc.error.traceback)
+            text = f"Internal Server Error: {exc.error.type_name}: {exc.error.message}"
+            status = 500
+        else:
+            if not isinstance(exc, BackPressureError):
+                logger.warning("request %s failed: %r", request_id, exc)
+            text = f"{type(exc).__name__}: {exc}"
+            status = http_status_for(exc)
+        if request.finished:
+            return
+        if not request.started:
+            _text(request, status, text.encode(), request_id)
+        else:
+            request.keep_alive = False
+            request.end()
 
 
 def _byte_headers(headers: Any) -> list[tuple[bytes, bytes]]:

@@ -100,11 +100,39 @@ class RemoteCallError(Exception):
         super().__init__(f"{error.type_name}: {error.message}")
 
 
-class _Stream:
+class StreamSink:
+    """Receives a streaming call's items by callback (see :meth:`Connection.stream_to`)."""
+
+    def on_item(self, item: Any) -> None:
+        raise NotImplementedError
+
+    def on_end(self, last: Any) -> None:
+        """The stream ended; ``last`` is the final item riding on END (or None)."""
+        raise NotImplementedError
+
+    def on_error(self, error: BaseException) -> None:
+        """The call failed (RemoteCallError) or the connection was lost (ConnectionLost)."""
+        raise NotImplementedError
+
+
+class _Stream(StreamSink):
+    """Queues items for :meth:`Connection.stream`'s async iterator."""
+
     __slots__ = ("queue",)
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_item(self, item: Any) -> None:
+        self.queue.put_nowait(item)
+
+    def on_end(self, last: Any) -> None:
+        if last is not None:
+            self.queue.put_nowait(last)
+        self.queue.put_nowait(_END_OF_STREAM)
+
+    def on_error(self, error: BaseException) -> None:
+        self.queue.put_nowait(error)
 
 
 #: Frames up to this size are read into a shared buffer; larger ones get their own,
@@ -124,7 +152,7 @@ class Connection(asyncio.BufferedProtocol):
         self._big: bytearray | None = None  # a large frame being received
         self._big_filled = 0
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any] | _Stream] = {}
+        self._pending: dict[int, asyncio.Future[Any] | StreamSink] = {}
         self._tasks: dict[int, asyncio.Task[Any]] = {}
         self._notifications: set[asyncio.Task[Any]] = set()
         self._out: list[bytes | memoryview] = []
@@ -199,12 +227,12 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         lost = ConnectionLost("connection closed by peer")
-        for entry in self._pending.values():
-            if isinstance(entry, _Stream):
-                entry.queue.put_nowait(lost)
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if isinstance(entry, StreamSink):
+                entry.on_error(lost)
             elif not entry.done():
                 entry.set_exception(lost)
-        self._pending.clear()
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
@@ -287,6 +315,13 @@ class Connection(asyncio.BufferedProtocol):
             if not finished:
                 self._cancel(req_id)
 
+    def stream_to(self, method: str, args: tuple[Any, ...], sink: StreamSink) -> int:
+        """Start a streaming call whose items go to ``sink`` by callback; returns its id."""
+        req_id = next(self._ids)
+        self._pending[req_id] = sink
+        self._send(REQ, req_id, (method, args, {}, True))
+        return req_id
+
     def _cancel(self, req_id: int) -> None:
         if self._pending.pop(req_id, None) is not None and self.is_open:
             self._send(CANCEL, req_id, None)
@@ -299,21 +334,19 @@ class Connection(asyncio.BufferedProtocol):
     def _dispatch(self, kind: int, req_id: int, payload: Any) -> None:
         if kind == OK:
             fut = self._pending.pop(req_id, None)
-            if fut is not None and not isinstance(fut, _Stream) and not fut.done():
+            if fut is not None and not isinstance(fut, StreamSink) and not fut.done():
                 fut.set_result(payload)
         elif kind == REQ:
             method, args, kwargs, stream = payload
             self._handle_request(req_id, method, args, kwargs, stream)
         elif kind == ITEM:
             entry = self._pending.get(req_id)
-            if isinstance(entry, _Stream):
-                entry.queue.put_nowait(payload)
+            if isinstance(entry, StreamSink):
+                entry.on_item(payload)
         elif kind == END:
             entry = self._pending.pop(req_id, None)
-            if isinstance(entry, _Stream):
-                if payload is not None:
-                    entry.queue.put_nowait(payload)
-                entry.queue.put_nowait(_END_OF_STREAM)
+            if isinstance(entry, StreamSink):
+                entry.on_end(payload)
         elif kind == ERR:
             self._fail(req_id, RemoteCallError(payload))
         elif kind == CANCEL:
@@ -323,8 +356,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _fail(self, req_id: int, error: BaseException) -> None:
         entry = self._pending.pop(req_id, None)
-        if isinstance(entry, _Stream):
-            entry.queue.put_nowait(error)
+        if isinstance(entry, StreamSink):
+            entry.on_error(error)
         elif entry is not None and not entry.done():
             entry.set_exception(error)
 
