@@ -15,22 +15,12 @@ from typing import Any
 from bench import systems
 from bench.cpu import CpuWatch
 from bench.load import LoadResult, run_load
+from bench.options import Options
 from bench.procs import Server, ServerError, ServerSet, free_port
 
 #: Cores used by processes that are neither measured nor the load generator,
 #: above which a measurement is flagged as noisy.
 NOISY_OTHER_CORES = 0.3
-
-
-@dataclass
-class Options:
-    duration_s: float
-    warmup_s: float
-    cold_runs: int
-    settle_s: float
-    loadgen: str
-    ray_python: str | None
-    systems: tuple[str, ...]
 
 
 @dataclass
@@ -89,7 +79,7 @@ class Context:
     def serving(self, system: str, app: str, cli: bool = False) -> Iterator[tuple[Server, int]]:
         """Start ``app`` on ``system``, wait for its first 200 OK, stop it afterwards."""
         port = free_port()
-        server = systems.start_http(self.servers, system, app, port, self.options.ray_python, cli)
+        server = systems.start_http(self.servers, self.options, system, app, port, cli)
         try:
             interval = 0.1 if system == systems.RAY else 0.01
             server.wait_http_ok(port, systems.READY_TIMEOUT_S[system], interval_s=interval)
@@ -116,22 +106,14 @@ class Context:
         log(
             f"[{scenario}] {server.name} @{connections}c: {result.requests_per_s:,.0f} req/s, "
             f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms, "
-            f"system {split.system_cores:.2f} cores, other {split.other_cores:.2f}"
+            f"cores: system {split.system_cores:.2f}, loadgen {split.loadgen_cores:.2f}, "
+            f"other {split.other_cores:.2f}"
         )
         return result
 
     def run_driver(self, system: str, mode: str, budget_s: float) -> dict[str, Any]:
         """Run ``handle_driver.py MODE`` on ``system`` and return its RESULT."""
-        opts = self.options
-        server = systems.start_driver(
-            self.servers,
-            system,
-            mode,
-            free_port(),
-            opts.duration_s,
-            opts.warmup_s,
-            opts.ray_python,
-        )
+        server = systems.start_driver(self.servers, self.options, system, mode)
         try:
             limit_s = budget_s + systems.READY_TIMEOUT_S[system]
             deadline = time.perf_counter() + limit_s

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import Server
+from bench.procs import Server, process_label
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -35,12 +35,15 @@ class CpuSplit:
     system_cores: float
     loadgen_cores: float
     other_cores: float
+    #: The system's cores by process (label -> cores, summed over same labels).
+    by_process: dict[str, float]
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "system_cores": round(self.system_cores, 3),
             "loadgen_cores": round(self.loadgen_cores, 3),
             "other_cores": round(self.other_cores, 3),
+            "by_process": {k: round(v, 3) for k, v in self.by_process.items()},
         }
 
 
@@ -52,11 +55,18 @@ class CpuWatch:
         self.t0 = time.perf_counter()
         self.busy0 = _machine_busy_s()
         self.own0 = _own_cpu_s()
-        self.system0 = server.usage().cpu_s
+        self.system0 = server.usage()
 
     def stop(self) -> CpuSplit:
         elapsed = time.perf_counter() - self.t0
-        system = self.server.usage().cpu_s - self.system0
+        usage = self.server.usage()
+        system = usage.cpu_s - self.system0.cpu_s
         own = _own_cpu_s() - self.own0
         busy = _machine_busy_s() - self.busy0
-        return CpuSplit(system / elapsed, own / elapsed, max(0.0, busy - system - own) / elapsed)
+        by_process: dict[str, float] = {}
+        for pid, cpu_s in usage.cpu_by_pid.items():
+            used = cpu_s - self.system0.cpu_by_pid.get(pid, 0.0)
+            label = process_label(pid)
+            by_process[label] = by_process.get(label, 0.0) + used / elapsed
+        other = max(0.0, busy - system - own) / elapsed
+        return CpuSplit(system / elapsed, own / elapsed, other, by_process)

@@ -71,33 +71,52 @@ def descendants(root: int) -> list[int]:
     return found
 
 
+def process_label(pid: int) -> str:
+    """A short name for a process: ``proxy.main``, ``raylet``, ``ray::ProxyActor``..."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+    args = [a.decode(errors="replace") for a in argv if a]
+    if args and args[0].startswith("ray::"):
+        return args[0].split()[0]
+    if "-m" in args[:-1]:
+        return args[args.index("-m") + 1].removeprefix("schooner.")
+    for arg in args[1:3]:
+        if arg.endswith(".py") or "/bin/" in arg:
+            return f"{comm}:{Path(arg).name}"
+    return comm
+
+
 @dataclass
 class TreeUsage:
-    """Memory and CPU of a set of processes at one instant."""
+    """Memory and CPU of a set of processes at one instant; ``cpu_by_pid`` in seconds."""
 
     processes: int
     rss_bytes: int
     pss_bytes: int
     cpu_s: float
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
 
 
 def tree_usage(pids: Iterable[int]) -> TreeUsage:
     """Sum RSS, PSS (``smaps_rollup``) and CPU time (user + system) over ``pids``."""
     count = rss = pss = 0
-    cpu_ticks = 0
+    cpu: dict[int, float] = {}
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is None or fields[0] == "Z":
             continue
         count += 1
-        cpu_ticks += int(fields[11]) + int(fields[12])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         rss += int(fields[21]) * PAGE_SIZE
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     pss += int(line.split()[1]) * 1024
                     break
-    return TreeUsage(count, rss, pss, cpu_ticks / CLOCK_TICKS)
+    return TreeUsage(count, rss, pss, sum(cpu.values()), cpu)
 
 
 def http_get_status(port: int, path: str = "/", timeout_s: float = 2.0) -> int | None:

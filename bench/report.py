@@ -53,6 +53,8 @@ def build_rows(records: Sequence[Record]) -> list[Row]:
 def _number(value: float | None) -> str:
     if value is None:
         return "-"
+    if isinstance(value, int):
+        return f"{value:,}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 10:

@@ -15,14 +15,27 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bench import report
-from bench.context import Context, Options, log
+from bench.context import Context, log
 from bench.load import wrk_path
 from bench.machine import machine_info, ray_info
+from bench.options import Options
 from bench.scenarios import SCENARIOS
 from bench.systems import ALL_SYSTEMS
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+
+
+def _max_ongoing(value: str) -> int | None:
+    if value == "default":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a positive integer or 'default'") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("a positive integer or 'default'")
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="short runs (3 s, 1 s warm-up, one cold start): a smoke test, not a measurement",
     )
     parser.add_argument(
+        "--max-ongoing",
+        type=_max_ongoing,
+        default=100,
+        metavar="N|default",
+        help="max_ongoing_requests of every bench deployment (default 100; 'default': 5)",
+    )
+    parser.add_argument(
+        "--driver-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the handle-call drivers (default asyncio)",
+    )
+    parser.add_argument(
         "--loadgen",
         choices=("auto", "wrk", "builtin"),
         default="auto",
@@ -87,6 +113,8 @@ def options_from(args: argparse.Namespace) -> Options:
         loadgen=args.loadgen,
         ray_python=args.ray_python,
         systems=_split(args.systems, ALL_SYSTEMS, "system"),
+        max_ongoing=args.max_ongoing,
+        driver_loop=args.driver_loop,
     )
 
 

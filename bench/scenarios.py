@@ -137,7 +137,7 @@ def cold(ctx: Context) -> None:
 
 def _cold_once(ctx: Context, system: str) -> float:
     port = free_port()
-    server = systems.start_http(ctx.servers, system, "hello", port, ctx.options.ray_python, True)
+    server = systems.start_http(ctx.servers, ctx.options, system, "hello", port, cli=True)
     try:
         return server.wait_http_ok(port, systems.READY_TIMEOUT_S[system], interval_s=0.005)
     finally:

@@ -15,7 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
-from bench.procs import Server, ServerSet
+from bench.options import Options
+from bench.procs import Server, ServerSet, free_port
 
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 SCHOONER = "schooner"
@@ -27,9 +28,12 @@ LABELS = {SCHOONER: "Schooner", BARE: "bare", RAY: "Ray"}
 READY_TIMEOUT_S = {SCHOONER: 60.0, BARE: 30.0, RAY: 300.0}
 
 
-def _env(system: str) -> dict[str, str]:
+def _env(system: str, max_ongoing: int | None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("BENCH_SERVE", None)
+    env.pop("BENCH_MAX_ONGOING", None)
+    if max_ongoing is not None:
+        env["BENCH_MAX_ONGOING"] = str(max_ongoing)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(APPS_DIR), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     if system == RAY:
@@ -44,23 +48,23 @@ def schooner_argv() -> list[str]:
 
 
 def start_http(
-    servers: ServerSet, system: str, app: str, port: int, ray_python: str | None, cli: bool
+    servers: ServerSet, options: Options, system: str, app: str, port: int, cli: bool = False
 ) -> Server:
     """Start ``app`` (a name in bench_apps) on ``system``, serving HTTP on ``port``.
 
     ``cli`` selects Ray's ``serve run`` instead of the ``ray.init(num_cpus=2)``
     script (Schooner and bare are always started by their command line).
     """
+    env = _env(system, options.max_ongoing)
     if system == SCHOONER:
         argv = [*schooner_argv(), "run", f"bench_apps:{app}", "--port", str(port)]
-        return servers.start(
-            f"schooner-{app}", [*argv, "--app-dir", str(APPS_DIR)], env=_env(system)
-        )
+        return servers.start(f"schooner-{app}", [*argv, "--app-dir", str(APPS_DIR)], env=env)
     if system == BARE:
         argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(APPS_DIR)]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--http", "httptools"]
         argv += ["--loop", "uvloop", "--no-access-log", "--log-level", "warning"]
-        return servers.start(f"bare-{app}", argv, env=_env(system))
+        return servers.start(f"bare-{app}", argv, env=env)
+    ray_python = options.ray_python
     assert system == RAY and ray_python is not None
     serve_cli = Path(ray_python).with_name("serve")
     if cli and serve_cli.exists():
@@ -71,28 +75,18 @@ def start_http(
             f"applications:\n  - name: default\n    route_prefix: /\n"
             f"    import_path: bench_apps:{app}\n"
         )
-        return servers.start(
-            f"ray-serve-run-{app}",
-            [str(serve_cli), "run", str(config)],
-            env=_env(system),
-            stop_signal=signal.SIGINT,
-        )
+        argv = [str(serve_cli), "run", str(config)]
+        return servers.start(f"ray-serve-run-{app}", argv, env=env, stop_signal=signal.SIGINT)
     argv = [ray_python, str(APPS_DIR / "ray_server.py"), app, str(port)]
-    return servers.start(f"ray-{app}", argv, env=_env(system))
+    return servers.start(f"ray-{app}", argv, env=env)
 
 
-def start_driver(
-    servers: ServerSet,
-    system: str,
-    mode: str,
-    port: int,
-    duration_s: float,
-    warmup_s: float,
-    ray_python: str | None,
-) -> Server:
+def start_driver(servers: ServerSet, options: Options, system: str, mode: str) -> Server:
     """Start ``handle_driver.py MODE`` with the system's Python; it exits when done."""
-    python = ray_python if system == RAY else sys.executable
+    python = options.ray_python if system == RAY else sys.executable
     assert python is not None
-    argv = [python, str(APPS_DIR / "handle_driver.py"), mode, str(port)]
-    argv += [str(duration_s), str(warmup_s)]
-    return servers.start(f"{system}-driver-{mode}", argv, env=_env(system))
+    argv = [python, str(APPS_DIR / "handle_driver.py"), mode, str(free_port())]
+    argv += [str(options.duration_s), str(options.warmup_s)]
+    env = _env(system, options.max_ongoing)
+    env["BENCH_DRIVER_LOOP"] = options.driver_loop
+    return servers.start(f"{system}-driver-{mode}", argv, env=env)

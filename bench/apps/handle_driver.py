@@ -4,8 +4,8 @@ Usage: ``python handle_driver.py MODE PORT DURATION_S WARMUP_S``, MODE being
 ``calls`` (``handle.echo.remote(1)`` with 1 and with 100 calls in flight) or
 ``array`` (a 4 MiB float32 numpy array there and back, one call at a time).
 Deploys ``bench_apps.echo`` (HTTP on 127.0.0.1:PORT, unused), measures from
-an asyncio driver awaiting each ``DeploymentResponse``, and prints one line
-``RESULT {json}``.
+an asyncio driver awaiting each ``DeploymentResponse`` (on uvloop when
+``BENCH_DRIVER_LOOP=uvloop``), and prints one line ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -85,7 +85,13 @@ def main() -> None:
     try:
         serve.start(http_options=http)
         handle = serve.run(bench_apps.echo, name="default", route_prefix="/")
-        result = asyncio.run(_measure(handle, mode, duration_s, warmup_s))
+        coro = _measure(handle, mode, duration_s, warmup_s)
+        if os.environ.get("BENCH_DRIVER_LOOP") == "uvloop":
+            import uvloop
+
+            result = uvloop.run(coro)
+        else:
+            result = asyncio.run(coro)
         print("RESULT " + json.dumps(result), flush=True)
     finally:
         serve.shutdown()

@@ -74,3 +74,21 @@ def test_exceptions_and_context_variables_reach_the_caller() -> None:
         ex.shutdown()
 
     _run(main())
+
+
+def test_sustained_quick_calls_do_not_grow_the_pool() -> None:
+    """Queueing alone (many quick calls) is not a reason for more threads; a stuck call is."""
+
+    async def main() -> tuple[int, int]:
+        ex = SyncExecutor(asyncio.get_running_loop(), 64)
+        for _ in range(20):  # waves of 50 quick calls, like a loaded HTTP replica
+            await asyncio.gather(*(ex.submit(time.sleep, 0.0001) for _ in range(50)))
+        quick_threads = ex._workers
+        slow = ex.submit(time.sleep, 0.3)
+        quick = await asyncio.wait_for(ex.submit(threading.get_ident), 0.2)  # not behind slow
+        await slow
+        ex.shutdown()
+        return quick_threads, quick
+
+    quick_threads, _ = _run(main())
+    assert quick_threads <= 2

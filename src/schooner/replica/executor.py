@@ -3,10 +3,11 @@
 A plain ``ThreadPoolExecutor`` starts a thread for every call that arrives
 while the others are busy: a burst of 32 quick requests makes 32 threads that
 then fight over the GIL. This executor instead starts with one worker and
-adds one (up to ``max_workers``) only when a call has been waiting for
-``SPAWN_AFTER_S``. Quick calls are drained by one or two threads; a slow call
-holds its thread while new ones take the rest of the work, so it never blocks
-the replica's other requests for more than about ``SPAWN_AFTER_S``.
+adds one (up to ``max_workers``) only when work is queued and every worker has
+been on its current call for at least ``SPAWN_AFTER_S``. Quick calls are
+drained by one thread however many arrive; a slow call holds its thread while
+a new one takes the rest of the work, so it never blocks the replica's other
+requests for more than about ``SPAWN_AFTER_S``.
 
 Results come back to the loop in batches: one ``call_soon_threadsafe`` per
 batch, not per call.
@@ -46,7 +47,7 @@ class SyncExecutor:
         self._workers = 0
         self._idle = 0
         self._queued = 0
-        self._oldest_enqueued_at = 0.0
+        self._job_started: dict[int, float] = {}  # worker id -> when its current call began
         self._check_scheduled = False
         self._done: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
         self._delivery_scheduled = False
@@ -60,8 +61,6 @@ class SyncExecutor:
         """Run ``fn(*args)`` in a worker (with the caller's context variables)."""
         fut = self._loop.create_future()
         with self._lock:
-            if self._queued == 0:
-                self._oldest_enqueued_at = time.monotonic()
             self._queued += 1
             need_first = self._workers == 0
             busy = self._queued > self._idle  # more work than waiting workers
@@ -75,12 +74,14 @@ class SyncExecutor:
 
     def _check_backlog(self) -> None:
         self._check_scheduled = False
+        now = time.monotonic()
         with self._lock:
             waiting = self._queued > self._idle
-            stale = time.monotonic() - self._oldest_enqueued_at >= SPAWN_AFTER_S
+            busy = list(self._job_started.values())
             can_grow = self._workers < self._max_workers
+        stuck = all(now - started >= SPAWN_AFTER_S for started in busy)
         if waiting and can_grow:
-            if stale:
+            if stuck:
                 self._spawn()
             if not self._check_scheduled:
                 self._check_scheduled = True
@@ -97,6 +98,7 @@ class SyncExecutor:
         ).start()
 
     def _work(self, permanent: bool) -> None:
+        me = threading.get_ident()
         while True:
             with self._lock:
                 self._idle += 1
@@ -111,7 +113,7 @@ class SyncExecutor:
                 self._idle -= 1
                 if job is not _STOP:
                     self._queued -= 1
-                    self._oldest_enqueued_at = time.monotonic()
+                    self._job_started[me] = time.monotonic()
             if job is _STOP:
                 with self._lock:
                     self._workers -= 1
@@ -119,10 +121,12 @@ class SyncExecutor:
             fut, ctx, fn, args = job
             try:
                 result = ctx.run(fn, *args)
-            except BaseException as exc:
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
                 self._deliver(fut, False, exc)
             else:
                 self._deliver(fut, True, result)
+            with self._lock:
+                self._job_started.pop(me, None)
 
     def _deliver(self, fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         self._done.append((fut, ok, value))
