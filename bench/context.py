@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import systems
-from bench.cpu import CpuWatch
+from bench.cpu import CpuWatch, wait_for_quiet
 from bench.load import LoadResult, run_load
 from bench.options import Options
-from bench.procs import Server, ServerError, ServerSet, free_port
+from bench.procs import Server, ServerSet, free_port
 
 #: Cores used by processes that are neither measured nor the load generator,
 #: above which a measurement is flagged as noisy.
@@ -91,28 +91,50 @@ class Context:
     def load(
         self, scenario: str, server: Server, port: int, connections: int, body_bytes: int = 0
     ) -> LoadResult:
-        """Warm up, then measure; record CPU split, load average and noise in ``extra``."""
+        """Warm up, then measure (``--repeat`` times, keeping the fastest run); record
+        the CPU split, load average and every run in ``extra``."""
         opts = self.options
-        run_load(port, connections, opts.warmup_s, body_bytes, opts.loadgen)
-        watch = CpuWatch(server)
-        result = run_load(port, connections, opts.duration_s, body_bytes, opts.loadgen)
-        split = watch.stop()
-        result.extra = {"cpu": split.as_dict(), "load_average_1m": os.getloadavg()[0]}
         label = f"{scenario} {server.name} @{connections}c"
-        if split.other_cores > NOISY_OTHER_CORES:
-            self.warn(f"{label}: other processes used {split.other_cores:.2f} cores (noisy)")
-        if result.errors:
-            self.warn(f"{label}: {result.errors} errors or non-2xx answers")
-        log(
-            f"[{scenario}] {server.name} @{connections}c: {result.requests_per_s:,.0f} req/s, "
-            f"p50 {result.p50_ms:.3f} ms, p99 {result.p99_ms:.3f} ms, "
-            f"cores: system {split.system_cores:.2f}, loadgen {split.loadgen_cores:.2f}, "
-            f"other {split.other_cores:.2f}"
-        )
-        return result
+        runs: list[LoadResult] = []
+        for _ in range(opts.repeat):
+            self.quiet(label, server)
+            run_load(port, connections, opts.warmup_s, body_bytes, opts.loadgen)
+            watch = CpuWatch(server)
+            result = run_load(port, connections, opts.duration_s, body_bytes, opts.loadgen)
+            split = watch.stop()
+            result.extra = {"cpu": split.as_dict(), "load_average_1m": os.getloadavg()[0]}
+            log(
+                f"[{scenario}] {server.name} @{connections}c: "
+                f"{result.requests_per_s:,.0f} req/s, p50 {result.p50_ms:.3f} ms, "
+                f"p99 {result.p99_ms:.3f} ms, cores: system {split.system_cores:.2f}, "
+                f"loadgen {split.loadgen_cores:.2f}, other {split.other_cores:.2f}"
+            )
+            runs.append(result)
+        best = max(runs, key=lambda r: r.requests_per_s)
+        best.extra["runs"] = [
+            {"requests_per_s": r.requests_per_s, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms}
+            for r in runs
+        ]
+        other = best.extra["cpu"]["other_cores"]
+        if other > NOISY_OTHER_CORES:
+            self.warn(f"{label}: other processes used {other:.2f} cores (noisy)")
+        if best.errors:
+            self.warn(f"{label}: {best.errors} errors or non-2xx answers")
+        return best
+
+    def quiet(self, label: str, server: Server | None = None) -> None:
+        """Wait (bounded by ``--quiet-wait``) until the rest of the machine is idle."""
+        if self.options.quiet_wait_s <= 0:
+            return
+        waited, other = wait_for_quiet(server, self.options.quiet_wait_s)
+        if other >= 0.25:
+            log(f"[{label}] machine still busy after {waited:.0f} s ({other:.2f} cores)")
+        elif waited > 1:
+            log(f"[{label}] waited {waited:.0f} s for a quiet machine")
 
     def run_driver(self, system: str, mode: str, budget_s: float) -> dict[str, Any]:
         """Run ``handle_driver.py MODE`` on ``system`` and return its RESULT."""
+        self.quiet(f"{mode} {system}")
         server = systems.start_driver(self.servers, self.options, system, mode)
         try:
             limit_s = budget_s + systems.READY_TIMEOUT_S[system]
@@ -134,5 +156,3 @@ class Context:
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
-
-__all__ = ["Context", "Options", "Record", "ServerError", "log"]

@@ -70,3 +70,27 @@ class CpuWatch:
             by_process[label] = by_process.get(label, 0.0) + used / elapsed
         other = max(0.0, busy - system - own) / elapsed
         return CpuSplit(system / elapsed, own / elapsed, other, by_process)
+
+
+def wait_for_quiet(
+    server: Server | None, max_wait_s: float, threshold_cores: float = 0.25, window_s: float = 0.5
+) -> tuple[float, float]:
+    """Wait until processes other than ``server``'s tree (and this one) use less
+    than ``threshold_cores``, measured over ``window_s``; give up after ``max_wait_s``.
+
+    Returns (seconds waited, cores the others used in the last window).
+    """
+    start = time.perf_counter()
+    other = 0.0
+    while True:
+        busy0, own0 = _machine_busy_s(), _own_cpu_s()
+        system0 = server.usage().cpu_s if server else 0.0
+        t0 = time.perf_counter()
+        time.sleep(window_s)
+        elapsed = time.perf_counter() - t0
+        system = (server.usage().cpu_s if server else 0.0) - system0
+        busy = _machine_busy_s() - busy0 - (_own_cpu_s() - own0)
+        other = max(0.0, busy - system) / elapsed
+        waited = time.perf_counter() - start
+        if other < threshold_cores or waited >= max_wait_s:
+            return waited, other

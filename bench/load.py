@@ -164,7 +164,7 @@ def run_builtin(
         import uvloop
     except ImportError:
         return asyncio.run(coro)
-    return uvloop.run(coro)  # type: ignore[no-any-return]
+    return uvloop.run(coro)
 
 
 def run_load(

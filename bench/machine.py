@@ -61,15 +61,17 @@ def ray_info(ray_python: str) -> dict[str, Any]:
     """Python and package versions of the interpreter that runs Ray Serve."""
     code = (
         "import json, platform; from importlib import metadata as m\n"
+        "import ray.serve\n"
         "v = {}\n"
         "for n in ('ray', 'numpy', 'uvicorn', 'starlette'):\n"
         "    try: v[n] = m.version(n)\n"
         "    except m.PackageNotFoundError: v[n] = None\n"
         "print(json.dumps({'python': platform.python_version(), 'packages': v}))\n"
     )
-    done = subprocess.run(
-        [ray_python, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
+    done = subprocess.run([ray_python, "-c", code], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise RuntimeError(lines[-1])
     info: dict[str, Any] = json.loads(done.stdout)
     info["executable"] = ray_python
     return info

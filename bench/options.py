@@ -22,5 +22,9 @@ class Options:
     systems: tuple[str, ...]
     #: ``max_ongoing_requests`` of every bench deployment; None: the default (5).
     max_ongoing: int | None
+    #: Load measurements per point (the fastest is reported).
+    repeat: int
+    #: Seconds to wait at most for other processes to go idle before measuring.
+    quiet_wait_s: float
     #: Event loop of the handle drivers: ``asyncio`` or ``uvloop``.
     driver_loop: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import signal
@@ -62,6 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=float, metavar="S", help="warm-up seconds (default 5)")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        metavar="N",
+        help="measure each load point N times and keep the fastest (default 1)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        metavar="S",
+        help="before each measurement, wait up to S s for other processes to go idle "
+        "(default 20; 0 with --quick)",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=RESULTS / "latest.json",
@@ -115,6 +129,8 @@ def options_from(args: argparse.Namespace) -> Options:
         systems=_split(args.systems, ALL_SYSTEMS, "system"),
         max_ongoing=args.max_ongoing,
         driver_loop=args.driver_loop,
+        repeat=max(1, args.repeat or 1),
+        quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (0 if quick else 20),
     )
 
 
@@ -128,16 +144,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = options_from(args)
     if args.loadgen == "wrk" and not wrk_path():
         raise SystemExit("--loadgen wrk: wrk is not installed")
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    ctx = Context(options, RESULTS / "logs" / stamp)
     machine = machine_info(REPO)
     if options.ray_python:
         try:
             machine["ray"] = ray_info(options.ray_python)
         except Exception as exc:
-            raise SystemExit(f"--ray-python {options.ray_python}: cannot use it: {exc}") from exc
+            log(f"--ray-python {options.ray_python} cannot run Ray Serve ({exc}): no Ray columns.")
+            options = dataclasses.replace(options, ray_python=None)
     else:
         log("No --ray-python given: the Ray columns stay empty.")
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    ctx = Context(options, RESULTS / "logs" / stamp)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     started = time.perf_counter()
     interrupted = False

@@ -16,6 +16,8 @@ from bench.systems import BARE, LABELS, RAY, SCHOONER
 
 MIB = 1024 * 1024
 ECHO_CONNECTIONS = 4
+#: Seconds over which an idle instance's CPU use is measured.
+IDLE_CPU_WINDOW_S = 2.0
 
 
 def _check_body(port: int, expected: bytes, body: bytes | None = None) -> None:
@@ -72,7 +74,8 @@ def chain(ctx: Context) -> None:
 
 def handle(ctx: Context) -> None:
     """Handle calls from an asyncio driver: calls/s with 1 and with 100 in flight."""
-    budget_s = 2 * (ctx.options.duration_s + ctx.options.warmup_s) + 60
+    opts = ctx.options
+    budget_s = 2 * (opts.repeat * opts.duration_s + opts.warmup_s) + 60
     for system in ctx.available(SCHOONER, RAY):
         try:
             result = ctx.run_driver(system, "calls", budget_s)
@@ -107,7 +110,8 @@ def echo(ctx: Context) -> None:
 
 def array(ctx: Context) -> None:
     """A 4 MiB float32 numpy array there and back through a handle, one call at a time."""
-    budget_s = ctx.options.duration_s + ctx.options.warmup_s + 60
+    opts = ctx.options
+    budget_s = opts.repeat * opts.duration_s + opts.warmup_s + 60
     for system in ctx.available(SCHOONER, RAY):
         try:
             r = ctx.run_driver(system, "array", budget_s)
@@ -125,6 +129,7 @@ def cold(ctx: Context) -> None:
         times: list[float] = []
         try:
             for _ in range(ctx.options.cold_runs):
+                ctx.quiet(f"cold start {system}")
                 times.append(_cold_once(ctx, system))
         except Exception as exc:
             ctx.fail("cold start", system, exc)
@@ -145,7 +150,8 @@ def _cold_once(ctx: Context, system: str) -> float:
 
 
 def memory(ctx: Context) -> None:
-    """Total RSS (and PSS) of an idle instance serving hello with one replica."""
+    """Total RSS (and PSS) of an idle instance serving hello with one replica, and
+    the CPU it burns while idle."""
     for system in ctx.available(SCHOONER, BARE, RAY):
         try:
             with ctx.serving(system, "hello", cli=True) as (server, _port):
@@ -153,7 +159,10 @@ def memory(ctx: Context) -> None:
                 while time.perf_counter() < deadline:
                     server.track()
                     time.sleep(0.25)
+                before, t0 = server.usage(), time.perf_counter()
+                time.sleep(IDLE_CPU_WINDOW_S)
                 usage = server.usage()
+                idle_cores = (usage.cpu_s - before.cpu_s) / (time.perf_counter() - t0)
         except Exception as exc:
             ctx.fail("memory idle", system, exc)
             continue
@@ -162,9 +171,11 @@ def memory(ctx: Context) -> None:
         ctx.record("memory idle", "RSS MB", system, usage.rss_bytes / 1e6, "MB", False, detail)
         ctx.record("memory idle", "PSS MB", system, usage.pss_bytes / 1e6, "MB", False)
         ctx.record("memory idle", "processes", system, usage.processes, "", False)
+        ctx.record("memory idle", "CPU % of a core", system, 100 * idle_cores, "%", False)
         log(
             f"[memory] {LABELS[system]}: RSS {usage.rss_bytes / 1e6:.0f} MB, "
-            f"PSS {usage.pss_bytes / 1e6:.0f} MB in {usage.processes} processes"
+            f"PSS {usage.pss_bytes / 1e6:.0f} MB in {usage.processes} processes, "
+            f"idle CPU {100 * idle_cores:.1f}% of a core"
         )
 
 

@@ -86,7 +86,7 @@ def start_driver(servers: ServerSet, options: Options, system: str, mode: str) -
     python = options.ray_python if system == RAY else sys.executable
     assert python is not None
     argv = [python, str(APPS_DIR / "handle_driver.py"), mode, str(free_port())]
-    argv += [str(options.duration_s), str(options.warmup_s)]
+    argv += [str(options.duration_s), str(options.warmup_s), str(options.repeat)]
     env = _env(system, options.max_ongoing)
     env["BENCH_DRIVER_LOOP"] = options.driver_loop
     return servers.start(f"{system}-driver-{mode}", argv, env=env)

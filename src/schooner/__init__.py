@@ -33,13 +33,16 @@ _EXPORTS = {
     "DeploymentResponse": "schooner.handle",
     "DeploymentResponseGenerator": "schooner.handle",
     "HTTPOptions": "schooner.config",
+    "batch": "schooner.batching",
     "delete": "schooner.api",
     "deployment": "schooner.deployment",
     "gRPCOptions": "schooner.config",
     "get_app_handle": "schooner.api",
     "get_deployment_handle": "schooner.api",
+    "get_multiplexed_model_id": "schooner.multiplex",
     "get_replica_context": "schooner.context",
     "ingress": "schooner.ingress",
+    "multiplexed": "schooner.multiplex",
     "run": "schooner.api",
     "shutdown": "schooner.api",
     "start": "schooner.api",
@@ -55,13 +58,16 @@ __all__ = [
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "HTTPOptions",
+    "batch",
     "delete",
     "deployment",
     "gRPCOptions",
     "get_app_handle",
     "get_deployment_handle",
+    "get_multiplexed_model_id",
     "get_replica_context",
     "ingress",
+    "multiplexed",
     "run",
     "shutdown",
     "start",
@@ -111,8 +117,10 @@ if TYPE_CHECKING:
         start,
         status,
     )
+    from schooner.batching import batch
     from schooner.config import AutoscalingConfig, HTTPOptions, gRPCOptions
     from schooner.context import get_replica_context
     from schooner.deployment import Application, Deployment, deployment
     from schooner.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
     from schooner.ingress import ingress
+    from schooner.multiplex import get_multiplexed_model_id, multiplexed

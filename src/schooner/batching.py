@@ -95,10 +95,7 @@ class _Settings:
                 "(a list), e.g. `async def f(self, items: list)`."
             )
         self.signature = inspect.Signature(own)
-        self.single = len(own) == 1 and own[0].kind in (
-            _P.POSITIONAL_ONLY,
-            _P.POSITIONAL_OR_KEYWORD,
-        )
+        self.single = len(own) == 1 and own[0].kind is not _P.KEYWORD_ONLY
         self.max_batch_size, self.batch_wait_timeout_s, self.max_concurrent_batches = 10, 0.0, 1
         self.attr = f"_schooner_batch_queue_{self.name}"
         self.queues: weakref.WeakSet[_BatchQueue] = weakref.WeakSet()

@@ -207,7 +207,7 @@ def test_result_of_the_wrong_length_or_type_is_a_clear_error() -> None:
         results = await asyncio.gather(*(f.short(i) for i in range(3)), return_exceptions=True)
         assert all(isinstance(e, RayServeException) for e in results)
         assert "returned 2 results for a batch of 3 inputs" in str(results[0])
-        with pytest.raises(RayServeException, match="must return a list .* not int"):
+        with pytest.raises(RayServeException, match=r"must return a list .* not int"):
             await f.not_a_list(1)
 
     run(test)
@@ -345,7 +345,9 @@ def test_several_arguments_are_batched_one_list_each() -> None:
         assert await asyncio.gather(a.add(1, 2), a.add(3, 4), a.add(5, 6)) == [3, 7, 11]
         calls = (a.add(1, ys=1, scale=2), a.add(2, ys=2, scale=3), a.add(3, ys=3, scale=4))
         assert await asyncio.gather(*calls) == [4, 12, 24]
-        mixed = await asyncio.gather(a.add(1, 2), a.add(1, ys=2), a.add(1, 2), return_exceptions=True)
+        mixed = await asyncio.gather(
+            a.add(1, 2), a.add(1, ys=2), a.add(1, 2), return_exceptions=True
+        )
         assert all(isinstance(e, TypeError) for e in mixed)
         assert "passed different arguments" in str(mixed[0])
 
@@ -381,7 +383,9 @@ def test_batch_size_fn_bounds_the_total_size() -> None:
     batches: list[list[str]] = []
 
     class Tokens:
-        @batch(max_batch_size=10, batch_wait_timeout_s=0, batch_size_fn=lambda xs: sum(map(len, xs)))
+        @batch(
+            max_batch_size=10, batch_wait_timeout_s=0, batch_size_fn=lambda xs: sum(map(len, xs))
+        )
         async def run(self, texts: list[str]) -> list[int]:
             batches.append(texts)
             return [len(t) for t in texts]
@@ -418,7 +422,9 @@ def test_decorated_class_pickles_before_and_after_use() -> None:
         assert await asyncio.gather(t.handle(1), t.handle(2), t.handle(3)) == [1, 2, 3]
 
     Local = type("Local", (Tunable,), {})
-    Local.handle = batch(max_batch_size=3, batch_wait_timeout_s=FOREVER_S)(Tunable.handle.__wrapped__)
+    Local.handle = batch(max_batch_size=3, batch_wait_timeout_s=FOREVER_S)(
+        Tunable.handle.__wrapped__
+    )
     asyncio.run(use(cloudpickle.loads(cloudpickle.dumps(Local))))
     asyncio.run(use(Local))
     asyncio.run(use(cloudpickle.loads(cloudpickle.dumps(Local))))
@@ -542,7 +548,7 @@ def test_sync_functions_and_non_callables_are_rejected() -> None:
     def gen(items: list[int]) -> Any:
         yield items
 
-    with pytest.raises(TypeError, match="'async def'.*must be async"):
+    with pytest.raises(TypeError, match=r"'async def'.*must be async"):
         batch(sync)
     with pytest.raises(TypeError, match="must be async"):
         batch(max_batch_size=2)(gen)

@@ -279,7 +279,7 @@ def test_loader_must_be_async_and_take_a_model_id() -> None:
     async def too_many(self: Any, model_id: str, extra: int) -> None:
         return None
 
-    with pytest.raises(TypeError, match="'async def'.*must be async"):
+    with pytest.raises(TypeError, match=r"'async def'.*must be async"):
         multiplexed(sync)
     with pytest.raises(TypeError, match="must take the model id"):
         multiplexed(no_args)

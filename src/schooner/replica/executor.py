@@ -121,7 +121,7 @@ class SyncExecutor:
             fut, ctx, fn, args = job
             try:
                 result = ctx.run(fn, *args)
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting caller
+            except BaseException as exc:
                 self._deliver(fut, False, exc)
             else:
                 self._deliver(fut, True, result)
