@@ -56,6 +56,28 @@ def load_code(code: CodeRef) -> Any:
     return inner if inner is not None and hasattr(target, "bind") else target
 
 
+class _Serving:
+    """One request in a replica: its request context, and one of the replica's slots."""
+
+    __slots__ = ("_meta", "_replica", "_token")
+
+    def __init__(self, replica: Replica, meta: tuple[str, ...]) -> None:
+        self._replica = replica
+        self._meta = meta
+
+    async def __aenter__(self) -> None:
+        self._token = self._replica._enter(self._meta)
+        try:
+            await self._replica._take_slot()
+        except BaseException:
+            self._replica._exit(self._token)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._replica._free_slot()
+        self._replica._exit(self._token)
+
+
 class _MethodInfo:
     __slots__ = ("fn", "is_async", "is_generator")
 
@@ -284,13 +306,7 @@ class Replica:
     async def rpc_call(
         self, meta: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        token = self._enter(meta)
-        try:
-            await self._take_slot()
-        except BaseException:
-            self._exit(token)
-            raise
-        try:
+        async with _Serving(self, meta):
             info = self._method_info(meta[1])
             if info.is_async:
                 result = await info.fn(*args, **kwargs)
@@ -304,27 +320,15 @@ class Replica:
             if inspect.isawaitable(result):  # a sync method that returned a coroutine
                 result = await result
             return result
-        finally:
-            self._free_slot()
-            self._exit(token)
 
     async def rpc_call_stream(
         self, meta: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
-        token = self._enter(meta)
-        try:
-            await self._take_slot()
-        except BaseException:
-            self._exit(token)
-            raise
-        try:
+        async with _Serving(self, meta):
             fn = self._method(meta[1])
             result = await self._invoke(fn, args, kwargs)
             async for item in self._iterate(result):
                 yield item
-        finally:
-            self._free_slot()
-            self._exit(token)
 
     async def _iterate(self, result: Any) -> AsyncIterator[Any]:
         if inspect.isasyncgen(result) or hasattr(result, "__aiter__"):
@@ -357,7 +361,6 @@ class Replica:
         in parts as it is produced.
         """
         scope = http.make_scope(request)
-        token = self._enter(meta)
         pending: list[http.Message] = []
 
         async def send(message: http.Message) -> None:
@@ -366,16 +369,8 @@ class Replica:
                 emit(list(pending))
                 pending.clear()
 
-        try:
-            await self._take_slot()
-        except BaseException:
-            self._exit(token)
-            raise
-        try:
+        async with _Serving(self, meta):
             whole = await self._serve_http(scope, body, send)
-        finally:
-            self._free_slot()
-            self._exit(token)
         return whole if whole is not None else pending
 
     async def _serve_http(
