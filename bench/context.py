@@ -155,4 +155,3 @@ class Context:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-

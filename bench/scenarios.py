@@ -22,10 +22,9 @@ IDLE_CPU_WINDOW_S = 2.0
 
 def _check_body(port: int, expected: bytes, body: bytes | None = None) -> None:
     """One request by hand before any load: the app must answer what it should."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, method="GET")
-    if body is not None:
-        request.method = "POST"
-        request.add_header("Content-Type", "application/octet-stream")
+    method = "GET" if body is None else "POST"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, method=method)
+    request.add_header("Content-Type", "application/octet-stream")
     with urllib.request.urlopen(request, timeout=30) as response:
         got = response.read()
     if got != expected:

@@ -505,3 +505,25 @@ def test_emit_style_stream_sends_items_and_a_final_value() -> None:
         assert [x async for x in client.stream("parts", 3)] == [0, 1, 2, "last"]
 
     run(test)
+
+
+def test_large_frames_interleave_in_order_with_small_calls() -> None:
+    """Big payloads are written in slices; small calls queued behind them keep their order."""
+    import numpy as np
+
+    class Handler:
+        def rpc_echo(self, x: Any) -> Any:
+            return x
+
+    async def test() -> None:
+        client, _server = await wire(Handler())
+        big = np.arange(3 * 1024 * 1024, dtype=np.float32)  # 12 MiB
+        calls = [client.call("echo", big if i % 3 == 0 else i) for i in range(9)]
+        results = await asyncio.gather(*calls)
+        for i, result in enumerate(results):
+            if i % 3 == 0:
+                assert np.array_equal(result, big)
+            else:
+                assert result == i
+
+    run(test)

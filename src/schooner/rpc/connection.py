@@ -25,6 +25,7 @@ decoded fails only its own request.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import itertools
 import logging
@@ -135,6 +136,9 @@ class _Stream(StreamSink):
         self.queue.put_nowait(error)
 
 
+#: Data is written at most this much at a time while the peer keeps up.
+_WRITE_SLICE_BYTES = 256 * 1024
+
 #: Frames up to this size are read into a shared buffer; larger ones get their own,
 #: filled straight from the socket (one copy, kernel to user).
 _SMALL_BUFFER_BYTES = 256 * 1024
@@ -157,6 +161,8 @@ class Connection(asyncio.BufferedProtocol):
         self._notifications: set[asyncio.Task[Any]] = set()
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
+        self._backlog: collections.deque[memoryview] = collections.deque()
+        self._write_paused = False
         self._loop = asyncio.get_event_loop()
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self.on_close: list[Callable[[Connection], None]] = []
@@ -261,12 +267,47 @@ class Connection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         self._flush_scheduled = False
         out, self._out = self._out, []
-        if self._transport is not None and out:
-            self._transport.writelines(out)
+        if self._transport is None or not out:
+            return
+        if not self._backlog and sum(len(chunk) for chunk in out) <= _WRITE_SLICE_BYTES:
+            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
+            return
+        self._backlog.extend(memoryview(chunk).cast("B") for chunk in out)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Write queued data in slices, as fast as the peer reads it.
+
+        Large frames go out ``_WRITE_SLICE_BYTES`` at a time while the transport
+        is not paused, so its buffer never holds (and shifts) megabytes; small
+        chunks are gathered into one write.
+        """
+        backlog, transport = self._backlog, self._transport
+        while backlog and not self._write_paused and transport is not None:
+            head = backlog[0]
+            if len(head) > _WRITE_SLICE_BYTES:
+                backlog[0] = head[_WRITE_SLICE_BYTES:]
+                transport.write(head[:_WRITE_SLICE_BYTES])
+                continue
+            batch, size = [], 0
+            while backlog and size + len(backlog[0]) <= _WRITE_SLICE_BYTES:
+                chunk = backlog.popleft()
+                batch.append(chunk)
+                size += len(chunk)
+            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._pump()
 
     def close(self) -> None:
         if self._transport is not None:
             self._flush()
+            while self._backlog:  # the transport sends what is left before closing
+                self._transport.write(self._backlog.popleft())
             self._transport.close()
 
     # -- outgoing calls -----------------------------------------------------
