@@ -11,6 +11,7 @@ carries ``x-request-id``.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import uuid
@@ -76,7 +77,7 @@ class ProxyApp:
     def handle(self, request: Request) -> None:
         """Answer ``request``: built-in endpoints here, everything else via a replica."""
         rid = request.header(b"x-request-id")
-        request_id = rid.decode("latin-1") if rid else str(uuid.uuid4())
+        request_id = rid.decode("latin-1") if rid else _new_request_id()
         path = request.path
         if self.root_path and path.startswith(self.root_path):
             path = path[len(self.root_path) :] or "/"
@@ -288,6 +289,16 @@ class _Responder(StreamSink):
         else:
             request.keep_alive = False
             request.end()
+
+
+#: Request ids look like UUIDs: a random prefix per proxy process, then a counter
+#: (unique without a call to the OS's random source per request).
+_ID_PREFIX = str(uuid.uuid4())[:23]
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}-{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 
 def _byte_headers(headers: Any) -> list[tuple[bytes, bytes]]:

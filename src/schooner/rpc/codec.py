@@ -66,7 +66,10 @@ def encode(payload: Any, kind: int = 0, req_id: int = 0) -> list[bytes | memoryv
         buffers = []
         body = cloudpickle.dumps(payload, protocol=5, buffer_callback=_buffer_callback(buffers))
     if not buffers:
-        return [HEADER.pack(len(body) + _PREFIX.size, kind, req_id, 0) + body]
+        header = HEADER.pack(len(body) + _PREFIX.size, kind, req_id, 0)
+        if len(body) > OUT_OF_BAND_MIN_BYTES:
+            return [header, body]  # don't copy a large body just to prepend 15 bytes
+        return [header + body]
     views = [memoryview(b).cast("B") for b in buffers]
     lengths = b"".join(BUFLEN.pack(v.nbytes) for v in views)
     total = _PREFIX.size + len(lengths) + len(body) + sum(v.nbytes for v in views)
