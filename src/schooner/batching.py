@@ -35,7 +35,6 @@ import inspect
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import replace
 from typing import Any, NamedTuple
 
 from schooner import context
@@ -268,7 +267,7 @@ class _BatchQueue:
 
         for group in groups.values():
             ctx = contextvars.Context()  # nothing else of the callers' contexts leaks in
-            request = replace(group[0].request, request_id="", session_id="")
+            request = group[0].request._replace(request_id="", session_id="")
             ctx.run(context._request_context.set, request)
             task = self.loop.create_task(self._run(group), context=ctx)
             self._tasks.add(task)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from schooner.exceptions import RayServeException
 from schooner.rpc.messages import DeploymentID
@@ -69,9 +69,11 @@ def get_replica_context() -> ReplicaContext:
     return _replica_context
 
 
-@dataclass(frozen=True)
-class RequestContext:
-    """The request being served by the current task (empty outside requests)."""
+class RequestContext(NamedTuple):
+    """The request being served by the current task (empty outside requests).
+
+    A named tuple rather than a dataclass: one is made per request.
+    """
 
     route: str = ""
     request_id: str = ""
@@ -82,7 +84,7 @@ class RequestContext:
 
 _request_context: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
     "schooner_request_context",
-    default=RequestContext(),  # noqa: B039 - frozen dataclass, immutable
+    default=RequestContext(),  # noqa: B039 - a tuple, immutable
 )
 
 
