@@ -46,8 +46,9 @@ class _Worker:
 class SyncExecutor:
     """A bounded, lazily growing thread pool bound to one event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_workers: int,
-                 name: str = "replica") -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_workers: int, name: str = "replica"
+    ) -> None:
         self._loop = loop
         self._max_workers = max(1, max_workers)
         self._name = name
@@ -104,8 +105,9 @@ class SyncExecutor:
             self._workers += 1
             worker = _Worker(permanent=self._workers == 1)
             self._last_finish = time.monotonic()  # give the new worker its chance
-        threading.Thread(target=self._work, args=(worker,), name=f"{self._name}-worker",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._work, args=(worker,), name=f"{self._name}-worker", daemon=True
+        ).start()
 
     def _next_job(self, worker: _Worker) -> _Job | None:
         """The next job for ``worker``; parks it while there is none (None: exit)."""
