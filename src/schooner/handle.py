@@ -317,10 +317,6 @@ class DeploymentResponse:
         return self._future.done()
 
 
-async def _await(future: asyncio.Future[Any]) -> Any:
-    return await future
-
-
 _END = object()
 
 

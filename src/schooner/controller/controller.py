@@ -227,24 +227,28 @@ class Controller:
         if self._spare is not None or self._shutting_down:
             return
         spare_id = _new_replica_id()
-        spec = ProcessSpec(
-            module="schooner.replica.main",
-            args=[
-                "--session",
-                str(self.session.root),
-                "--spare-id",
-                spare_id,
-                "--lifeline-fd",
-                str(self.lifeline_fd),
-            ],
-            pass_fds=(self.lifeline_fd,),
-        )
+        spec = self._replica_process_spec(["--spare-id", spare_id], {})
         try:
             process = self.launcher.launch(spec)
         except OSError as exc:
             logger.warning("could not start a spare replica process: %s", exc)
             return
         self._spare = _Spare(spare_id, process, self.clock())
+
+    def _replica_process_spec(self, identity: list[str], env: dict[str, str]) -> ProcessSpec:
+        """``python -m schooner.replica.main`` for this session, tied to the head's lifeline."""
+        return ProcessSpec(
+            module="schooner.replica.main",
+            args=[
+                "--session",
+                str(self.session.root),
+                *identity,
+                "--lifeline-fd",
+                str(self.lifeline_fd),
+            ],
+            env=env,
+            pass_fds=(self.lifeline_fd,),
+        )
 
     def spare_registered(self, spare_id: str, conn: Connection) -> None:
         spare = self._spare or self._adopting.get(spare_id)
@@ -326,22 +330,9 @@ class Controller:
             )
             self._spawn(self._adopt_spare(dep, replica, spare, env, sys_path))
             return True
-        spec = ProcessSpec(
-            module="schooner.replica.main",
-            args=[
-                "--session",
-                str(self.session.root),
-                "--replica-id",
-                replica_id,
-                "--app",
-                dep.id.app_name,
-                "--deployment",
-                dep.id.name,
-                "--lifeline-fd",
-                str(self.lifeline_fd),
-            ],
-            env=env,
-            pass_fds=(self.lifeline_fd,),
+        spec = self._replica_process_spec(
+            ["--replica-id", replica_id, "--app", dep.id.app_name, "--deployment", dep.id.name],
+            env,
         )
         try:
             process = self.launcher.launch(spec)
@@ -623,9 +614,6 @@ class Controller:
             "deployments": list(app.deployments),
         }
 
-    def running_deployments(self) -> bool:
-        return any(dep.replicas for app in self.apps.values() for dep in app.deployments.values())
-
     def all_pids(self) -> list[int]:
         spare = [self._spare.process.pid] if self._spare is not None else []
         return spare + [
@@ -642,10 +630,6 @@ class Controller:
             for dep in app.deployments.values():
                 for replica in dep.replicas.values():
                     replica.process.kill()
-
-    @property
-    def deployment_states(self) -> list[DeploymentState]:
-        return [d for app in self.apps.values() for d in app.deployments.values()]
 
     def is_failed(self, name: str) -> bool:
         app = self.apps.get(name)

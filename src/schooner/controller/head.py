@@ -34,7 +34,6 @@ from schooner.runtime.session import Session
 
 logger = logging.getLogger("schooner.controller")
 
-PROXY_START_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
@@ -54,7 +53,6 @@ class Head:
         )
         self.http_socket: socket.socket | None = None
         self.proxy: ProcessHandle | None = None
-        self.proxy_ready = asyncio.Event()
         self.stop_requested = asyncio.Event()
         self.fast_stop = False
 
@@ -80,7 +78,6 @@ class Head:
     def start_proxy(self) -> None:
         assert self.http_socket is not None
         fd = self.http_socket.fileno()
-        self.proxy_ready.clear()
         self.proxy = self.launcher.launch(
             ProcessSpec(
                 module="schooner.proxy.main",
@@ -203,7 +200,6 @@ class ControllerSession:
 
     def rpc_register_proxy(self) -> None:
         self.controller.proxy_status[self.controller.node_id] = "HEALTHY"
-        self.head.proxy_ready.set()
         self.controller.proxy_ready.set()
 
     async def rpc_shutdown(self) -> None:

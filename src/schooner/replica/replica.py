@@ -36,12 +36,6 @@ from schooner.rpc.messages import CodeRef, DeploymentID
 logger = logging.getLogger("schooner.replica")
 
 
-class RequestMeta(tuple[str, str, str, str, str]):
-    """(request_id, method_name, multiplexed_model_id, session_id, route) of one call."""
-
-    __slots__ = ()
-
-
 def load_code(code: CodeRef) -> Any:
     """Find the user's class or function from its reference."""
     if code.pickled is not None:
@@ -111,7 +105,6 @@ class Replica:
         self._idle = asyncio.Event()
         self._idle.set()
         self.stopped = asyncio.Event()
-        self.initialized = False
 
     # -- lifecycle (controller) -----------------------------------------------------------
     async def rpc_initialize(
@@ -152,7 +145,6 @@ class Replica:
         replica_ctx.servable_object = self._callable
         if user_config is not None:
             await self.rpc_reconfigure(user_config)
-        self.initialized = True
         return time.monotonic() - started
 
     async def rpc_update(self, user_config: Any, max_ongoing_requests: int) -> None:
