@@ -21,7 +21,7 @@ from schooner.deployment import Application, build_app
 from schooner.exceptions import DeployFailedError, RayServeException
 from schooner.handle import DeploymentHandle, _user_exception
 from schooner.rpc.connection import RemoteCallError
-from schooner.runtime.head_launch import HeadHandle, PendingHead, start_head
+from schooner.runtime.head_launch import HeadHandle, PendingHead, launch_head
 from schooner.schema import ServeStatus
 
 logger = logging.getLogger("schooner")
@@ -77,14 +77,14 @@ def start(
             if isinstance(http_options, dict):
                 http_options = HTTPOptions(**http_options)
             http = http_options or HTTPOptions()
-            head = start_head(
+            head = launch_head(
                 http_host=http.host or "127.0.0.1",
                 http_port=http.port,
                 root_path=http.root_path,
                 num_cpus=kwargs.get("num_cpus"),
                 num_gpus=kwargs.get("num_gpus"),
                 resources=kwargs.get("resources"),
-            )
+            ).wait_ready()
         try:
             core = _core.Core.start_background(head.session)
         except BaseException:

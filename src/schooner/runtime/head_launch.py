@@ -49,28 +49,6 @@ class HeadHandle:
             self.lifeline = None
 
 
-def start_head(
-    *,
-    http_host: str = "127.0.0.1",
-    http_port: int = 8000,
-    root_path: str = "",
-    detached: bool = False,
-    num_cpus: float | None = None,
-    num_gpus: float | None = None,
-    resources: dict[str, float] | None = None,
-) -> HeadHandle:
-    """Start a head process and wait until it serves (or raise with its reason)."""
-    return launch_head(
-        http_host=http_host,
-        http_port=http_port,
-        root_path=root_path,
-        detached=detached,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        resources=resources,
-    ).wait_ready()
-
-
 @dataclass
 class PendingHead:
     """A head process that was started and has not yet said it is ready."""
