@@ -15,6 +15,10 @@ from helpers import wait_until_no_processes
 _ROOT = Path(tempfile.mkdtemp(prefix="schooner-tests-"))
 os.environ["TMPDIR"] = str(_ROOT)
 tempfile.tempdir = None  # re-read TMPDIR
+# Never attach to an instance someone left running on the default admin port; tests that
+# want a running instance name its address. runtime_env caches stay inside the test root.
+os.environ["SCHOONER_ADDRESS"] = "local"
+os.environ["XDG_CACHE_HOME"] = str(_ROOT / "cache")
 
 
 @pytest.fixture(scope="session", autouse=True)

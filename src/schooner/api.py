@@ -13,15 +13,18 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from schooner import _core, context
+from schooner.admin.client import find_instance
 from schooner.config import HTTPOptions
 from schooner.deployment import Application, build_app
 from schooner.exceptions import DeployFailedError, RayServeException
 from schooner.handle import DeploymentHandle, _user_exception
 from schooner.rpc.connection import RemoteCallError
 from schooner.runtime.head_launch import HeadHandle, PendingHead, launch_head
+from schooner.runtime.session import Session
 from schooner.schema import ServeStatus
 
 logger = logging.getLogger("schooner")
@@ -39,6 +42,8 @@ __all__ = [
 _head: HeadHandle | None = None
 #: A head the CLI launched early (before importing the user's code); start() adopts it.
 _pending_head: PendingHead | None = None
+#: The running instance this process attached to (``schooner start``), if any.
+_attached: dict[str, Any] | None = None
 _lock = threading.RLock()
 _atexit_registered = False
 #: How long serve.run waits for an application to become RUNNING.
@@ -73,6 +78,9 @@ def start(
         if _pending_head is not None:
             pending, _pending_head = _pending_head, None
             head = pending.wait_ready()
+        elif (instance := find_instance(detached_only=True)) is not None:
+            _attach(instance)
+            return
         else:
             if isinstance(http_options, dict):
                 http_options = HTTPOptions(**http_options)
@@ -99,11 +107,32 @@ def start(
         logger.info("Schooner started; HTTP on http://%s:%s", head.http_host, head.http_port)
 
 
+def _attach(instance: dict[str, Any]) -> None:
+    """Use a running (detached) instance: its controller socket, its HTTP address."""
+    global _attached, _atexit_registered
+    core = _core.Core.start_background(Session.open(Path(instance["session"])))
+    _core.set_core(core)
+    _attached = instance
+    if not _atexit_registered:
+        atexit.register(_shutdown_at_exit)
+        _atexit_registered = True
+    logger.info("Using the Schooner instance at %s", instance.get("admin_url"))
+
+
 def http_address() -> str | None:
-    """``http://host:port`` of the instance this process started, if any."""
-    if _head is None:
-        return None
-    return f"http://{_head.http_host}:{_head.http_port}"
+    """``http://host:port`` of the instance this process started or uses, if any."""
+    if _head is not None:
+        return f"http://{_head.http_host}:{_head.http_port}"
+    if _attached is not None and _attached.get("http_port"):
+        host = _attached["http_host"]
+        host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"http://{host}:{_attached['http_port']}"
+    return None
+
+
+def attached_instance() -> dict[str, Any] | None:
+    """The running instance this process attached to (not started), if any."""
+    return _attached
 
 
 def run(
@@ -178,16 +207,28 @@ def delete(name: str, _blocking: bool = True) -> None:
 
 
 def shutdown() -> None:
-    """Delete every application and stop the instance this process started."""
-    global _head
+    """Delete every application and stop the instance this process started.
+
+    In a process that attached to a running instance (``schooner start``),
+    every application is deleted and the instance keeps running, as Ray
+    Serve's ``shutdown`` leaves a long-running cluster up.
+    """
+    _disconnect(stop=True)
+
+
+def _disconnect(*, stop: bool) -> None:
+    global _head, _attached
     with _lock:
         core = _core.get_core_or_none()
         if core is None or _replica_context_is_set():
             return
-        try:
-            core.call_controller_sync("shutdown", timeout_s=60)
-        except Exception as exc:
-            logger.debug("shutdown RPC failed: %r", exc)
+        method = "delete_all" if _attached is not None else "shutdown"
+        if stop:
+            try:
+                core.call_controller_sync(method, timeout_s=120)
+            except Exception as exc:
+                logger.debug("%s RPC failed: %r", method, exc)
+        _attached = None
         core.close()
         _core.set_core(None)
         head, _head = _head, None
@@ -202,8 +243,9 @@ def _replica_context_is_set() -> bool:
 
 
 def _shutdown_at_exit() -> None:
+    """An instance this process started stops with it; one it attached to keeps running."""
     try:
-        shutdown()
+        _disconnect(stop=_attached is None)
     except Exception:
         pass
 

@@ -20,6 +20,7 @@ __all__ = [
     "RemoteUserError",
     "ReplicaUnavailableError",
     "RequestCancelledError",
+    "RuntimeEnvSetupError",
     "ServeConfigError",
     "http_status_for",
 ]
@@ -38,6 +39,17 @@ class DeploymentOptionError(RayServeException, ValueError):
 
 class ServeConfigError(RayServeException, ValueError):
     """A config file or config document is invalid (which field, what is wrong)."""
+
+
+class RuntimeEnvSetupError(RayServeException):
+    """A ``runtime_env`` is invalid or could not be set up.
+
+    Raised by validation (which field, what is wrong, what to do) and by
+    setup: a missing directory, a download that failed, a file that is not a
+    zip, or ``pip install`` failing (the message ends with pip's output). Ray
+    raises an exception of the same name. Not to be confused with
+    :class:`ServeConfigError`, which is about the rest of a config document.
+    """
 
 
 class BackPressureError(RayServeException):

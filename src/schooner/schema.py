@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from schooner.config import (
+    DEFAULT_REQUEST_ROUTER,
     AutoscalingConfig,
     ControllerOptions,
     DeploymentConfig,
@@ -496,3 +497,19 @@ def _locate(loc: tuple[int | str, ...], data: Any, *, missing: bool) -> tuple[st
     # applications.<i>.deployments.<j>.<option>: explain with the option's own wording.
     in_option = walked == 5 and loc[0] == "applications" and loc[2] == "deployments"
     return (".".join(parts) or "(top level)"), current, str(loc[4]) if in_option else ""
+
+
+def config_entry(name: str, config: DeploymentConfig) -> dict[str, Any]:
+    """A ``deployments:`` entry with every setting of ``config`` (``schooner build``, and
+    ``deployment_config`` in the admin API). The default request router is left out, so
+    that Ray's tools, which import the router class, can read the entry."""
+    entry: dict[str, Any] = {"name": name}
+    for key, value in config.model_dump(mode="json").items():
+        if key != "name":
+            entry[key] = value
+    router = entry.get("request_router_config") or {}
+    if router.get("request_router_class") == DEFAULT_REQUEST_ROUTER:
+        del entry["request_router_config"]
+    if entry.get("autoscaling_config") is not None and isinstance(entry.get("num_replicas"), int):
+        del entry["num_replicas"]  # autoscaling decides; both at once is an error
+    return entry

@@ -68,3 +68,70 @@ def wait_until_no_processes(
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+class Load:
+    """Steady HTTP load from a few threads; counts answers and failures.
+
+    A failure is any exception or a status other than 200; each is kept with
+    what it was, so a test can show exactly which requests failed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        body: object = None,
+        threads: int = 4,
+        check: Callable[[object], bool] | None = None,
+    ) -> None:
+        import threading
+
+        import httpx
+
+        self.url = url
+        self.body = body
+        self.check = check
+        self.ok = 0
+        self.failures: list[str] = []
+        self.answers: list[object] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._clients = [httpx.Client(timeout=30) for _ in range(threads)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(c,), daemon=True) for c in self._clients
+        ]
+
+    def _run(self, client: object) -> None:
+        import httpx
+
+        assert isinstance(client, httpx.Client)
+        while not self._stop.is_set():
+            try:
+                resp = client.post(self.url, json=self.body)
+                if resp.status_code != 200:
+                    raise AssertionError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                value = resp.json()
+                with self._lock:
+                    self.ok += 1
+                    self.answers.append(value)
+            except Exception as exc:
+                with self._lock:
+                    self.failures.append(repr(exc))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        wait_for(lambda: self.ok > 10, message="load to get going")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+        for c in self._clients:
+            c.close()
+
+    def since(self, mark: int) -> list[object]:
+        with self._lock:
+            return self.answers[mark:]

@@ -496,7 +496,7 @@ def test_replica_that_does_not_stop_is_killed_after_the_graceful_timeout(tmp_pat
     run(tmp_path, body)
 
 
-def test_new_code_version_rolls_over_replicas(tmp_path: Path) -> None:
+def test_new_code_version_rolls_over_replicas_one_at_a_time(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", "v1", num_replicas=2)))
         h.ctl.tick()
@@ -505,15 +505,22 @@ def test_new_code_version_rolls_over_replicas(tmp_path: Path) -> None:
         old = h.ids()
         h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", "v2", num_replicas=2)))
         h.ctl.tick()
-        new = h.ids(state=ReplicaState.STARTING)
-        assert len(new) == 2
+        first = h.ids(state=ReplicaState.STARTING)
+        assert len(first) == 1  # 20% of 2, at least one at a time
         # Old replicas keep serving until new ones are ready.
         assert h.ids(state=ReplicaState.RUNNING) == old
         assert {r.replica_id for r in h.replica_set().replicas} == old
         assert h.ctl.apps["app"].status == ApplicationStatus.DEPLOYING
-        await h.ready(*new)
+        await h.ready(*first)
+        h.ctl.tick()
+        # One old replica makes way; the next new one starts.
+        assert len(h.ids(state=ReplicaState.STOPPING) & old) == 1
+        second = h.ids(state=ReplicaState.STARTING)
+        assert len(second) == 1 and not (second & first)
+        await h.ready(*second)
         h.ctl.tick()
         await h.settle()
+        new = first | second
         assert all(h.launcher.by_id(rid).terminated for rid in old)
         assert {r.replica_id for r in h.replica_set().replicas} == new
         h.ctl.tick()

@@ -5,60 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 
 from schooner.exceptions import RayServeException
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from schooner.runtime.head_launch import launch_head
-
-    # Boot the instance while this process imports the application's code.
-    pending = launch_head(
-        http_host=args.host,
-        http_port=args.port,
-        num_cpus=args.num_cpus,
-        num_gpus=args.num_gpus,
-        resources=_parse_resources(args.resources),
-    )
-
-    import schooner as serve
-    from schooner import api
-    from schooner.importing import build_application, import_attr, parse_kv_args
-
-    api._pending_head = pending
-    try:
-        target = import_attr(args.import_path, args.app_dir)
-        app = build_application(target, parse_kv_args(args.args), args.import_path)
-    except BaseException:
-        api._pending_head = None
-        pending.process.kill()
-        pending.process.wait()
-        raise
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    serve.start()
-    try:
-        serve.run(app, name=args.name, route_prefix=args.route_prefix)
-        prefix = args.route_prefix if args.route_prefix not in (None, "/") else ""
-        print(
-            f"Schooner is serving application '{args.name}' at "
-            f"{api.http_address()}{prefix} (Ctrl-C to stop)",
-            flush=True,
-        )
-        while not stop.wait(0.5):
-            pass
-        print("Shutting down...", flush=True)
-    finally:
-        serve.shutdown()
-    return 0
-
-
-def _parse_resources(text: str | None) -> dict[str, float] | None:
+def parse_resources(text: str | None) -> dict[str, float] | None:
     if not text:
         return None
     try:
@@ -77,39 +30,122 @@ def _parse_resources(text: str | None) -> dict[str, float] | None:
     return {str(k): float(v) for k, v in value.items()}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="schooner", description="Serve Python models and business logic."
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        "-a",
+        default=None,
+        help="admin API URL of the instance (default: $SCHOONER_ADDRESS or http://127.0.0.1:8265)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="Run an application in the foreground until Ctrl-C.")
-    run.add_argument(
-        "import_path", help="module:app or path/to/file.py:app (an Application or a builder)"
-    )
-    run.add_argument("args", nargs="*", help="key=value arguments for an application builder")
-    run.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
-    run.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
-    run.add_argument("--name", default="default", help="application name (default 'default')")
-    run.add_argument("--route-prefix", default="/", help="route prefix (default '/')")
-    run.add_argument(
-        "--app-dir",
-        "-d",
-        default=".",
-        help="directory to import the application from (default '.')",
-    )
-    run.add_argument(
+
+
+def _add_resources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--num-cpus",
         type=float,
         default=None,
         help="CPUs replicas may reserve; makes CPUs a hard limit (default: detected, soft)",
     )
-    run.add_argument(
+    parser.add_argument(
         "--num-gpus", type=float, default=None, help="GPUs of this node (default: detected)"
     )
-    run.add_argument(
+    parser.add_argument(
         "--resources", default=None, help="custom resources as JSON, e.g. '{\"TPU\": 4}'"
     )
-    run.set_defaults(func=_cmd_run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from schooner.cli import config_cmds, instance, run
+
+    parser = argparse.ArgumentParser(
+        prog="schooner", description="Serve Python models and business logic."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "run",
+        help="Run an application or a config file in the foreground until Ctrl-C.",
+        description="Run an application (import path) or a config file (YAML) in the "
+        "foreground. Uses a running `schooner start` instance if there is one, else starts "
+        "its own, which stops with this command.",
+    )
+    p.add_argument(
+        "target",
+        metavar="IMPORT_PATH_OR_CONFIG",
+        help="module:app, path/to/file.py:app (an Application or a builder), or config.yaml",
+    )
+    p.add_argument("args", nargs="*", help="key=value arguments for an application builder")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--name", default="default", help="application name (default 'default')")
+    p.add_argument("--route-prefix", default="/", help="route prefix (default '/')")
+    p.add_argument("--app-dir", "-d", default=".", help="directory to import the application from")
+    p.add_argument(
+        "--reload", action="store_true", help="redeploy whenever a file of the app changes"
+    )
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="admin API port of an instance this command starts (default 8265 when free; -1: none)",
+    )
+    _add_address(p)
+    _add_resources(p)
+    p.set_defaults(func=run.cmd_run)
+
+    p = sub.add_parser(
+        "start",
+        help="Start a long-running instance in the background.",
+        description="Start a detached instance that keeps running after this command; "
+        "deploy to it with `schooner deploy`, stop it with `schooner shutdown`.",
+    )
+    p.add_argument("--http-host", default="127.0.0.1", help="HTTP host (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument("--admin-host", default="127.0.0.1", help="admin API host (default 127.0.0.1)")
+    p.add_argument("--admin-port", type=int, default=8265, help="admin API port (default 8265)")
+    p.add_argument(
+        "--proxy-location",
+        default="EveryNode",
+        choices=["EveryNode", "HeadOnly", "Disabled"],
+        help="where HTTP proxies run (default EveryNode; Disabled: no HTTP)",
+    )
+    _add_resources(p)
+    p.set_defaults(func=instance.cmd_start)
+
+    p = sub.add_parser("shutdown", help="Stop a running instance and everything it started.")
+    p.add_argument("--yes", "-y", action="store_true", help="don't ask for confirmation")
+    _add_address(p)
+    p.set_defaults(func=instance.cmd_shutdown)
+
+    p = sub.add_parser(
+        "build", help="Write a config file listing every deployment and setting of apps."
+    )
+    p.add_argument("import_paths", nargs="+", metavar="IMPORT_PATH")
+    p.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
+    p.add_argument("--app-dir", "-d", default=".", help="directory to import the applications from")
+    p.set_defaults(func=config_cmds.cmd_build)
+
+    p = sub.add_parser(
+        "deploy",
+        help="Send a config file to a running instance (returns at once).",
+        description="Send a config file (or one import path) to the instance's admin API. "
+        "The instance converges to it: applications in it are deployed or updated, "
+        "applications deployed by earlier configs and missing from it are deleted.",
+    )
+    p.add_argument("config_or_import_path", metavar="CONFIG_OR_IMPORT_PATH")
+    p.add_argument("args", nargs="*", help="key=value arguments for the application builder")
+    _add_address(p)
+    p.set_defaults(func=config_cmds.cmd_deploy)
+
+    p = sub.add_parser("config", help="Print the latest config the instance received.")
+    p.add_argument("--name", "-n", default=None, help="only this application")
+    _add_address(p)
+    p.set_defaults(func=config_cmds.cmd_config)
+
+    p = sub.add_parser("status", help="Print the status of applications and deployments.")
+    p.add_argument("--name", "-n", default=None, help="only this application")
+    _add_address(p)
+    p.set_defaults(func=config_cmds.cmd_status)
     return parser
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import secrets
 import string
@@ -40,7 +41,12 @@ from schooner.rpc.messages import AppSpec, ReplicaInfo, ReplicaSet, Route
 from schooner.runtime.launcher import Launcher, ProcessHandle, ProcessSpec
 from schooner.runtime.resources import Allocation, ResourcePool
 from schooner.runtime.session import Session
-from schooner.schema import ApplicationStatus, DeploymentStatus, ReplicaState
+from schooner.schema import (
+    ApplicationStatus,
+    DeploymentStatus,
+    DeploymentStatusTrigger,
+    ReplicaState,
+)
 
 logger = logging.getLogger("schooner.controller")
 
@@ -51,6 +57,9 @@ STARTUP_TIMEOUT_S = 600.0
 STOP_GRACE_S = 5.0
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
+
+#: Share of a deployment's replicas a rolling update replaces at a time (Ray's default).
+ROLLOUT_FRACTION = 0.2
 
 #: An unused spare replica process exits after this long (it only speeds up cold starts).
 SPARE_IDLE_S = 30.0
@@ -65,6 +74,11 @@ class _Spare:
     launched_at: float
     conn: Connection | None = None
     registered: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _rollout_batch(target: int) -> int:
+    """How many new-version replicas a rolling update starts at once (20%, at least 1)."""
+    return max(1, math.ceil(target * ROLLOUT_FRACTION))
 
 
 def _new_replica_id() -> str:
@@ -197,7 +211,11 @@ class Controller:
         # 4. Scale the current version.
         dep.pending_reason = None
         if len(current) < target and not dep.failed:
-            for _ in range(target - len(current)):
+            missing = target - len(current)
+            if outdated:  # rolling update: a few new replicas at a time, old ones serve meanwhile
+                starting = sum(1 for r in current if r.state == ReplicaState.STARTING)
+                missing = min(missing, max(0, _rollout_batch(target) - starting))
+            for _ in range(missing):
                 if not self._start_replica(dep):
                     break
         elif len(current) > target:
@@ -318,11 +336,15 @@ class Controller:
             )
             return False
         replica_id = _new_replica_id()
-        sys_path = self.apps[dep.id.app_name].spec.sys_path
-        env = {"SCHOONER_SYS_PATH": os.pathsep.join(sys_path)}
+        process_env = dep.spec.process_env
+        sys_path = [*process_env.sys_path, *self.apps[dep.id.app_name].spec.sys_path]
+        env = {**process_env.env_vars, "SCHOONER_SYS_PATH": os.pathsep.join(sys_path)}
+        if process_env.cwd is not None:
+            env["SCHOONER_CWD"] = process_env.cwd
         if allocation.cuda_visible_devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
-        spare = self._take_spare()
+        # A spare process was started without the runtime_env's variables: only plain ones.
+        spare = self._take_spare() if not process_env.env_vars else None
         if spare is not None:
             replica = self._record_replica(dep, replica_id, spare.process, allocation)
             logger.info(
@@ -520,6 +542,8 @@ class Controller:
         else:
             existing.spec = spec
             existing.last_deployed_time_s = now
+            existing.building = False
+            existing.build_error = None
             for d in spec.deployments:
                 state = existing.deployments.get(d.name)
                 if state is None:
@@ -532,6 +556,39 @@ class Controller:
                     state.deleting = True
         self.apps[spec.name].update_status()
         self.wake()
+
+    def scale(self, dep: DeploymentState, target_num_replicas: int) -> None:
+        """Set a deployment's replica count (external scaler); kept until it is redeployed."""
+        if target_num_replicas == dep.target_num_replicas:
+            return
+        up = target_num_replicas > dep.target_num_replicas
+        dep.target_num_replicas = target_num_replicas
+        if dep.status == DeploymentStatus.HEALTHY:
+            dep.status = DeploymentStatus.UPSCALING if up else DeploymentStatus.DOWNSCALING
+            dep.status_trigger = DeploymentStatusTrigger.AUTOSCALING
+        self.wake()
+
+    def begin_build(self, name: str, route_prefix: str | None) -> None:
+        """A config entry for ``name`` is being built: show it DEPLOYING (create it if new)."""
+        app = self.apps.get(name)
+        if app is None:
+            placeholder = AppSpec(
+                name, route_prefix, ingress="", deployments=[], source="declarative"
+            )
+            app = self.apps[name] = ApplicationState(placeholder, {}, self.wall_clock())
+        app.building = True
+        app.build_error = None
+        app.update_status()
+
+    def build_failed(self, name: str, message: str) -> None:
+        """The latest config entry for ``name`` failed to build; what runs keeps running."""
+        app = self.apps.get(name)
+        if app is None or app.deleting:
+            return
+        app.building = False
+        app.build_error = message
+        app.last_deployed_time_s = self.wall_clock()
+        app.update_status()
 
     def delete_app(self, name: str) -> bool:
         app = self.apps.get(name)

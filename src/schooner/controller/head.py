@@ -22,7 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from schooner.admin.server import AdminServer, ScaleNotFound, ScaleRejected, bind_admin_socket
 from schooner.controller.controller import Controller
+from schooner.controller.declarative import DeclarativeConfig
+from schooner.controller.details import instance_details
+from schooner.exceptions import RayServeException
 from schooner.logs import setup_process_logging
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import AppSpec
@@ -31,6 +35,7 @@ from schooner.runtime.lifeline import Lifeline, watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.resources import ResourcePool
 from schooner.runtime.session import Session
+from schooner.runtime_env import default_cache_dir
 
 logger = logging.getLogger("schooner.controller")
 
@@ -51,7 +56,16 @@ class Head:
             ResourcePool.detect(args.num_cpus, args.num_gpus, json.loads(args.resources)),
             self.lifeline.read_fd,
         )
+        self.declarative = DeclarativeConfig(self.controller, Path.cwd(), default_cache_dir())
+        self.http_options: dict[str, Any] = {
+            **json.loads(args.http_options),
+            "host": args.http_host,
+            "port": args.http_port,
+            "root_path": args.root_path,
+        }
         self.http_socket: socket.socket | None = None
+        self.admin: AdminServer | None = None
+        self.admin_url: str | None = None
         self.proxy: ProcessHandle | None = None
         self.stop_requested = asyncio.Event()
         self.fast_stop = False
@@ -105,9 +119,60 @@ class Head:
                 self.controller.proxy_status[self.controller.node_id] = "UNHEALTHY"
                 self.start_proxy()
 
+    @property
+    def serves_http(self) -> bool:
+        return bool(self.args.proxy_location != "Disabled")
+
+    def details(self, api_type: str | None = None) -> dict[str, Any]:
+        options = {k: v for k, v in self.http_options.items() if k != "location"}
+        options["port"] = self.args.http_port
+        return instance_details(
+            self.controller,
+            self.declarative,
+            http_options=options,
+            grpc_options=json.loads(self.args.grpc_options),
+            proxy_location=self.args.proxy_location,
+            controller_pid=os.getpid(),
+            api_type=api_type,
+        )
+
+    def instance_info(self) -> dict[str, Any]:
+        return {
+            "session": str(self.session.root),
+            "controller_socket": self.session.controller_socket,
+            "pid": os.getpid(),
+            "detached": self.args.detached,
+            "http_host": self.args.http_host,
+            "http_port": self.args.http_port if self.serves_http else None,
+            "admin_url": self.admin_url,
+            "node_id": self.controller.node_id,
+        }
+
+    def delete_app(self, name: str) -> bool:
+        self.declarative.forget(name)
+        return self.controller.delete_app(name)
+
+    async def delete_all(self) -> None:
+        """Delete every application (declarative and imperative) and wait until gone."""
+        for name in list(self.controller.apps):
+            self.delete_app(name)
+        for name in list(self.controller.apps):
+            await self.controller.wait_app(name, SHUTDOWN_TIMEOUT_S, "deleted")
+
+    async def start_admin(self) -> None:
+        if self.args.admin_port < 0:
+            return
+        sock = bind_admin_socket(self.args.admin_host, self.args.admin_port)
+        self.admin = AdminServer(AdminAPI(self), token=os.environ.get("SCHOONER_ADMIN_TOKEN"))
+        await self.admin.start(sock)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.admin_url = f"http://{shown}:{port}"
+
     # -- shutdown -----------------------------------------------------------
     async def shutdown(self) -> None:
         controller = self.controller
+        self.declarative.close()
         if self.fast_stop:
             controller.begin_shutdown()  # targets drop to zero: nothing is restarted
             controller.kill_all()
@@ -144,6 +209,56 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class AdminAPI:
+    """What the admin REST API asks of the head (see :mod:`schooner.admin.server`)."""
+
+    def __init__(self, head: Head) -> None:
+        self.head = head
+
+    def details(self, api_type: str | None) -> dict[str, Any]:
+        return self.head.details(api_type)
+
+    def put_config(self, body: Any) -> None:
+        doc = self.head.declarative.apply(body)
+        self._warn_fixed_options(doc.model_fields_set)
+
+    def _warn_fixed_options(self, given: set[str]) -> None:
+        for key in ("http_options", "grpc_options", "proxy_location"):
+            if key in given:
+                logger.info("%s in a config only takes effect when the instance starts", key)
+
+    async def delete_all(self) -> None:
+        await self.head.delete_all()
+
+    def scale(self, app: str, deployment: str, target_num_replicas: int) -> None:
+        state = self.head.controller.apps.get(app)
+        dep = state.deployments.get(deployment) if state is not None else None
+        if state is None or dep is None:
+            raise ScaleNotFound("Application or Deployment not found")
+        if dep.deleting or state.deleting:
+            raise ScaleRejected("Deployment is deleted")
+        if not state.spec.external_scaler_enabled:
+            raise ScaleRejected(
+                f"Application '{app}' does not allow external scaling: set "
+                "external_scaler_enabled: true for it in the config."
+            )
+        self.head.controller.scale(dep, target_num_replicas)
+
+    def version_info(self) -> dict[str, str]:
+        from importlib.metadata import version
+
+        return {
+            "session_name": self.head.session.root.name,
+            "schooner_version": version("schooner"),
+        }
+
+    def instance_info(self) -> dict[str, Any]:
+        return self.head.instance_info()
+
+    async def shutdown(self) -> None:
+        self.head.stop_requested.set()
+
+
 class ControllerSession:
     """RPC handler for one connection to the controller (driver, proxy or replica)."""
 
@@ -159,19 +274,24 @@ class ControllerSession:
         return "pong"
 
     def rpc_instance_info(self) -> dict[str, Any]:
-        return {
-            "http_host": self.head.args.http_host,
-            "http_port": self.head.args.http_port,
-            "pid": os.getpid(),
-            "session": str(self.head.session.root),
-            "node_id": self.controller.node_id,
-        }
+        return self.head.instance_info()
 
     def rpc_deploy_app(self, spec: AppSpec) -> None:
         self.controller.deploy_app(spec)
 
+    def rpc_apply_config(self, document: Any, force: bool = False) -> list[str]:
+        """Apply a config document; returns the names of its applications."""
+        doc = self.head.declarative.apply(document, force=force)
+        return [app.name for app in doc.applications]
+
+    def rpc_details(self, api_type: str | None = None) -> dict[str, Any]:
+        return self.head.details(api_type)
+
     def rpc_delete_app(self, name: str) -> bool:
-        return self.controller.delete_app(name)
+        return self.head.delete_app(name)
+
+    async def rpc_delete_all(self) -> None:
+        await self.head.delete_all()
 
     async def rpc_wait_app(self, name: str, timeout_s: float, until: str) -> str:
         return await self.controller.wait_app(name, timeout_s, until)
@@ -219,6 +339,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num-cpus", type=float, default=None)
     parser.add_argument("--num-gpus", type=float, default=None)
     parser.add_argument("--resources", default="{}")
+    parser.add_argument("--http-options", default="{}", help="HTTPOptions as JSON (echoed)")
+    parser.add_argument("--grpc-options", default='{"port": 9000, "grpc_servicer_functions": []}')
+    parser.add_argument("--proxy-location", default="EveryNode")
+    parser.add_argument("--admin-host", default="127.0.0.1")
+    parser.add_argument("--admin-port", type=int, default=-1, help="-1: no admin API")
+    parser.add_argument("--detached", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -245,31 +371,36 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, False)
     try:
-        head.bind_http()
-    except RuntimeError as exc:
+        if head.serves_http:
+            head.bind_http()
+        await head.start_admin()
+    except (RuntimeError, RayServeException) as exc:
         _report(args.ready_fd, f"ERROR {exc}")
         return 1
     server = await serve_unix(session.controller_socket, lambda: ControllerSession(head))
     head.controller.launch_spare()  # warms up while the driver imports and deploys
     reconcile = loop.create_task(head.controller.run())
-    head.start_proxy()  # serve.run waits for it together with the application
-    watcher = loop.create_task(head.watch_proxy())
-    (session.root / "address").write_text(
-        json.dumps(
-            {
-                "controller": session.controller_socket,
-                "pid": os.getpid(),
-                "http_host": args.http_host,
-                "http_port": args.http_port,
-            }
-        )
+    watcher = None
+    if head.serves_http:
+        head.start_proxy()  # serve.run waits for it together with the application
+        watcher = loop.create_task(head.watch_proxy())
+    else:
+        head.controller.proxy_ready.set()
+    (session.root / "address").write_text(json.dumps(head.instance_info()))
+    _report(args.ready_fd, f"READY {args.http_port} {head.admin_url or '-'}")
+    logger.info(
+        "head ready; HTTP on %s:%s, admin API %s",
+        args.http_host,
+        args.http_port,
+        head.admin_url or "off",
     )
-    _report(args.ready_fd, f"READY {args.http_port}")
-    logger.info("head ready; HTTP on %s:%s", args.http_host, args.http_port)
     await head.stop_requested.wait()
-    watcher.cancel()
+    if watcher is not None:
+        watcher.cancel()
     await head.shutdown()
     reconcile.cancel()
+    if head.admin is not None:
+        await head.admin.close()
     await asyncio.sleep(0.05)  # let the shutdown RPC's answer reach the caller
     server.close()
     head.lifeline.close()

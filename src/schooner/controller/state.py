@@ -195,6 +195,10 @@ class ApplicationState:
     status: ApplicationStatus = ApplicationStatus.DEPLOYING
     message: str = ""
     deleting: bool = False
+    #: A config entry for this application is being built (imported) in a builder process.
+    building: bool = False
+    #: Why the latest config entry could not be built; the previous version keeps serving.
+    build_error: str | None = None
 
     @property
     def name(self) -> str:
@@ -205,6 +209,12 @@ class ApplicationState:
         deps = list(self.deployments.values())
         if self.deleting:
             self.status, self.message = ApplicationStatus.DELETING, ""
+            return
+        if self.build_error is not None:
+            self.status, self.message = ApplicationStatus.DEPLOY_FAILED, self.build_error
+            return
+        if self.building:
+            self.status, self.message = ApplicationStatus.DEPLOYING, ""
             return
         failed = [d for d in deps if d.status == DeploymentStatus.DEPLOY_FAILED]
         if failed:

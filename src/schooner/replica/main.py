@@ -52,6 +52,14 @@ def _add_sys_path(entries: list[str]) -> None:
             sys.path.insert(0, entry)
 
 
+def _enter_working_dir(path: str | None) -> None:
+    """The runtime_env's working_dir: the process's cwd and first on sys.path."""
+    if path:
+        os.chdir(path)
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
 def _setup_logging(session: Session, replica_id: str, app: str, deployment: str) -> None:
     setup_process_logging(
         session.logs,
@@ -96,6 +104,7 @@ class _SpareHandler:
         self, replica_id: str, app: str, deployment: str, env: dict[str, str], sys_path: list[str]
     ) -> None:
         os.environ.update(env)
+        _enter_working_dir(env.get("SCHOONER_CWD"))
         _add_sys_path(sys_path)
         _setup_logging(self.process.session, replica_id, app, deployment)
         replica = await self.process.become(replica_id, app, deployment)
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     session = Session.open(Path(args.session))
     _add_sys_path(os.environ.get("SCHOONER_SYS_PATH", "").split(os.pathsep))
+    _enter_working_dir(os.environ.get("SCHOONER_CWD"))
     if not args.spare_id:
         _setup_logging(session, args.replica_id, args.app, args.deployment)
     loop = new_event_loop()

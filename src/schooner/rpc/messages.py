@@ -69,6 +69,19 @@ class CodeRef:
     pickled: bytes | None = None
 
 
+@dataclass(frozen=True)
+class ProcessEnv:
+    """Where and how a replica process runs: its resolved ``runtime_env``."""
+
+    cwd: str | None = None
+    sys_path: tuple[str, ...] = ()  # put first on sys.path, in order
+    env_vars: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def is_default(self) -> bool:
+        return self.cwd is None and not self.sys_path and not self.env_vars
+
+
 @dataclass
 class DeploymentSpec:
     """Everything the controller needs to run one deployment of an application."""
@@ -79,6 +92,7 @@ class DeploymentSpec:
     config: Any  # schooner.config.DeploymentConfig
     is_function: bool
     code_version: str  # changes when code or init args change
+    process_env: ProcessEnv = field(default_factory=ProcessEnv)
 
 
 @dataclass
@@ -92,3 +106,5 @@ class AppSpec:
     source: str = "imperative"
     docs_path: str | None = None
     sys_path: list[str] = field(default_factory=list)
+    #: Set by config documents (``external_scaler_enabled``); the scale endpoint needs it.
+    external_scaler_enabled: bool = False

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from schooner.exceptions import RayServeException
 from schooner.runtime.lifeline import Lifeline
@@ -30,6 +31,7 @@ class HeadHandle:
     lifeline: Lifeline | None
     http_host: str
     http_port: int
+    admin_url: str | None = None
 
     def wait(self, timeout_s: float) -> bool:
         try:
@@ -81,8 +83,9 @@ class PendingHead:
             raise RayServeException(
                 f"Could not start Schooner: {reason.replace(chr(92) + 'n', chr(10))}"
             )
-        port = int(line.split()[1])
-        return HeadHandle(process, session, lifeline, self.http_host, port)
+        fields = line.split()
+        admin_url = fields[2] if len(fields) > 2 and fields[2] != "-" else None
+        return HeadHandle(process, session, lifeline, self.http_host, int(fields[1]), admin_url)
 
 
 def launch_head(
@@ -94,8 +97,17 @@ def launch_head(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
+    admin_host: str = "127.0.0.1",
+    admin_port: int | None = None,
+    proxy_location: str = "EveryNode",
+    http_options: dict[str, Any] | None = None,
 ) -> PendingHead:
-    """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`)."""
+    """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`).
+
+    ``detached``: the head outlives this process (no lifeline; its output goes
+    to ``logs/head.out`` in the session). ``admin_port``: serve the admin REST
+    API there (``None``: no admin API; ``0``: any free port).
+    """
     session = Session.create()
     ready_r, ready_w = os.pipe()
     lifeline = None if detached else Lifeline()
@@ -115,7 +127,17 @@ def launch_head(
         str(ready_w),
         "--resources",
         json.dumps(resources or {}),
+        "--proxy-location",
+        proxy_location,
+        "--http-options",
+        json.dumps(http_options or {}),
+        "--admin-host",
+        admin_host,
+        "--admin-port",
+        str(-1 if admin_port is None else admin_port),
     ]
+    if detached:
+        args.append("--detached")
     pass_fds = [ready_w]
     if lifeline is not None:
         args += ["--lifeline-fd", str(lifeline.read_fd)]
@@ -126,9 +148,20 @@ def launch_head(
         args += ["--num-gpus", str(num_gpus)]
     env = dict(os.environ)
     env["SCHOONER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
-    process = subprocess.Popen(
-        args, pass_fds=pass_fds, stdin=subprocess.DEVNULL, start_new_session=True, env=env
-    )
+    output = open(session.logs / "head.out", "ab") if detached else None  # noqa: SIM115
+    try:
+        process = subprocess.Popen(
+            args,
+            pass_fds=pass_fds,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            env=env,
+        )
+    finally:
+        if output is not None:
+            output.close()
     os.close(ready_w)
     if lifeline is not None:
         lifeline.close_read_end()

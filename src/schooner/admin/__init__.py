@@ -1,0 +1,1 @@
+"""The head's admin HTTP API: Ray dashboard's Serve REST routes plus Schooner's own."""

@@ -1,0 +1,430 @@
+"""The admin HTTP server: Ray dashboard's Serve REST API, on the head's event loop.
+
+Routes (paths match exactly; ``/api/serve/applications`` without the trailing
+slash is a 404, as in Ray):
+
+======  ===================================================  ===============================
+GET     /api/ray/version                                     versions, for the ``serve`` CLI
+GET     /api/serve/applications/  [?api_type=...]            ServeInstanceDetails
+PUT     /api/serve/applications/                             deploy a ServeDeploySchema
+DELETE  /api/serve/applications/                             delete every application
+POST    /api/v1/applications/{app}/deployments/{dep}/scale   set a deployment's replica count
+GET     /api/gcs_healthz, /api/local_raylet_healthz,         probes; never need a token
+        /api/healthz
+GET     /api/schooner/instance                               how local clients attach
+POST    /api/schooner/shutdown                               stop the whole instance
+======  ===================================================  ===============================
+
+The work is done by the :class:`AdminBackend` the head provides; this module
+only speaks HTTP: routing, token auth, and the status codes, headers and bodies
+Ray's dashboard sends (the KubeRay REST contract, §1.4 and §2). GET routes
+also answer HEAD. Requests are answered on the event loop: synchronous backend
+calls at once, awaited ones (DELETE, shutdown) in tasks, so a slow request
+never holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import re
+import socket
+import time
+import traceback
+from collections.abc import Callable, Collection, Coroutine, Iterable
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote_to_bytes
+
+from schooner.exceptions import RayServeException, ServeConfigError
+from schooner.proxy import http_server
+from schooner.proxy.http_server import Request
+
+__all__ = [
+    "API_TYPES",
+    "AdminBackend",
+    "AdminServer",
+    "ScaleNotFound",
+    "ScaleRejected",
+    "bind_admin_socket",
+]
+
+logger = logging.getLogger("schooner.admin")
+
+RAY_VERSION = "2.60.0"
+"""The Ray version whose API this mirrors (the ``serve`` CLI wants at least 1.12)."""
+API_VERSION = "4"
+"""Ray dashboard's ``CURRENT_VERSION`` of this API."""
+API_TYPES = ("imperative", "declarative")
+"""The accepted values of ``?api_type=`` (case-insensitive)."""
+
+KEEP_ALIVE_S = 75.0
+MAX_BODY_BYTES = 64 * 1024 * 1024
+SHUTDOWN_DELAY_S = 0.1
+"""How long ``POST /api/schooner/shutdown`` leaves the answer to reach the client."""
+CLOSE_TIMEOUT_S = 1.0
+
+_JSON = b"application/json; charset=utf-8"
+_TEXT = b"text/plain; charset=utf-8"
+_PROBE = b"application/text; charset=utf-8"
+_EMPTY = b"application/octet-stream"  # what aiohttp sends with an empty body
+
+_PROBE_BODIES = {
+    "/api/gcs_healthz": b"success",
+    "/api/local_raylet_healthz": b"success",
+    "/api/healthz": b"raylet: success\ngcs: success",
+}
+_SCALE_PATH = re.compile(rb"/api/v1/applications/([^/]+)/deployments/([^/]+)/scale")
+_SCALE_ACCEPTED = {
+    "message": "Scaling request received. Deployment will get scaled asynchronously."
+}
+_SCALE_NOT_FOUND = "Application or Deployment not found"
+_TOKEN_HEADERS = (b"authorization", b"x-ray-authorization")
+_TOKEN_COOKIE = b"ray-authentication-token"
+
+
+class ScaleNotFound(RayServeException):
+    """Raised by :meth:`AdminBackend.scale` when the application or deployment does not exist.
+
+    Answered with 404 and the message (``Application or Deployment not found``
+    when there is none). A deployment that exists but is being deleted is a
+    :class:`ScaleRejected` instead.
+    """
+
+
+class ScaleRejected(RayServeException):
+    """Raised by :meth:`AdminBackend.scale` when the deployment exists but may not be scaled.
+
+    For example it is being deleted, or its application does not have
+    ``external_scaler_enabled: true``. Answered with 412 and the message.
+    """
+
+
+class AdminBackend(Protocol):
+    """What the admin API does; the head implements it. All methods run on the event loop."""
+
+    def details(self, api_type: str | None) -> dict[str, Any]:
+        """ServeInstanceDetails as JSON-able data; ``api_type``: None or one of API_TYPES."""
+        ...
+
+    def put_config(self, body: Any) -> None:
+        """Deploy the parsed ServeDeploySchema document; raises ServeConfigError if invalid."""
+        ...
+
+    async def delete_all(self) -> None:
+        """Delete every application; return when they are gone."""
+        ...
+
+    def scale(self, app: str, deployment: str, target_num_replicas: int) -> None:
+        """Set a deployment's replica count; raises ScaleNotFound or ScaleRejected."""
+        ...
+
+    def version_info(self) -> dict[str, str]:
+        """``{"session_name": ..., "schooner_version": ...}``, merged into the version answer."""
+        ...
+
+    def instance_info(self) -> dict[str, Any]:
+        """How local clients attach to this instance (answered as JSON)."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop the whole instance."""
+        ...
+
+
+_Route = Callable[["_Exchange"], None]
+
+
+class _Exchange:
+    """One request being answered: sends the response and writes the access-log line."""
+
+    __slots__ = ("_started_s", "request")
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self._started_s = time.perf_counter()
+
+    def send(
+        self,
+        status: int,
+        content_type: bytes,
+        body: bytes,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+    ) -> None:
+        request = self.request
+        # The raw path: percent-decoding could put line breaks into the log.
+        path = request.raw_path.partition(b"?")[0].decode("latin-1")
+        elapsed_ms = (time.perf_counter() - self._started_s) * 1000
+        logger.info("%s %s %d %.1fms", request.method, path, status, elapsed_ms)
+        request.respond(status, [(b"content-type", content_type), *headers], body)
+
+    def text(self, status: int, text: str) -> None:
+        self.send(status, _TEXT, text.encode())
+
+    def json(self, status: int, doc: Any) -> None:
+        self.send(status, _JSON, json.dumps(doc).encode())
+
+    def empty(self) -> None:
+        self.send(200, _EMPTY, b"")
+
+    def method_not_allowed(self, methods: Collection[str]) -> None:
+        allowed = {*methods, "HEAD"} if "GET" in methods else set(methods)
+        allow = ",".join(sorted(allowed)).encode()
+        self.send(405, _TEXT, b"405: Method Not Allowed", [(b"allow", allow)])
+
+    def failed(self) -> None:
+        """Log the exception being handled and answer 500 with its traceback."""
+        logger.exception("%s %s failed", self.request.method, self.request.path)
+        if not self.request.started:
+            self.text(500, traceback.format_exc())
+
+
+class AdminServer:
+    """Serves the admin API on the running event loop, delegating the work to ``backend``.
+
+    ``token``: when set (non-empty), every route but the three health probes
+    needs it, as ``Authorization: Bearer <token>``, else ``X-Ray-Authorization:
+    Bearer <token>``, else the cookie ``ray-authentication-token``. Missing:
+    401; wrong: 403.
+    """
+
+    def __init__(self, backend: AdminBackend, *, token: str | None = None) -> None:
+        self.backend = backend
+        self._token = token.encode() if token else None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._shutdown_task: asyncio.Task[None] | None = None
+        self._routes: dict[str, dict[str, _Route]] = {
+            "/api/ray/version": {"GET": self._get_version},
+            "/api/serve/applications/": {
+                "GET": self._get_applications,
+                "PUT": self._put_applications,
+                "DELETE": self._delete_applications,
+            },
+            "/api/schooner/instance": {"GET": self._get_instance},
+            "/api/schooner/shutdown": {"POST": self._post_shutdown},
+        }
+
+    async def start(self, sock: socket.socket) -> None:
+        """Serve on ``sock``, a bound and listening socket (see :func:`bind_admin_socket`)."""
+        self._server = await http_server.serve(
+            self.handle, sock, keep_alive_s=KEEP_ALIVE_S, max_body_bytes=MAX_BODY_BYTES
+        )
+
+    async def close(self) -> None:
+        """Stop listening and cancel DELETEs still running (they are answered 503).
+
+        A shutdown asked for with ``POST /api/schooner/shutdown`` is left to
+        finish: it may well be what is calling this. Idle keep-alive connections
+        are left to their idle timeout (``http_server`` does not expose them).
+        """
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+        current = asyncio.current_task()
+        pending = [task for task in self._tasks if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if server is not None:
+            # Python 3.12+ waits here for open connections; do not wait for idle ones.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), CLOSE_TIMEOUT_S)
+
+    # -- dispatch -----------------------------------------------------------------
+    def handle(self, request: Request) -> None:
+        """Answer ``request``; the handler given to :func:`schooner.proxy.http_server.serve`."""
+        exchange = _Exchange(request)
+        try:
+            self._dispatch(exchange)
+        except Exception:
+            exchange.failed()
+
+    def _dispatch(self, exchange: _Exchange) -> None:
+        request = exchange.request
+        method = "GET" if request.method == "HEAD" else request.method
+        probe = _PROBE_BODIES.get(request.path)
+        if probe is not None:
+            if method == "GET":
+                exchange.send(200, _PROBE, probe)
+            else:
+                exchange.method_not_allowed(("GET",))
+            return
+        # As with Ray's auth middleware, unknown paths need the token too.
+        if self._token is not None and not self._authorized(exchange):
+            return
+        routes = self._routes_for(request)
+        if routes is None:
+            exchange.text(404, "404: Not Found")
+            return
+        route = routes.get(method)
+        if route is None:
+            exchange.method_not_allowed(routes)
+            return
+        route(exchange)
+
+    def _routes_for(self, request: Request) -> dict[str, _Route] | None:
+        routes = self._routes.get(request.path)
+        if routes is not None:
+            return routes
+        # Split the raw path: the decoded one would split an encoded '/' in a name.
+        match = _SCALE_PATH.fullmatch(request.raw_path.partition(b"?")[0])
+        if match is None:
+            return None
+        app, deployment = (_decode_segment(segment) for segment in match.groups())
+        return {"POST": lambda exchange: self._post_scale(exchange, app, deployment)}
+
+    def _authorized(self, exchange: _Exchange) -> bool:
+        assert self._token is not None
+        presented = _presented_token(exchange.request)
+        if presented is None:
+            exchange.text(401, "Unauthorized: Missing authentication token")
+            return False
+        if not hmac.compare_digest(presented, self._token):
+            exchange.text(403, "Forbidden: Invalid authentication token")
+            return False
+        return True
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- routes -------------------------------------------------------------------
+    def _get_version(self, exchange: _Exchange) -> None:
+        version = {"version": API_VERSION, "ray_version": RAY_VERSION, "ray_commit": "schooner"}
+        exchange.json(200, {**version, **self.backend.version_info()})
+
+    def _get_applications(self, exchange: _Exchange) -> None:
+        query = parse_qs(exchange.request.query_string.decode("utf-8", "replace"))
+        given = query.get("api_type", [""])[0]
+        api_type = given.lower() or None
+        if api_type is not None and api_type not in API_TYPES:
+            exchange.text(
+                400,
+                f"Invalid 'api_type' value: '{given}'. Must be one of: {', '.join(API_TYPES)}",
+            )
+            return
+        exchange.json(200, self.backend.details(api_type))
+
+    def _put_applications(self, exchange: _Exchange) -> None:
+        try:
+            doc = json.loads(exchange.request.body)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+            exchange.text(400, f"The request body is not valid JSON: {exc}")
+            return
+        try:
+            self.backend.put_config(doc)
+        except ServeConfigError as exc:
+            exchange.text(400, str(exc))
+            return
+        exchange.empty()
+
+    def _delete_applications(self, exchange: _Exchange) -> None:
+        self._spawn(self._delete_all(exchange))
+
+    async def _delete_all(self, exchange: _Exchange) -> None:
+        try:
+            await self.backend.delete_all()
+        except asyncio.CancelledError:
+            exchange.text(503, "The admin server is shutting down.")
+            raise
+        except Exception:
+            exchange.failed()
+            return
+        exchange.empty()
+
+    def _post_scale(self, exchange: _Exchange, app: str, deployment: str) -> None:
+        target = _target_num_replicas(exchange.request.body)
+        if isinstance(target, str):
+            exchange.json(400, {"error": f"Invalid request body: {target}"})
+            return
+        try:
+            self.backend.scale(app, deployment, target)
+        except ScaleNotFound as exc:
+            exchange.json(404, {"error": str(exc) or _SCALE_NOT_FOUND})
+        except ScaleRejected as exc:
+            exchange.json(412, {"error": str(exc)})
+        except Exception:
+            # Ray's answer to anything else; the traceback goes to the log only.
+            logger.exception("scaling %s/%s failed", app, deployment)
+            exchange.json(503, {"error": "Internal Server Error"})
+        else:
+            exchange.json(200, _SCALE_ACCEPTED)
+
+    def _get_instance(self, exchange: _Exchange) -> None:
+        exchange.json(200, self.backend.instance_info())
+
+    def _post_shutdown(self, exchange: _Exchange) -> None:
+        exchange.json(200, {"message": "shutting down"})
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        # The answer is with the transport; give it time to reach the client
+        # before the process goes away.
+        await asyncio.sleep(SHUTDOWN_DELAY_S)
+        try:
+            await self.backend.shutdown()
+        except Exception:
+            logger.exception("shutting down failed")
+
+
+def _decode_segment(segment: bytes) -> str:
+    return unquote_to_bytes(segment).decode("utf-8", "replace")
+
+
+def _presented_token(request: Request) -> bytes | None:
+    """The token the request carries (b"" for a non-Bearer header), or None if it has none."""
+    for name in _TOKEN_HEADERS:
+        value = request.header(name)
+        if value:
+            scheme, _, token = value.strip().partition(b" ")
+            return token.strip() if scheme.lower() == b"bearer" else b""
+    for name, value in request.headers:
+        if name != b"cookie":
+            continue
+        for cookie in value.split(b";"):
+            key, _, token = cookie.partition(b"=")
+            if key.strip() == _TOKEN_COOKIE and token.strip():
+                return token.strip().strip(b'"')
+    return None
+
+
+def _target_num_replicas(body: bytes) -> int | str:
+    """``target_num_replicas`` from a scale request body, or what is wrong with the body."""
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        return f"not valid JSON: {exc}"
+    if not isinstance(doc, dict):
+        return "expected a JSON object with 'target_num_replicas'"
+    if "target_num_replicas" not in doc:
+        return "'target_num_replicas' is required"
+    target = doc["target_num_replicas"]
+    if not isinstance(target, int) or isinstance(target, bool):
+        return f"'target_num_replicas' must be an integer, got {json.dumps(target)}"
+    if target < 0:
+        return f"'target_num_replicas' must be >= 0, got {target}"
+    return target
+
+
+def bind_admin_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` for :meth:`AdminServer.start` (port 0: any)."""
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        raise RayServeException(
+            f"Cannot serve the admin API on {where}: {exc.strerror or exc}. Is another "
+            "server using the port? Pick another with --admin-port."
+        ) from exc
+    return sock

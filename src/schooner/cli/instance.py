@@ -1,0 +1,106 @@
+"""``schooner start`` and ``schooner shutdown``: a long-running (detached) instance."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from schooner.admin.client import AdminClient, AdminError, AdminUnreachable
+from schooner.exceptions import RayServeException
+
+#: How long ``schooner shutdown`` waits for the instance's processes to exit.
+SHUTDOWN_WAIT_S = 60.0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from schooner.cli.main import parse_resources
+    from schooner.runtime.head_launch import launch_head
+
+    address = f"http://{args.admin_host}:{args.admin_port}"
+    try:
+        info = AdminClient(address, timeout_s=2.0).instance()
+    except AdminUnreachable:
+        pass
+    except AdminError:
+        pass  # something else listens there: binding will fail with a clear message
+    else:
+        raise RayServeException(
+            f"A Schooner instance is already running at {address} (pid {info.get('pid')}). "
+            "Stop it with `schooner shutdown`, or start another with a different --admin-port "
+            "and --http-port."
+        )
+    head = launch_head(
+        http_host=args.http_host,
+        http_port=args.http_port,
+        detached=True,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        resources=parse_resources(args.resources),
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        proxy_location=args.proxy_location,
+    ).wait_ready()
+    head.release()
+    admin = head.admin_url or address
+    hint = "" if admin == "http://127.0.0.1:8265" else f" -a {admin}"
+    http = (
+        f"http://{head.http_host}:{head.http_port}"
+        if args.proxy_location != "Disabled"
+        else "(no HTTP proxy)"
+    )
+    print(
+        f"Started a Schooner instance (pid {head.process.pid}).\n"
+        f"  HTTP:      {http}\n"
+        f"  Admin API: {admin}\n"
+        f"  Logs:      {head.session.logs}\n"
+        f"Deploy with `schooner deploy{hint} CONFIG.yaml`; stop it with "
+        f"`schooner shutdown{hint}`.",
+        flush=True,
+    )
+    return 0
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    client = AdminClient(args.address)
+    info = client.instance()
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise RayServeException(
+                f"This stops the Schooner instance at {client.url} and every application on "
+                "it. Pass -y to confirm without a prompt."
+            )
+        answer = input(
+            f"Stop the Schooner instance at {client.url} and every application on it? [y/N] "
+        )
+        if answer.strip().lower() not in ("y", "yes"):
+            print("Aborted.")
+            return 1
+    client.shutdown()
+    pid = int(info["pid"])
+    deadline = time.monotonic() + SHUTDOWN_WAIT_S
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)
+    if _alive(pid):
+        raise RayServeException(
+            f"The instance (pid {pid}) did not stop within {SHUTDOWN_WAIT_S:.0f} s; see its "
+            f"logs in {info.get('session')}/logs."
+        )
+    print(f"Stopped the Schooner instance at {client.url}.")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True

@@ -1,0 +1,219 @@
+"""``schooner run``: serve an application or a config file in the foreground.
+
+It uses a running detached instance when there is one (or the one
+``--address`` names), else starts its own, which stops with it. An import
+path is imported here and deployed like ``serve.run``; a config file, or any
+target with ``--reload``, is deployed through the controller like ``schooner
+deploy`` (the instance imports it), and ``--reload`` redeploys whenever a
+watched file changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from schooner.admin.client import find_instance
+from schooner.cli import reload
+from schooner.exceptions import RayServeException
+from schooner.schema import parse_config_document
+
+#: How often ``--reload`` looks for changed files.
+RELOAD_POLL_S = 0.5
+#: The admin API port an owned instance takes when it is free (so `schooner status` works).
+DEFAULT_ADMIN_PORT = 8265
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from schooner import api
+    from schooner.cli.config_cmds import is_config_file
+    from schooner.cli.main import parse_resources
+    from schooner.importing import parse_kv_args
+    from schooner.runtime.head_launch import launch_head
+
+    kv_args = parse_kv_args(args.args)
+    from_config = is_config_file(args.target)
+    declarative = from_config or args.reload
+    document: dict[str, Any] | None = None
+    if declarative:
+        document = _document(args, kv_args, from_config)
+    instance = find_instance(args.address, detached_only=True)
+    if instance is not None:
+        api._attach(instance)
+    else:
+        host, port, location = args.host, args.port, "EveryNode"
+        if from_config:  # the file's instance options win over the flags' defaults
+            parsed = parse_config_document(document)
+            if "http_options" in parsed.model_fields_set:
+                host, port = parsed.http_options.host or host, parsed.http_options.port
+            location = parsed.proxy_location.value
+        # Boot the instance while this process imports (or validates) the application.
+        api._pending_head = launch_head(
+            http_host=host,
+            http_port=port,
+            num_cpus=args.num_cpus,
+            num_gpus=args.num_gpus,
+            resources=parse_resources(args.resources),
+            admin_port=_admin_port(args.admin_port),
+            proxy_location=location,
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    deployed: list[str] = []
+    try:
+        if document is not None:
+            deployed = _run_declarative(args, document, stop)
+        else:
+            deployed = _run_imported(args, kv_args)
+            _print_serving(deployed)
+            while not stop.wait(0.5):
+                pass
+        print("Shutting down...", flush=True)
+    finally:
+        if api.attached_instance() is not None:
+            for name in deployed:
+                api.delete(name)
+            api._disconnect(stop=False)
+        else:
+            if api._pending_head is not None:
+                pending, api._pending_head = api._pending_head, None
+                pending.process.kill()
+                pending.process.wait()
+            api.shutdown()
+    return 0
+
+
+def _document(args: argparse.Namespace, kv_args: dict[str, str], from_config: bool) -> Any:
+    from schooner.cli.config_cmds import config_from_target
+
+    base = Path.cwd()
+    if from_config:
+        return config_from_target(args.target, kv_args, base)
+    target = args.target
+    module, sep, attr = target.rpartition(":")
+    if sep and module.endswith(".py"):
+        target = f"{os.path.abspath(module)}:{attr}"
+    app: dict[str, Any] = {
+        "name": args.name,
+        "route_prefix": args.route_prefix,
+        "import_path": target,
+        "runtime_env": {"working_dir": str(Path(args.app_dir).resolve())},
+    }
+    if kv_args:
+        app["args"] = kv_args
+    document = {"applications": [app]}
+    parse_config_document(document)
+    return document
+
+
+def _admin_port(requested: int | None) -> int | None:
+    """The admin API port for an instance this command owns: as asked, or 8265 when free."""
+    if requested is not None:
+        return None if requested < 0 else requested
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", DEFAULT_ADMIN_PORT))
+        except OSError:
+            return None
+    return DEFAULT_ADMIN_PORT
+
+
+def _run_imported(args: argparse.Namespace, kv_args: dict[str, str]) -> list[str]:
+    import schooner as serve
+    from schooner import api
+    from schooner.importing import build_application, import_attr
+
+    try:
+        target = import_attr(args.target, args.app_dir)
+        app = build_application(target, kv_args, args.target)
+    except BaseException:
+        if api._pending_head is not None:
+            pending, api._pending_head = api._pending_head, None
+            pending.process.kill()
+            pending.process.wait()
+        raise
+    serve.start()
+    serve.run(app, name=args.name, route_prefix=args.route_prefix)
+    return [args.name]
+
+
+def _run_declarative(args: argparse.Namespace, document: Any, stop: threading.Event) -> list[str]:
+    import schooner as serve
+    from schooner import api
+
+    serve.start()
+    names: list[str] = api._controller_call("apply_config", document, False)
+    _wait_and_report(names, stop)
+    if not args.reload:
+        while not stop.wait(0.5):
+            pass
+        return names
+    roots = _watch_roots(document)
+    print(f"Watching {', '.join(map(str, roots))} for changes.", flush=True)
+    before = reload.snapshot(roots)
+    while not stop.wait(RELOAD_POLL_S):
+        after = reload.snapshot(roots)
+        changed = reload.changed_files(before, after)
+        if not changed:
+            continue
+        before = after
+        shown = ", ".join(os.path.relpath(p) for p in changed[:3])
+        print(f"Change detected in {shown}; redeploying.", flush=True)
+        try:
+            names = api._controller_call("apply_config", document, True)
+        except RayServeException as exc:
+            print(f"Redeploy failed: {exc}", flush=True)
+            continue
+        _wait_and_report(names, stop)
+    return names
+
+
+def _watch_roots(document: Any) -> list[Path]:
+    roots: list[Path] = []
+    apps = document.get("applications") or [document]
+    for app in apps:
+        wd = (app.get("runtime_env") or {}).get("working_dir")
+        if isinstance(wd, str) and "://" not in wd:
+            roots.append(Path(wd))
+    return sorted(set(roots)) or [Path.cwd()]
+
+
+def _wait_and_report(names: list[str], stop: threading.Event) -> None:
+    """Wait until every application settles; say where it serves or why it failed."""
+    from schooner import api
+
+    pending = set(names)
+    while pending and not stop.is_set():
+        for name in sorted(pending):
+            state = api._controller_call("wait_app", name, 0.5, "ready", timeout_s=30)
+            if state == "DEPLOYING":
+                continue
+            pending.discard(name)
+            if state == "RUNNING":
+                _print_serving([name])
+            else:
+                details = api._controller_call("details")
+                app = details["applications"].get(name, {})
+                print(f"Application '{name}' is {state}: {app.get('message', '')}", flush=True)
+
+
+def _print_serving(names: list[str]) -> None:
+    from schooner import api
+
+    details = api._controller_call("details")
+    for name in names:
+        app = details["applications"].get(name) or {}
+        prefix = app.get("route_prefix")
+        where = (
+            f"{api.http_address()}{'' if prefix in (None, '/') else prefix}"
+            if prefix is not None and api.http_address()
+            else "(no HTTP route)"
+        )
+        print(f"Schooner is serving application '{name}' at {where} (Ctrl-C to stop)", flush=True)

@@ -1,0 +1,229 @@
+"""Config documents applied declaratively (REST ``PUT``, ``schooner deploy``, ``run config.yaml``).
+
+The instance converges to the latest document: applications in it are
+built (in a builder process, see :mod:`schooner.builder`) and deployed;
+declarative applications missing from it are deleted; applications deployed
+imperatively (``serve.run``) are left alone. Applying the same document
+twice changes nothing, so operators may re-send it at will.
+
+Everything is validated before anything changes: a bad document leaves what
+runs untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schooner.builder import BuildRequest, BuildResult
+from schooner.exceptions import ServeConfigError
+from schooner.rpc.messages import AppSpec
+from schooner.runtime.launcher import ProcessHandle, ProcessSpec
+from schooner.schema import ServeApplicationSchema, ServeDeploySchema, parse_config_document
+
+if TYPE_CHECKING:
+    from schooner.controller.controller import Controller
+
+logger = logging.getLogger("schooner.controller")
+
+#: How often a running build is checked for completion.
+_BUILD_POLL_S = 0.02
+
+
+def _fingerprint(spec: AppSpec) -> list[Any]:
+    """What decides whether a rebuilt application differs from the running one."""
+    return [
+        spec.route_prefix,
+        spec.ingress,
+        spec.external_scaler_enabled,
+        sorted(
+            (d.name, d.code_version, d.process_env, d.config.model_dump_json())
+            for d in spec.deployments
+        ),
+    ]
+
+
+@dataclass
+class _Build:
+    generation: int
+    quiet: bool = False
+    process: ProcessHandle | None = None
+    task: asyncio.Task[None] | None = None
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.process is not None:
+            self.process.kill()
+
+
+class DeclarativeConfig:
+    """The latest config document and the builds that bring the instance to it."""
+
+    def __init__(self, controller: Controller, base_dir: Path, cache_dir: Path) -> None:
+        self.controller = controller
+        self.base_dir = base_dir
+        self.cache_dir = cache_dir
+        #: The latest accepted document, as validated (``None`` until one arrives).
+        self.document: ServeDeploySchema | None = None
+        #: Per application: the keys its config entry set (``deployed_app_config``).
+        self.app_configs: dict[str, dict[str, Any]] = {}
+        self._builds: dict[str, _Build] = {}
+        self._generation = 0
+        self._build_dir = controller.session.root / "builds"
+
+    @property
+    def target_capacity(self) -> float | None:
+        return self.document.target_capacity if self.document is not None else None
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, raw: Any, *, force: bool = False) -> ServeDeploySchema:
+        """Validate ``raw`` and make it the goal. Raises ServeConfigError, changing nothing.
+
+        ``force`` rebuilds every application (and replaces its replicas) even
+        if its entry did not change.
+        """
+        controller = self.controller
+        doc = parse_config_document(raw)
+        names = {app.name for app in doc.applications}
+        for app in doc.applications:
+            existing = controller.apps.get(app.name)
+            if existing is not None and existing.deleting:
+                raise ServeConfigError(
+                    f"Application '{app.name}' is still being deleted; send the config again "
+                    "once it is gone (see `schooner status`)."
+                )
+            if app.route_prefix is None:
+                continue
+            for other in controller.apps.values():
+                stays = other.name not in names and other.spec.source != "declarative"
+                if stays and not other.deleting and other.spec.route_prefix == app.route_prefix:
+                    raise ServeConfigError(
+                        f"applications ('{app.name}').route_prefix: '{app.route_prefix}' is "
+                        f"already used by application '{other.name}' (deployed with serve.run). "
+                        "Pick another route_prefix, or delete that application first."
+                    )
+        # Valid: from here on, change the goal.
+        self.document = doc
+        for other in list(controller.apps.values()):
+            if other.spec.source == "declarative" and other.name not in names:
+                logger.info("application '%s' is not in the new config; deleting it", other.name)
+                self._cancel_build(other.name)
+                self.app_configs.pop(other.name, None)
+                controller.delete_app(other.name)
+        for app in doc.applications:
+            echo = app.model_dump(mode="json", exclude_unset=True)
+            existing = controller.apps.get(app.name)
+            unchanged = (
+                existing is not None
+                and self.app_configs.get(app.name) == echo
+                and existing.build_error is None
+                and existing.spec.source == "declarative"
+            )
+            self.app_configs[app.name] = echo
+            # An unchanged entry is still rebuilt, quietly: its code may have changed.
+            self._start_build(app, force, quiet=unchanged and not force)
+        controller.wake()
+        return doc
+
+    def forget(self, name: str) -> None:
+        """Application ``name`` was deleted by other means (``serve.delete``, ``DELETE``)."""
+        self._cancel_build(name)
+        self.app_configs.pop(name, None)
+        if self.document is not None:
+            self.document.applications = [a for a in self.document.applications if a.name != name]
+
+    def close(self) -> None:
+        for name in list(self._builds):
+            self._cancel_build(name)
+
+    # ----------------------------------------------------------------- builds
+    def _cancel_build(self, name: str) -> None:
+        build = self._builds.pop(name, None)
+        if build is not None:
+            build.cancel()
+
+    def _start_build(self, app: ServeApplicationSchema, force: bool, *, quiet: bool) -> None:
+        """Build ``app`` in a builder process. ``quiet``: the entry did not change, so the
+        status stays as it is and the result is deployed only if the code changed."""
+        self._cancel_build(app.name)
+        self._generation += 1
+        build = _Build(self._generation, quiet=quiet)
+        self._builds[app.name] = build
+        if not quiet:
+            self.controller.begin_build(app.name, app.route_prefix)
+        request = BuildRequest(
+            app=app.model_dump(mode="json", exclude_unset=True),
+            base_dir=str(self.base_dir),
+            cache_dir=str(self.cache_dir),
+            restart_nonce=secrets.token_hex(4) if force else "",
+        )
+        build.task = asyncio.get_running_loop().create_task(self._run_build(app.name, request))
+
+    async def _run_build(self, name: str, request: BuildRequest) -> None:
+        build = self._builds[name]
+        self._build_dir.mkdir(mode=0o700, exist_ok=True)
+        stem = self._build_dir / f"{build.generation}"
+        request_file, result_file = Path(f"{stem}.request"), Path(f"{stem}.result")
+        request_file.write_bytes(pickle.dumps(request, protocol=5))
+        lifeline = self.controller.lifeline_fd
+        try:
+            build.process = self.controller.launcher.launch(
+                ProcessSpec(
+                    module="schooner.builder",
+                    args=[
+                        "--request",
+                        str(request_file),
+                        "--result",
+                        str(result_file),
+                        "--lifeline-fd",
+                        str(lifeline),
+                    ],
+                    pass_fds=(lifeline,),
+                )
+            )
+            logger.info("building application '%s' (pid %d)", name, build.process.pid)
+            while (code := build.process.poll()) is None:
+                await asyncio.sleep(_BUILD_POLL_S)
+            result = self._read_result(name, result_file, code)
+        finally:
+            request_file.unlink(missing_ok=True)
+            result_file.unlink(missing_ok=True)
+        if self._builds.get(name) is not build:
+            return  # superseded by a newer config or deleted meanwhile
+        del self._builds[name]
+        if build.quiet and result.spec is not None and self._same_as_running(result.spec):
+            return
+        if result.spec is None:
+            logger.warning("%s", result.error)
+            self.controller.build_failed(name, result.error or "the build failed")
+            return
+        try:
+            self.controller.deploy_app(result.spec)
+        except ServeConfigError as exc:
+            self.controller.build_failed(name, f"Deploying app '{name}' failed: {exc}")
+        logger.info("application '%s' built; deploying", name)
+
+    def _same_as_running(self, spec: AppSpec) -> bool:
+        app = self.controller.apps.get(spec.name)
+        if app is None or app.deleting or app.spec.source != "declarative":
+            return False
+        return _fingerprint(app.spec) == _fingerprint(spec)
+
+    @staticmethod
+    def _read_result(name: str, path: Path, code: int) -> BuildResult:
+        try:
+            result: BuildResult = pickle.loads(path.read_bytes())
+        except FileNotFoundError:
+            return BuildResult(
+                error=f"Deploying app '{name}' failed: the builder process exited with code "
+                f"{code} before it finished (see the instance's logs)."
+            )
+        except Exception as exc:
+            return BuildResult(error=f"Deploying app '{name}' failed: unreadable result: {exc!r}")
+        return result

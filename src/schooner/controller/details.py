@@ -1,0 +1,139 @@
+"""The instance described as Ray's ``ServeInstanceDetails`` (REST ``GET``, ``schooner status``).
+
+Ray's own CLI parses this with models that forbid unknown keys at the
+instance, application and deployment levels, so those levels carry exactly
+Ray's keys; replica and proxy entries are open and may say more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
+from schooner.schema import config_entry
+
+if TYPE_CHECKING:
+    from schooner.controller.controller import Controller
+    from schooner.controller.declarative import DeclarativeConfig
+
+NODE_IP = "127.0.0.1"
+CONTROLLER_ACTOR_NAME = "SERVE_CONTROLLER_ACTOR"
+
+
+def instance_details(
+    controller: Controller,
+    declarative: DeclarativeConfig,
+    *,
+    http_options: dict[str, Any],
+    grpc_options: dict[str, Any],
+    proxy_location: str,
+    controller_pid: int,
+    api_type: str | None = None,
+) -> dict[str, Any]:
+    """``ServeInstanceDetails`` as plain data; ``api_type`` keeps only that kind of app."""
+    node = controller.node_id
+    logs = controller.session.logs
+    apps = {
+        app.name: application_details(app, declarative.app_configs.get(app.name), controller)
+        for app in controller.apps.values()
+        if api_type is None or app.spec.source == api_type
+    }
+    return {
+        "controller_info": {
+            "node_id": node,
+            "node_ip": NODE_IP,
+            "actor_name": CONTROLLER_ACTOR_NAME,
+            "worker_id": str(controller_pid),
+            "log_file_path": str(logs / "controller.log"),
+        },
+        "proxy_location": proxy_location,
+        "http_options": http_options,
+        "grpc_options": grpc_options,
+        "proxies": {
+            node_id: {
+                "node_id": node_id,
+                "node_ip": NODE_IP,
+                "actor_name": f"SERVE_PROXY_ACTOR-{node_id}",
+                "log_file_path": str(logs / "proxy.log"),
+                "status": status,
+            }
+            for node_id, status in controller.proxy_status.items()
+        },
+        "applications": apps,
+        "target_capacity": declarative.target_capacity,
+    }
+
+
+def application_details(
+    app: ApplicationState, deployed_app_config: dict[str, Any] | None, controller: Controller
+) -> dict[str, Any]:
+    spec = app.spec
+    built = bool(spec.ingress)
+    return {
+        "name": app.name,
+        "route_prefix": spec.route_prefix if built else None,
+        "docs_path": spec.docs_path,
+        "status": app.status.value,
+        "message": app.message,
+        "last_deployed_time_s": app.last_deployed_time_s,
+        "deployed_app_config": deployed_app_config,
+        "source": spec.source,
+        "deployments": {
+            dep.id.name: deployment_details(dep, controller) for dep in app.deployments.values()
+        },
+        "external_scaler_enabled": spec.external_scaler_enabled,
+        "deployment_topology": {
+            "app_name": app.name,
+            "nodes": {
+                dep.id.name: {
+                    "name": dep.id.name,
+                    "app_name": app.name,
+                    "outbound_deployments": [],
+                    "is_ingress": dep.id.name == spec.ingress,
+                }
+                for dep in app.deployments.values()
+            },
+            "ingress_deployment": spec.ingress or None,
+        },
+    }
+
+
+def deployment_details(dep: DeploymentState, controller: Controller) -> dict[str, Any]:
+    config = dep.spec.config
+    return {
+        "name": dep.id.name,
+        "status": dep.status.value,
+        "status_trigger": dep.status_trigger.value,
+        "message": dep.message,
+        "deployment_config": deployment_config(dep),
+        "target_num_replicas": 0 if dep.deleting else dep.target_num_replicas,
+        "required_resources": config.required_resources(),
+        "replicas": [
+            replica_details(dep, r, controller)
+            for r in sorted(dep.replicas.values(), key=lambda r: r.start_time_s)
+        ],
+    }
+
+
+def deployment_config(dep: DeploymentState) -> dict[str, Any]:
+    """The resolved options, in the shape of a config file's ``deployments:`` entry.
+
+    Options left unset (``None``) are omitted, as Ray omits them."""
+    entry = config_entry(dep.id.name, dep.spec.config)
+    return {k: v for k, v in entry.items() if v is not None or k == "user_config"}
+
+
+def replica_details(
+    dep: DeploymentState, replica: ReplicaRecord, controller: Controller
+) -> dict[str, Any]:
+    return {
+        "node_id": controller.node_id,
+        "node_ip": NODE_IP,
+        "actor_name": f"SERVE_REPLICA::{dep.id}#{replica.replica_id}",
+        "worker_id": str(replica.pid),
+        "log_file_path": replica.log_file,
+        "replica_id": replica.replica_id,
+        "state": replica.state.value,
+        "pid": replica.pid,
+        "start_time_s": replica.start_time_s,
+    }

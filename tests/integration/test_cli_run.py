@@ -1,0 +1,182 @@
+"""`schooner run` in the foreground: config files, --reload, and using a running instance."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from helpers import free_port, wait_for
+from test_production import EXAMPLES, Detached, cli, fruit_config
+
+
+class Foreground:
+    """A `schooner run ...` process whose output is collected line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "schooner.cli.main", "run", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_line(self, text: str, after: int = 0, timeout_s: float = 60) -> int:
+        def seen() -> int:
+            for i, line in enumerate(self.lines[after:], start=after):
+                if text in line:
+                    return i + 1
+            if self.proc.poll() is not None:
+                raise AssertionError("schooner run exited:\n" + "".join(self.lines))
+            return 0
+
+        return wait_for(seen, timeout_s, message=f"output {text!r}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reader.join(5)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    shutil.copy(EXAMPLES / "fruit.py", tmp_path / "fruit.py")
+    return tmp_path
+
+
+def test_run_config_file_in_the_foreground(workdir: Path) -> None:
+    port = free_port()
+    config = fruit_config()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    (workdir / "fruit.yaml").write_text(yaml.safe_dump(config))
+    run = Foreground(["fruit.yaml", "--admin-port", "-1"], workdir)
+    try:
+        run.wait_line("serving application 'fruit'")
+        resp = httpx.post(f"http://127.0.0.1:{port}/fruit", json=["MANGO", 2], timeout=10)
+        assert resp.json() == 6
+    finally:
+        assert run.stop() == 0
+
+
+def test_run_single_application_config_form(workdir: Path) -> None:
+    port = free_port()
+    (workdir / "single.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "import_path": "fruit:app",
+                "runtime_env": {},
+                "port": port,
+                "host": "127.0.0.1",
+                "deployments": [{"name": "PearStand", "user_config": {"price": 5}}],
+            }
+        )
+    )
+    run = Foreground(["single.yaml", "--admin-port", "-1"], workdir)
+    try:
+        run.wait_line("serving application 'default'")
+        resp = httpx.post(f"http://127.0.0.1:{port}/", json=["PEAR", 2], timeout=10)
+        assert resp.json() == 10
+    finally:
+        assert run.stop() == 0
+
+
+def test_run_reload_redeploys_when_code_changes(workdir: Path) -> None:
+    port = free_port()
+    (workdir / "echo.py").write_text(
+        textwrap.dedent(
+            """
+            import schooner as serve
+
+            @serve.deployment
+            class Echo:
+                def __call__(self, request):
+                    return "version 1"
+
+            app = Echo.bind()
+            """
+        )
+    )
+    run = Foreground(["echo:app", "--reload", "--port", str(port), "--admin-port", "-1"], workdir)
+    try:
+        line = run.wait_line("serving application 'default'")
+        url = f"http://127.0.0.1:{port}/"
+        assert httpx.get(url, timeout=10).text == "version 1"
+        source = (workdir / "echo.py").read_text()
+        (workdir / "echo.py").write_text(source.replace("version 1", "version 2"))
+        line = run.wait_line("Change detected", after=line)
+        run.wait_line("serving application 'default'", after=line)
+        assert httpx.get(url, timeout=10).text == "version 2"
+        # A syntax error is reported; the previous version keeps serving.
+        (workdir / "echo.py").write_text(source.replace("return", "return return"))
+        line = run.wait_line("DEPLOY_FAILED", after=line)
+        assert httpx.get(url, timeout=10).text == "version 2"
+        (workdir / "echo.py").write_text(source.replace("version 1", "version 3"))
+        run.wait_line("serving application 'default'", after=line)
+        assert httpx.get(url, timeout=10).text == "version 3"
+    finally:
+        assert run.stop() == 0
+
+
+@pytest.fixture
+def detached(workdir: Path) -> Iterator[Detached]:
+    inst = Detached(workdir)
+    cli(
+        "start",
+        "--http-port",
+        str(inst.http_port),
+        "--admin-port",
+        str(inst.admin_port),
+        cwd=workdir,
+    )
+    yield inst
+    inst.http.close()
+    inst.api.close()
+    cli("shutdown", "-y", "-a", inst.admin, cwd=workdir)
+
+
+def test_run_uses_a_running_instance_and_leaves_it_running(
+    workdir: Path, detached: Detached
+) -> None:
+    run = Foreground(
+        ["fruit:app", "--name", "fg", "--route-prefix", "/fg"],
+        workdir,
+        env={"SCHOONER_ADDRESS": detached.admin},
+    )
+    try:
+        run.wait_line("serving application 'fg'")
+        assert detached.http.post("/fg", json=["MANGO", 1]).json() == 3
+        assert detached.app("fg")["source"] == "imperative"  # type: ignore[index]
+    finally:
+        assert run.stop() == 0
+    # Its application is gone; the instance is still up.
+    assert "fg" not in detached.details()["applications"]
+    assert detached.api.get("/api/gcs_healthz").text == "success"
+
+
+def test_shutdown_without_an_instance_says_so(workdir: Path) -> None:
+    out = cli("shutdown", "-y", "-a", f"http://127.0.0.1:{free_port()}", cwd=workdir, check=False)
+    assert out.returncode == 1 and "No Schooner instance answers" in out.stderr
