@@ -13,6 +13,7 @@ from bench.context import Context, log
 from bench.load import LoadResult
 from bench.procs import free_port
 from bench.systems import BARE, LABELS, RAY, SCHOONER
+from bench.updates import live_updates
 
 MIB = 1024 * 1024
 ECHO_CONNECTIONS = 4
@@ -186,4 +187,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "array": array,
     "cold": cold,
     "memory": memory,
+    "updates": live_updates,
 }
