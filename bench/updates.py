@@ -116,6 +116,11 @@ class _Instance:
         raise RuntimeError("the application did not become RUNNING")
 
 
+def _answer(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+        return r.read().decode()
+
+
 def live_updates(ctx: Context) -> None:
     """Failed requests during each kind of live update, at a steady HTTP load."""
     if SCHOONER not in ctx.available(SCHOONER):
@@ -151,9 +156,18 @@ def _one(
     time.sleep(UPDATE_AT_S)
     if code is not None:
         (inst.dir / "upd.py").write_text(APP.replace("VERSION = 1", code))
+    started = time.perf_counter()
     inst.deploy(_config(**overrides))
-    settle_s = inst.wait_running()
+    if kind in ("user_config", "code"):  # both make the answer 2: wait until it is live
+        while _answer(inst.http_port) != "2":
+            if time.perf_counter() - started > 60:
+                raise RuntimeError(f"the {kind} update did not take effect")
+            time.sleep(0.02)
+    inst.wait_running()
+    settle_s = time.perf_counter() - started
     thread.join()
+    if settle_s > LOAD_S - UPDATE_AT_S:
+        ctx.warn(f"the {kind} update took {settle_s:.1f} s, longer than the load ran")
     r = result["load"]
     detail = {**r.as_dict(), "settle_s": settle_s}
     scenario = "live update"
