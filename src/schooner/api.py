@@ -23,6 +23,7 @@ from schooner.deployment import Application, build_app
 from schooner.exceptions import DeployFailedError, RayServeException
 from schooner.handle import DeploymentHandle, _user_exception
 from schooner.rpc.connection import RemoteCallError
+from schooner.rpc.messages import AppSpec
 from schooner.runtime.head_launch import HeadHandle, PendingHead, launch_head
 from schooner.runtime.session import Session
 from schooner.schema import ServeStatus
@@ -152,6 +153,7 @@ def run(
     interrupted (Ctrl-C or SIGTERM) and shuts the instance down.
     """
     spec = build_app(target, name, route_prefix)
+    _resolve_deployment_envs(spec)
     start()
     _controller_call("deploy_app", spec)
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -171,6 +173,16 @@ def run(
     if blocking:
         _block_until_interrupted()
     return handle
+
+
+def _resolve_deployment_envs(spec: AppSpec) -> None:
+    """Set up deployments' own ``ray_actor_options["runtime_env"]`` (downloads, pip)."""
+    if not any((d.config.ray_actor_options or {}).get("runtime_env") for d in spec.deployments):
+        return
+    from schooner.builder import attach_process_envs
+    from schooner.runtime_env import ResolvedRuntimeEnv, default_cache_dir
+
+    attach_process_envs(spec, {}, ResolvedRuntimeEnv(), default_cache_dir(), Path.cwd())
 
 
 def _block_until_interrupted() -> None:

@@ -21,10 +21,13 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schooner.exceptions import RayServeException, ServeConfigError
 from schooner.rpc.messages import AppSpec, ProcessEnv
+
+if TYPE_CHECKING:
+    from schooner.runtime_env import ResolvedRuntimeEnv
 
 
 @dataclass
@@ -63,11 +66,7 @@ def build_from_config(request: BuildRequest) -> AppSpec:
     """Set up the runtime_env, import and build the application, apply the overrides."""
     from schooner.deployment import build_app
     from schooner.importing import build_application, import_attr
-    from schooner.runtime_env import (
-        merge_runtime_envs,
-        resolve_runtime_env,
-        validate_runtime_env,
-    )
+    from schooner.runtime_env import resolve_runtime_env, validate_runtime_env
     from schooner.schema import ServeApplicationSchema
 
     config = ServeApplicationSchema.model_validate(request.app)
@@ -80,18 +79,33 @@ def build_from_config(request: BuildRequest) -> AppSpec:
     application = build_application(target, config.args, config.import_path)
     spec = build_app(application, config.name, config.route_prefix, source="declarative")
     apply_overrides(spec, list(config.deployments))
+    attach_process_envs(spec, app_env, resolved, cache_dir, base_dir)
+    for dep in spec.deployments:
+        if request.restart_nonce:
+            dep.code_version += ":" + request.restart_nonce
+    spec.external_scaler_enabled = config.external_scaler_enabled
+    return spec
+
+
+def attach_process_envs(
+    spec: AppSpec,
+    app_env: dict[str, Any],
+    resolved_app_env: ResolvedRuntimeEnv,
+    cache_dir: Path,
+    base_dir: Path,
+) -> None:
+    """Give each deployment the environment its replicas run in: the application's
+    runtime_env, with the deployment's ``ray_actor_options["runtime_env"]`` merged over it."""
+    from schooner.runtime_env import merge_runtime_envs, resolve_runtime_env, validate_runtime_env
+
     for dep in spec.deployments:
         own = (dep.config.ray_actor_options or {}).get("runtime_env") or {}
-        env = resolved
+        env = resolved_app_env
         if own:
             where = f"deployment '{dep.name}' ray_actor_options.runtime_env"
             merged = merge_runtime_envs(app_env, validate_runtime_env(own, where))
             env = resolve_runtime_env(merged, cache_dir, base_dir=base_dir)
         dep.process_env = ProcessEnv(env.cwd, tuple(env.sys_path), dict(env.env_vars))
-        if request.restart_nonce:
-            dep.code_version += ":" + request.restart_nonce
-    spec.external_scaler_enabled = config.external_scaler_enabled
-    return spec
 
 
 def run_build(request: BuildRequest) -> BuildResult:

@@ -171,3 +171,34 @@ def test_pip_requirements_installed_once_for_the_app(detached: Detached, tmp_pat
     import importlib.util
 
     assert importlib.util.find_spec("tinydep") is None
+
+
+def test_serve_run_applies_a_deployments_own_runtime_env(
+    detached: Detached, tmp_path: Path
+) -> None:
+    script = textwrap.dedent(
+        """
+        import os
+        import schooner as serve
+
+        @serve.deployment(ray_actor_options={"runtime_env": {"env_vars": {"COLOR": "red"}}})
+        def color(request):
+            return os.environ.get("COLOR", "unset")
+
+        serve.run(color.bind(), name="colored", route_prefix="/colored")
+        """
+    )
+    (tmp_path / "colored.py").write_text(script)
+    import os
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "colored.py"],
+        cwd=tmp_path,
+        env={**os.environ, "SCHOONER_ADDRESS": detached.admin},
+        check=True,
+        timeout=60,
+    )
+    assert detached.http.get("/colored").text == "red"
+    detached.api.delete("/api/serve/applications/")
