@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from helpers import free_port, wait_for
+from helpers import free_port, schooner_processes, wait_for
 from test_production import EXAMPLES, Detached, cli, fruit_config
 
 
@@ -180,3 +180,51 @@ def test_run_uses_a_running_instance_and_leaves_it_running(
 def test_shutdown_without_an_instance_says_so(workdir: Path) -> None:
     out = cli("shutdown", "-y", "-a", f"http://127.0.0.1:{free_port()}", cwd=workdir, check=False)
     assert out.returncode == 1 and "No Schooner instance answers" in out.stderr
+
+
+def test_killing_a_detached_instance_leaves_nothing_behind(workdir: Path) -> None:
+    inst = Detached(workdir)
+    cli(
+        "start",
+        "--http-port",
+        str(inst.http_port),
+        "--admin-port",
+        str(inst.admin_port),
+        cwd=workdir,
+    )
+    info = inst.api.get("/api/schooner/instance").json()
+    inst.deploy(fruit_config())
+    inst.wait_running("fruit")
+    session = info["session"]
+    ours = [p for p in schooner_processes() if session in p[1]]
+    assert len(ours) >= 6  # head, proxy, five replicas (and maybe a spare)
+    os.kill(info["pid"], signal.SIGKILL)
+    wait_for(
+        lambda: not [p for p in schooner_processes() if session in p[1]],
+        timeout_s=15,
+        message="every process of the killed instance to exit",
+    )
+    inst.http.close()
+    inst.api.close()
+
+
+def test_start_without_http_proxy(workdir: Path) -> None:
+    inst = Detached(workdir)
+    out = cli(
+        "start",
+        "--admin-port",
+        str(inst.admin_port),
+        "--proxy-location",
+        "Disabled",
+        cwd=workdir,
+    )
+    try:
+        assert "no HTTP proxy" in out.stdout
+        details = inst.details()
+        assert details["proxies"] == {} and details["proxy_location"] == "Disabled"
+        with pytest.raises(httpx.ConnectError):
+            inst.http.get("/-/healthz")
+    finally:
+        inst.http.close()
+        inst.api.close()
+        cli("shutdown", "-y", "-a", inst.admin, cwd=workdir)
