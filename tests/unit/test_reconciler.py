@@ -530,6 +530,39 @@ def test_new_code_version_rolls_over_replicas_one_at_a_time(tmp_path: Path) -> N
     run(tmp_path, body)
 
 
+def test_rollout_that_does_not_fit_replaces_one_old_replica_at_a_time(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        gpu = {"ray_actor_options": {"num_gpus": 1}, "num_replicas": 2}
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", "v1", **gpu)))
+        h.ctl.tick()
+        await h.all_ready()
+        h.ctl.tick()
+        old = h.ids()
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", "v2", **gpu)))
+        h.ctl.tick()
+        # Both GPUs are held by old replicas: one old replica makes way, the other serves.
+        assert not h.ids(state=ReplicaState.STARTING)
+        stopping = h.ids(state=ReplicaState.STOPPING)
+        assert len(stopping) == 1 and stopping < old
+        assert len(h.ids(state=ReplicaState.RUNNING) & old) == 1
+        await h.settle()
+        h.ctl.tick()  # reaped: its GPU is free, a new replica starts on it
+        first = h.ids(state=ReplicaState.STARTING)
+        assert len(first) == 1
+        await h.ready(*first)
+        h.ctl.tick()
+        await h.settle()
+        h.ctl.tick()
+        second = h.ids(state=ReplicaState.STARTING)
+        assert len(second) == 1 and not (second & first)
+        await h.ready(*second)
+        h.ctl.tick()
+        assert h.ids(state=ReplicaState.RUNNING) == first | second
+        assert h.dep().status == DeploymentStatus.HEALTHY
+
+    run(tmp_path, body, capacity={"CPU": 8, "GPU": 2})
+
+
 # -- resources ----------------------------------------------------------------------------------
 
 

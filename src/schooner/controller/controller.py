@@ -58,9 +58,6 @@ STOP_GRACE_S = 5.0
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-#: Share of a deployment's replicas a rolling update replaces at a time (Ray's default).
-ROLLOUT_FRACTION = 0.2
-
 #: An unused spare replica process exits after this long (it only speeds up cold starts).
 SPARE_IDLE_S = 30.0
 
@@ -76,9 +73,10 @@ class _Spare:
     registered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _rollout_batch(target: int) -> int:
-    """How many new-version replicas a rolling update starts at once (20%, at least 1)."""
-    return max(1, math.ceil(target * ROLLOUT_FRACTION))
+def _rollout_batch(target: int, fraction: float) -> int:
+    """How many new-version replicas a rolling update starts at once (``fraction`` of the
+    target: ``rolling_update_percentage``, 20% by default; at least one)."""
+    return max(1, math.ceil(target * fraction))
 
 
 def _new_replica_id() -> str:
@@ -214,9 +212,11 @@ class Controller:
             missing = target - len(current)
             if outdated:  # rolling update: a few new replicas at a time, old ones serve meanwhile
                 starting = sum(1 for r in current if r.state == ReplicaState.STARTING)
-                missing = min(missing, max(0, _rollout_batch(target) - starting))
+                batch = _rollout_batch(target, dep.spec.config.rolling_update_percentage)
+                missing = min(missing, max(0, batch - starting))
             for _ in range(missing):
                 if not self._start_replica(dep):
+                    self._make_room_for_rollout(dep, outdated, current)
                     break
         elif len(current) > target:
             extra = sorted(
@@ -226,6 +226,21 @@ class Controller:
                 self._stop_replica(dep, replica)
         # 5. Status.
         dep.update_status()
+
+    def _make_room_for_rollout(
+        self, dep: DeploymentState, outdated: list[ReplicaRecord], current: list[ReplicaRecord]
+    ) -> None:
+        """A new replica does not fit while old ones hold the resources (GPUs, say): stop
+        one old replica so the rollout can go on (capacity dips by one meanwhile)."""
+        if not outdated or dep.failed or dep.deleting:
+            return
+        if any(r.state == ReplicaState.STARTING for r in current):
+            return  # one is on its way; wait for it
+        if any(r.state == ReplicaState.STOPPING for r in dep.replicas.values()):
+            return  # resources are being freed already
+        live = [r for r in outdated if r.state != ReplicaState.STOPPING]
+        if live:
+            self._stop_replica(dep, min(live, key=lambda r: r.started_monotonic))
 
     def _enforce_deadlines(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
         if replica.state == ReplicaState.STOPPING and replica.stop_requested_at is not None:
