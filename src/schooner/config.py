@@ -77,6 +77,9 @@ __all__ = [
 DEFAULT_AUTOSCALING_POLICY = "schooner.autoscaling_policy:default_autoscaling_policy"
 DEFAULT_REQUEST_ROUTER = "schooner.router:PowerOfTwoChoicesRequestRouter"
 
+#: Ray's import path of the router that DEFAULT_REQUEST_ROUTER stands in for.
+RAY_DEFAULT_REQUEST_ROUTER = "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"
+
 # Ray's spellings of the same defaults, so Ray config files that name them keep working.
 _RAY_DEFAULT_PATHS = {
     "ray.serve.autoscaling_policy:default_autoscaling_policy": DEFAULT_AUTOSCALING_POLICY,

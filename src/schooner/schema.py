@@ -28,6 +28,8 @@ from pydantic import (
 
 from schooner.config import (
     DEFAULT_REQUEST_ROUTER,
+    RAY_DEFAULT_REQUEST_ROUTER,
+    RequestRouterConfig,
     AutoscalingConfig,
     ControllerOptions,
     DeploymentConfig,
@@ -509,7 +511,10 @@ def config_entry(name: str, config: DeploymentConfig) -> dict[str, Any]:
             entry[key] = value
     router = entry.get("request_router_config") or {}
     if router.get("request_router_class") == DEFAULT_REQUEST_ROUTER:
-        del entry["request_router_config"]
+        if router == RequestRouterConfig().model_dump(mode="json"):
+            del entry["request_router_config"]  # all defaults: say nothing
+        else:  # Ray's name for the same router: both Ray and Schooner read it
+            router["request_router_class"] = RAY_DEFAULT_REQUEST_ROUTER
     if entry.get("autoscaling_config") is not None and isinstance(entry.get("num_replicas"), int):
         del entry["num_replicas"]  # autoscaling decides; both at once is an error
     return entry

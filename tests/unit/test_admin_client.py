@@ -105,8 +105,8 @@ class Server(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}"
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def running_server() -> Iterator[Server]:
     srv = Server()
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -116,6 +116,13 @@ def server() -> Iterator[Server]:
         srv.shutdown()
         srv.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(running_server: Server) -> Server:
+    """The module's server with a fresh script (nothing answered, nothing seen)."""
+    running_server.script = Script()
+    return running_server
 
 
 def instance_info(detached: bool) -> dict[str, Any]:

@@ -183,9 +183,7 @@ def test_kv_args_merge_into_a_single_app_form_file(tmp_path: Path) -> None:
 
 def test_file_without_kv_args_is_returned_as_is(tmp_path: Path) -> None:
     path = write(tmp_path / "serve.yaml", "applications:\n  - import_path: mod:app\n")
-    assert config_from_target(path, {}, tmp_path) == {
-        "applications": [{"import_path": "mod:app"}]
-    }
+    assert config_from_target(path, {}, tmp_path) == {"applications": [{"import_path": "mod:app"}]}
 
 
 def test_kv_args_with_two_apps_say_to_use_args(tmp_path: Path) -> None:
@@ -220,22 +218,12 @@ def test_config_file_errors_propagate(tmp_path: Path) -> None:
         config_from_target(str(tmp_path / "gone.yaml"), {}, tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="absolutize_local_paths adds 'runtime_env: None' to a single-application document "
-    "that has no runtime_env, which then fails validation",
-)
 def test_single_app_file_without_runtime_env_is_accepted(tmp_path: Path) -> None:
     path = write(tmp_path / "serve.yaml", "import_path: mod:app\n")
     doc = config_from_target(path, {}, tmp_path)
     assert doc["import_path"] == "mod:app"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config_from_target merges key=value args with `**apps[0].get('args', {})`, which "
-    "raises TypeError when the one application has an empty 'args:' (null)",
-)
 def test_kv_args_merge_into_an_empty_args_key(tmp_path: Path) -> None:
     path = write(tmp_path / "serve.yaml", "applications:\n  - import_path: mod:app\n    args:\n")
     doc = config_from_target(path, {"k": "v"}, tmp_path)

@@ -249,11 +249,6 @@ def test_built_config_deploys_the_same_options() -> None:
             assert from_file == built[entry.name], entry.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config_entry drops the whole request_router_config when the router class is the "
-    "default, losing non-default settings such as initial_backoff_s",
-)
 def test_built_config_keeps_router_settings_of_the_default_router() -> None:
     spec = build_app(Backoff.bind(), "backoff", "/b")
     doc = build_document([("models:backoff", spec, None)])

@@ -66,7 +66,8 @@ def absolutize_local_paths(doc: dict[str, Any], base: Path) -> dict[str, Any]:
     doc = dict(doc)
     apps = doc.get("applications")
     if "import_path" in doc:
-        doc["runtime_env"] = fix(doc.get("runtime_env"))
+        if "runtime_env" in doc:
+            doc["runtime_env"] = fix(doc["runtime_env"])
     elif isinstance(apps, list):
         doc["applications"] = [
             {**a, "runtime_env": fix(a["runtime_env"])}
@@ -90,7 +91,8 @@ def config_from_target(target: str, kv_args: dict[str, str], base: Path) -> dict
             if apps is None:
                 doc = {**doc, "args": {**(doc.get("args") or {}), **kv_args}}
             elif isinstance(apps, list) and len(apps) == 1 and isinstance(apps[0], dict):
-                doc = {**doc, "applications": [{**apps[0], "args": {**apps[0].get("args", {})}}]}
+                args = {**(apps[0].get("args") or {})}
+                doc = {**doc, "applications": [{**apps[0], "args": args}]}
                 doc["applications"][0]["args"].update(kv_args)
             else:
                 raise ServeConfigError(
