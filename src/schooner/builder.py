@@ -36,7 +36,7 @@ class BuildRequest:
 
     app: dict[str, Any]
     base_dir: str  # relative local paths in runtime_env are relative to this
-    cache_dir: str  # where runtime_env downloads and pip installs are cached
+    cache_dir: str  # where runtime_env downloads and pip installs are cached ("": default)
     restart_nonce: str = ""  # non-empty: every replica is replaced (``schooner run --reload``)
 
 
@@ -66,11 +66,11 @@ def build_from_config(request: BuildRequest) -> AppSpec:
     """Set up the runtime_env, import and build the application, apply the overrides."""
     from schooner.deployment import build_app
     from schooner.importing import build_application, import_attr
-    from schooner.runtime_env import resolve_runtime_env, validate_runtime_env
+    from schooner.runtime_env import default_cache_dir, resolve_runtime_env, validate_runtime_env
     from schooner.schema import ServeApplicationSchema
 
     config = ServeApplicationSchema.model_validate(request.app)
-    cache_dir = Path(request.cache_dir)
+    cache_dir = Path(request.cache_dir) if request.cache_dir else default_cache_dir()
     base_dir = Path(request.base_dir)
     app_env = validate_runtime_env(config.runtime_env, f"application '{config.name}' runtime_env")
     resolved = resolve_runtime_env(app_env, cache_dir, base_dir=base_dir)

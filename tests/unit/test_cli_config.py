@@ -318,6 +318,7 @@ def test_config_and_status_flags(command: str) -> None:
 
 def test_each_subcommand_has_its_handler() -> None:
     from schooner.cli import config_cmds, instance, run
+    from schooner.cli.main import resolve_handler
 
     handlers = {
         "run": run.cmd_run,
@@ -330,7 +331,8 @@ def test_each_subcommand_has_its_handler() -> None:
     }
     required = {"run": ["x:y"], "build": ["x:y"], "deploy": ["x:y"]}
     for command, handler in handlers.items():
-        assert parse(command, *required.get(command, [])).func is handler
+        target = parse(command, *required.get(command, [])).handler
+        assert resolve_handler(target) is handler
 
 
 def test_a_subcommand_is_required(capsys: pytest.CaptureFixture[str]) -> None:

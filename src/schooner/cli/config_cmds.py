@@ -1,4 +1,8 @@
-"""``schooner build``, ``deploy``, ``config`` and ``status``: config files and the admin API."""
+"""``schooner build``, ``deploy``, ``config`` and ``status``: config files and the admin API.
+
+The schema and output modules are imported where used: ``schooner run`` uses
+this module before it starts the instance and should not wait for them.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,7 @@ from typing import Any
 import yaml
 
 from schooner.admin.client import AdminClient
-from schooner.cli.output import build_document, config_documents, dump_yaml, status_document
 from schooner.exceptions import ServeConfigError
-from schooner.schema import parse_config_document
 
 
 def load_config_file(path: str) -> dict[str, Any]:
@@ -106,6 +108,8 @@ def config_from_target(target: str, kv_args: dict[str, str], base: Path) -> dict
             app["args"] = kv_args
         doc = {"applications": [app]}
     doc = absolutize_local_paths(doc, base)
+    from schooner.schema import parse_config_document
+
     parse_config_document(doc)  # validate here: the error names the field and the fix
     return doc
 
@@ -127,6 +131,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from schooner.cli.output import config_documents, dump_yaml
+
     details = AdminClient(args.address).details()
     docs = config_documents(details, args.name)
     if not docs:
@@ -140,12 +146,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from schooner.cli.output import dump_yaml, status_document
+
     details = AdminClient(args.address).details()
     print(dump_yaml(status_document(details, args.name)), end="")
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from schooner.cli.output import build_document, dump_yaml
     from schooner.deployment import build_app
     from schooner.importing import build_application, import_attr
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from schooner.exceptions import RayServeException
 
@@ -54,9 +55,15 @@ def _add_resources(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from schooner.cli import config_cmds, instance, run
+def resolve_handler(target: str) -> Callable[[argparse.Namespace], int]:
+    """A command's handler from ``module:function``. Handlers are imported only when their
+    command runs, so ``schooner run`` starts the instance before importing anything heavy."""
+    module, _, name = target.partition(":")
+    func: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+    return func
 
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="schooner", description="Serve Python models and business logic."
     )
@@ -91,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_address(p)
     _add_resources(p)
-    p.set_defaults(func=run.cmd_run)
+    p.set_defaults(handler="schooner.cli.run:cmd_run")
 
     p = sub.add_parser(
         "start",
@@ -110,12 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where HTTP proxies run (default EveryNode; Disabled: no HTTP)",
     )
     _add_resources(p)
-    p.set_defaults(func=instance.cmd_start)
+    p.set_defaults(handler="schooner.cli.instance:cmd_start")
 
     p = sub.add_parser("shutdown", help="Stop a running instance and everything it started.")
     p.add_argument("--yes", "-y", action="store_true", help="don't ask for confirmation")
     _add_address(p)
-    p.set_defaults(func=instance.cmd_shutdown)
+    p.set_defaults(handler="schooner.cli.instance:cmd_shutdown")
 
     p = sub.add_parser(
         "build", help="Write a config file listing every deployment and setting of apps."
@@ -123,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("import_paths", nargs="+", metavar="IMPORT_PATH")
     p.add_argument("--output", "-o", default=None, help="file to write (default: stdout)")
     p.add_argument("--app-dir", "-d", default=".", help="directory to import the applications from")
-    p.set_defaults(func=config_cmds.cmd_build)
+    p.set_defaults(handler="schooner.cli.config_cmds:cmd_build")
 
     p = sub.add_parser(
         "deploy",
@@ -135,17 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config_or_import_path", metavar="CONFIG_OR_IMPORT_PATH")
     p.add_argument("args", nargs="*", help="key=value arguments for the application builder")
     _add_address(p)
-    p.set_defaults(func=config_cmds.cmd_deploy)
+    p.set_defaults(handler="schooner.cli.config_cmds:cmd_deploy")
 
     p = sub.add_parser("config", help="Print the latest config the instance received.")
     p.add_argument("--name", "-n", default=None, help="only this application")
     _add_address(p)
-    p.set_defaults(func=config_cmds.cmd_config)
+    p.set_defaults(handler="schooner.cli.config_cmds:cmd_config")
 
     p = sub.add_parser("status", help="Print the status of applications and deployments.")
     p.add_argument("--name", "-n", default=None, help="only this application")
     _add_address(p)
-    p.set_defaults(func=config_cmds.cmd_status)
+    p.set_defaults(handler="schooner.cli.config_cmds:cmd_status")
     return parser
 
 
@@ -154,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        code = args.func(args)
+        code = resolve_handler(args.handler)(args)
     except RayServeException as exc:
         print(f"Error: {exc}", file=sys.stderr)
         code = 1

@@ -21,7 +21,6 @@ from typing import Any
 from schooner.admin.client import find_instance
 from schooner.cli import reload
 from schooner.exceptions import RayServeException
-from schooner.schema import parse_config_document
 
 #: How often ``--reload`` looks for changed files.
 RELOAD_POLL_S = 0.5
@@ -48,6 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         host, port, location = args.host, args.port, "EveryNode"
         if from_config:  # the file's instance options win over the flags' defaults
+            from schooner.schema import parse_config_document
+
             parsed = parse_config_document(document)
             if "http_options" in parsed.model_fields_set:
                 host, port = parsed.http_options.host or host, parsed.http_options.port
@@ -108,6 +109,8 @@ def _document(args: argparse.Namespace, kv_args: dict[str, str], from_config: bo
     if kv_args:
         app["args"] = kv_args
     document = {"applications": [app]}
+    from schooner.schema import parse_config_document
+
     parse_config_document(document)
     return document
 

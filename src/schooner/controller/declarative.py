@@ -24,10 +24,10 @@ from schooner.builder import BuildRequest, BuildResult
 from schooner.exceptions import ServeConfigError
 from schooner.rpc.messages import AppSpec
 from schooner.runtime.launcher import ProcessHandle, ProcessSpec
-from schooner.schema import ServeApplicationSchema, ServeDeploySchema, parse_config_document
 
 if TYPE_CHECKING:
     from schooner.controller.controller import Controller
+    from schooner.schema import ServeApplicationSchema, ServeDeploySchema
 
 logger = logging.getLogger("schooner.controller")
 
@@ -65,7 +65,7 @@ class _Build:
 class DeclarativeConfig:
     """The latest config document and the builds that bring the instance to it."""
 
-    def __init__(self, controller: Controller, base_dir: Path, cache_dir: Path) -> None:
+    def __init__(self, controller: Controller, base_dir: Path, cache_dir: Path | None) -> None:
         self.controller = controller
         self.base_dir = base_dir
         self.cache_dir = cache_dir
@@ -88,6 +88,8 @@ class DeclarativeConfig:
         ``force`` rebuilds every application (and replaces its replicas) even
         if its entry did not change.
         """
+        from schooner.schema import parse_config_document  # not at import: the head starts faster
+
         controller = self.controller
         doc = parse_config_document(raw)
         names = {app.name for app in doc.applications}
@@ -160,7 +162,7 @@ class DeclarativeConfig:
         request = BuildRequest(
             app=app.model_dump(mode="json", exclude_unset=True),
             base_dir=str(self.base_dir),
-            cache_dir=str(self.cache_dir),
+            cache_dir=str(self.cache_dir) if self.cache_dir is not None else "",
             restart_nonce=secrets.token_hex(4) if force else "",
         )
         build.task = asyncio.get_running_loop().create_task(self._run_build(app.name, request))

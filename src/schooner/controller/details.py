@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
-from schooner.schema import config_entry
 
 if TYPE_CHECKING:
     from schooner.controller.controller import Controller
@@ -119,6 +118,8 @@ def deployment_config(dep: DeploymentState) -> dict[str, Any]:
     """The resolved options, in the shape of a config file's ``deployments:`` entry.
 
     Options left unset (``None``) are omitted, as Ray omits them."""
+    from schooner.schema import config_entry  # not at import: the head starts faster
+
     entry = config_entry(dep.id.name, dep.spec.config)
     return {k: v for k, v in entry.items() if v is not None or k == "user_config"}
 

@@ -35,7 +35,6 @@ from schooner.runtime.lifeline import Lifeline, watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.resources import ResourcePool
 from schooner.runtime.session import Session
-from schooner.runtime_env import default_cache_dir
 
 logger = logging.getLogger("schooner.controller")
 
@@ -56,7 +55,7 @@ class Head:
             ResourcePool.detect(args.num_cpus, args.num_gpus, json.loads(args.resources)),
             self.lifeline.read_fd,
         )
-        self.declarative = DeclarativeConfig(self.controller, Path.cwd(), default_cache_dir())
+        self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
         self.http_options: dict[str, Any] = {
             **json.loads(args.http_options),
             "host": args.http_host,
