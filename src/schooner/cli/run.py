@@ -16,11 +16,14 @@ import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schooner.admin.client import find_instance
 from schooner.cli import reload
 from schooner.exceptions import RayServeException
+
+if TYPE_CHECKING:
+    from schooner.runtime.head_launch import PendingHead
 
 #: How often ``--reload`` looks for changed files.
 RELOAD_POLL_S = 0.5
@@ -29,40 +32,27 @@ DEFAULT_ADMIN_PORT = 8265
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from schooner import api
     from schooner.cli.config_cmds import is_config_file
-    from schooner.cli.main import parse_resources
-    from schooner.importing import parse_kv_args
-    from schooner.runtime.head_launch import launch_head
 
-    kv_args = parse_kv_args(args.args)
     from_config = is_config_file(args.target)
     declarative = from_config or args.reload
+    instance = find_instance(args.address, detached_only=True)
+    pending = None
+    if instance is None and not declarative:
+        # Boot the instance first: it starts while this process imports the application.
+        pending = _launch(args, None)
+    from schooner import api
+    from schooner.importing import parse_kv_args
+
+    api._pending_head = pending
+    kv_args = parse_kv_args(args.args)
     document: dict[str, Any] | None = None
     if declarative:
         document = _document(args, kv_args, from_config)
-    instance = find_instance(args.address, detached_only=True)
     if instance is not None:
         api._attach(instance)
-    else:
-        host, port, location = args.host, args.port, "EveryNode"
-        if from_config:  # the file's instance options win over the flags' defaults
-            from schooner.schema import parse_config_document
-
-            parsed = parse_config_document(document)
-            if "http_options" in parsed.model_fields_set:
-                host, port = parsed.http_options.host or host, parsed.http_options.port
-            location = parsed.proxy_location.value
-        # Boot the instance while this process imports (or validates) the application.
-        api._pending_head = launch_head(
-            http_host=host,
-            http_port=port,
-            num_cpus=args.num_cpus,
-            num_gpus=args.num_gpus,
-            resources=parse_resources(args.resources),
-            admin_port=_admin_port(args.admin_port),
-            proxy_location=location,
-        )
+    elif pending is None:
+        api._pending_head = _launch(args, document if from_config else None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -88,6 +78,31 @@ def cmd_run(args: argparse.Namespace) -> int:
                 pending.process.wait()
             api.shutdown()
     return 0
+
+
+def _launch(args: argparse.Namespace, document: dict[str, Any] | None) -> PendingHead:
+    """Start an instance this command owns; a config file's instance options win over the
+    flags' defaults."""
+    from schooner.cli.main import parse_resources
+    from schooner.runtime.head_launch import launch_head
+
+    host, port, location = args.host, args.port, "EveryNode"
+    if document is not None:
+        from schooner.schema import parse_config_document
+
+        parsed = parse_config_document(document)
+        if "http_options" in parsed.model_fields_set:
+            host, port = parsed.http_options.host or host, parsed.http_options.port
+        location = parsed.proxy_location.value
+    return launch_head(
+        http_host=host,
+        http_port=port,
+        num_cpus=args.num_cpus,
+        num_gpus=args.num_gpus,
+        resources=parse_resources(args.resources),
+        admin_port=_admin_port(args.admin_port),
+        proxy_location=location,
+    )
 
 
 def _document(args: argparse.Namespace, kv_args: dict[str, str], from_config: bool) -> Any:
