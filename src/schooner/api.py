@@ -45,6 +45,8 @@ _head: HeadHandle | None = None
 _pending_head: PendingHead | None = None
 #: The running instance this process attached to (``schooner start``), if any.
 _attached: dict[str, Any] | None = None
+#: Applications this process deployed (on a shared instance, only these are its to clean up).
+_deployed_here: set[str] = set()
 _lock = threading.RLock()
 _atexit_registered = False
 #: How long serve.run waits for an application to become RUNNING.
@@ -156,6 +158,7 @@ def run(
     _resolve_deployment_envs(spec)
     start()
     _controller_call("deploy_app", spec)
+    _deployed_here.add(name)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     state = "DEPLOYING"
     while time.monotonic() < deadline:
@@ -198,12 +201,31 @@ def _block_until_interrupted() -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        shutdown()
+        if _attached is not None:  # a shared instance: remove only what this process added
+            for name in sorted(_deployed_here):
+                delete(name)
+            _disconnect(stop=False)
+        else:
+            shutdown()
+
+
+def _connect_to_running() -> bool:
+    """Attach to a running detached instance if this process has none; True if connected."""
+    with _lock:
+        if _core.get_core_or_none() is not None:
+            return True
+        instance = find_instance(detached_only=True)
+        if instance is None:
+            return False
+        _attach(instance)
+        return True
 
 
 def status() -> ServeStatus:
-    """Status of every application, deployment and replica (Ray's ``ServeStatus`` shape)."""
-    if _core.get_core_or_none() is None:
+    """Status of every application, deployment and replica (Ray's ``ServeStatus`` shape).
+
+    Without an instance of its own, this process looks at a running detached one."""
+    if not _connect_to_running():
         return ServeStatus.from_dict({"proxies": {}, "applications": {}, "target_capacity": None})
     return ServeStatus.from_dict(_controller_call("status"))
 
@@ -213,6 +235,7 @@ def delete(name: str, _blocking: bool = True) -> None:
     if _core.get_core_or_none() is None:
         return
     _controller_call("delete_app", name)
+    _deployed_here.discard(name)
     if _blocking:
         while _controller_call("wait_app", name, 30.0, "deleted", timeout_s=60) != "NOT_STARTED":
             pass
@@ -241,6 +264,7 @@ def _disconnect(*, stop: bool) -> None:
             except Exception as exc:
                 logger.debug("%s RPC failed: %r", method, exc)
         _attached = None
+        _deployed_here.clear()
         core.close()
         _core.set_core(None)
         head, _head = _head, None
@@ -248,6 +272,14 @@ def _disconnect(*, stop: bool) -> None:
             if not head.wait(10):
                 head.kill()
             head.release()
+
+
+def _require_instance() -> None:
+    if not _connect_to_running():
+        raise RayServeException(
+            "No Schooner instance: call serve.run() or serve.start() first, or start one "
+            "with `schooner start` (set SCHOONER_ADDRESS if it is not at the default address)."
+        )
 
 
 def _replica_context_is_set() -> bool:
@@ -264,6 +296,7 @@ def _shutdown_at_exit() -> None:
 
 def get_app_handle(name: str) -> DeploymentHandle:
     """A handle to the ingress deployment of application ``name``."""
+    _require_instance()
     info = _controller_call("app_info", name)
     if info is None:
         raise RayServeException(f"Application '{name}' does not exist.")
@@ -276,6 +309,7 @@ def get_deployment_handle(deployment_name: str, app_name: str | None = None) -> 
     Inside a replica ``app_name`` defaults to the replica's own application,
     elsewhere to ``"default"``.
     """
+    _require_instance()
     if app_name is None:
         replica = context._replica_context
         app_name = replica.app_name if replica is not None else "default"

@@ -75,7 +75,11 @@ def build_from_config(request: BuildRequest) -> AppSpec:
     app_env = validate_runtime_env(config.runtime_env, f"application '{config.name}' runtime_env")
     resolved = resolve_runtime_env(app_env, cache_dir, base_dir=base_dir)
     resolved.apply_to_current_process()
-    target = import_attr(config.import_path, resolved.cwd or request.base_dir)
+    hint = (
+        "Set the application's runtime_env.working_dir to the directory (or .zip) that "
+        "contains it, or start the instance from that directory."
+    )
+    target = import_attr(config.import_path, resolved.cwd or request.base_dir, hint)
     application = build_application(target, config.args, config.import_path)
     spec = build_app(application, config.name, config.route_prefix, source="declarative")
     apply_overrides(spec, list(config.deployments))

@@ -11,11 +11,15 @@ from typing import Any
 from schooner.deployment import Application
 from schooner.exceptions import ServeConfigError
 
+#: What to do about a module that cannot be found, when importing for the command line.
+CLI_IMPORT_HINT = "Run from the directory that contains it or pass --app-dir."
 
-def import_attr(import_path: str, app_dir: str = ".") -> Any:
+
+def import_attr(import_path: str, app_dir: str = ".", hint: str = CLI_IMPORT_HINT) -> Any:
     """Import ``module:attr``, ``module.attr`` or ``path/to/file.py:attr``.
 
-    ``app_dir`` (default: the current directory) is put first on ``sys.path``.
+    ``app_dir`` (default: the current directory) is put first on ``sys.path``;
+    ``hint`` ends the message when the module is not found.
     """
     app_dir = os.path.abspath(app_dir)
     if app_dir not in sys.path:
@@ -45,7 +49,7 @@ def import_attr(import_path: str, app_dir: str = ".") -> Any:
         if exc.name and module_part.startswith(exc.name):
             raise ServeConfigError(
                 f"Cannot import module {module_part!r} of import path {import_path!r}: "
-                f"{exc}. Run from the directory that contains it or pass --app-dir."
+                f"{exc}. {hint}"
             ) from exc
         raise
     target: Any = module

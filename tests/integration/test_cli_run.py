@@ -228,3 +228,125 @@ def test_start_without_http_proxy(workdir: Path) -> None:
         inst.http.close()
         inst.api.close()
         cli("shutdown", "-y", "-a", inst.admin, cwd=workdir)
+
+
+def test_run_config_reload_rereads_the_file(workdir: Path) -> None:
+    port = free_port()
+    config = fruit_config()
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    (workdir / "fruit.yaml").write_text(yaml.safe_dump(config))
+    run = Foreground(["fruit.yaml", "--reload", "--admin-port", "-1"], workdir)
+    url = f"http://127.0.0.1:{port}/fruit"
+    try:
+        line = run.wait_line("serving application 'fruit'")
+        assert httpx.post(url, json=["MANGO", 1], timeout=10).json() == 3
+        config = fruit_config(MangoStand={"user_config": {"price": 9}})
+        config["http_options"] = {"host": "127.0.0.1", "port": port}
+        (workdir / "fruit.yaml").write_text(yaml.safe_dump(config))
+        line = run.wait_line("Change detected", after=line)
+        wait_for(
+            lambda: httpx.post(url, json=["MANGO", 1], timeout=10).json() == 9,
+            message="the price from the edited file",
+        )
+        (workdir / "fruit.yaml").write_text("applications: [")
+        run.wait_line("Not redeployed", after=line)
+        assert httpx.post(url, json=["MANGO", 1], timeout=10).json() == 9
+    finally:
+        assert run.stop() == 0
+
+
+def test_run_with_reload_on_a_shared_instance_leaves_other_apps_alone(
+    workdir: Path, detached: Detached
+) -> None:
+    detached.deploy(fruit_config())
+    detached.wait_running("fruit")
+    (workdir / "echo.py").write_text(
+        textwrap.dedent(
+            """
+            import schooner as serve
+
+            @serve.deployment
+            def echo(request):
+                return "echo"
+
+            app = echo.bind()
+            """
+        )
+    )
+    run = Foreground(
+        ["echo:app", "--reload", "--name", "echo", "--route-prefix", "/echo"],
+        workdir,
+        env={"SCHOONER_ADDRESS": detached.admin},
+    )
+    try:
+        run.wait_line("serving application 'echo'")
+        assert detached.http.get("/echo").text == "echo"
+        assert detached.app("fruit")["status"] == "RUNNING"  # type: ignore[index]
+    finally:
+        assert run.stop() == 0
+    assert "echo" not in detached.details()["applications"]
+    assert detached.http.post("/fruit", json=["PEAR", 1]).json() == 4
+
+
+def test_run_exits_when_its_instance_is_shut_down(workdir: Path, detached: Detached) -> None:
+    run = Foreground(
+        ["fruit:app", "--name", "fg", "--route-prefix", "/fg"],
+        workdir,
+        env={"SCHOONER_ADDRESS": detached.admin},
+    )
+    run.wait_line("serving application 'fg'")
+    cli("shutdown", "-y", "-a", detached.admin, cwd=workdir)
+    assert run.proc.wait(30) == 1
+    run.stop()
+    assert any("instance stopped" in line for line in run.lines)
+    cli(
+        "start",
+        "--http-port",
+        str(detached.http_port),
+        "--admin-port",
+        str(detached.admin_port),
+        cwd=workdir,
+    )  # for the fixture's shutdown
+
+
+def test_start_block_and_probe_port(workdir: Path) -> None:
+    inst = Detached(workdir)
+    probe_port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "schooner.cli.main",
+            "start",
+            "--block",
+            "--http-port",
+            str(inst.http_port),
+            "--admin-port",
+            str(inst.admin_port),
+            "--probe-port",
+            str(probe_port),
+        ],
+        cwd=workdir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: inst.api.get("/api/gcs_healthz").status_code == 200, message="the instance"
+        )
+        probes = httpx.Client(base_url=f"http://127.0.0.1:{probe_port}", timeout=10)
+        assert probes.get("/api/healthz").text == "raylet: success\ngcs: success"
+        assert probes.get("/api/local_raylet_healthz").text == "success"
+        assert probes.get("/api/serve/applications/").status_code == 404
+        probes.close()
+        assert proc.poll() is None  # still in the foreground
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert proc.stdout is not None
+        assert "instance stopped" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        inst.http.close()
+        inst.api.close()

@@ -341,6 +341,18 @@ def test_apps_missing_from_the_config_are_deleted_imperative_ones_kept(
     )
     # The driver exited; its app keeps running on the detached instance.
     assert detached.http.get("/hi").text == "hi"
+    # A new process sees it with serve.status(), without starting anything.
+    look = "import schooner as serve; print(sorted(serve.status().applications))"
+    out = subprocess.run(
+        [sys.executable, "-c", look],
+        cwd=detached.dir,
+        env={**os.environ, "SCHOONER_ADDRESS": detached.admin},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "['fruit', 'fruit2', 'imperative']"
     assert detached.details("imperative")["applications"].keys() == {"imperative"}
     assert detached.details("declarative")["applications"].keys() == {"fruit", "fruit2"}
     detached.deploy(fruit_config())

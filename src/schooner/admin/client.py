@@ -83,6 +83,14 @@ class AdminClient:
     def instance(self) -> dict[str, Any]:
         """Who answers here; AdminError if it is not a Schooner instance."""
         status, data = self.request("GET", "/api/schooner/instance")
+        if status in (401, 403):
+            raise AdminError(
+                f"The Schooner instance at {self.url} needs an admin token: set "
+                "SCHOONER_ADMIN_TOKEN to the token it was started with"
+                + (" (the one given is wrong)." if status == 403 else "."),
+                status,
+                data.decode(errors="replace"),
+            )
         if status != 200:
             raise AdminError(
                 f"The server at {self.url} is not a Schooner instance (GET /api/schooner/instance "

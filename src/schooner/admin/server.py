@@ -188,9 +188,14 @@ class AdminServer:
     needs it, as ``Authorization: Bearer <token>``, else ``X-Ray-Authorization:
     Bearer <token>``, else the cookie ``ray-authentication-token``. Missing:
     401; wrong: 403.
+
+    ``probes_only``: answer the health probes alone (every other path is 404);
+    for the port KubeRay's injected probes call (Ray's agent port, 52365).
     """
 
-    def __init__(self, backend: AdminBackend, *, token: str | None = None) -> None:
+    def __init__(
+        self, backend: AdminBackend, *, token: str | None = None, probes_only: bool = False
+    ) -> None:
         self.backend = backend
         self._token = token.encode() if token else None
         self._server: asyncio.Server | None = None
@@ -206,6 +211,7 @@ class AdminServer:
             "/api/schooner/instance": {"GET": self._get_instance},
             "/api/schooner/shutdown": {"POST": self._post_shutdown},
         }
+        self._probes_only = probes_only
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on ``sock``, a bound and listening socket (see :func:`bind_admin_socket`)."""
@@ -266,6 +272,8 @@ class AdminServer:
         route(exchange)
 
     def _routes_for(self, request: Request) -> dict[str, _Route] | None:
+        if self._probes_only:  # the agent port: health probes, nothing else
+            return None
         routes = self._routes.get(request.path)
         if routes is not None:
             return routes

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _module_import_path(import_path: str) -> str:
+    """``dir/fruit.py:app`` → ``fruit:app``: config files name modules, not files (put the
+    directory in the application's ``runtime_env.working_dir``)."""
+    module, sep, attr = import_path.rpartition(":")
+    if sep and module.endswith(".py"):
+        directory = Path(module).resolve().parent
+        if directory != Path.cwd().resolve():
+            print(
+                f"Note: the config imports '{Path(module).stem}:{attr}'; deploy it from "
+                f"{directory} or set the application's runtime_env.working_dir to it.",
+                file=sys.stderr,
+            )
+        return f"{Path(module).stem}:{attr}"
+    return import_path
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from schooner.cli.output import build_document, dump_yaml
     from schooner.deployment import build_app
@@ -165,7 +182,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         app = build_application(target, {}, import_path)
         name = f"app{index}"
         route_prefix = f"/{name}" if many else "/"
-        built.append((import_path, build_app(app, name, route_prefix), None))
+        built.append((_module_import_path(import_path), build_app(app, name, route_prefix), None))
     text = dump_yaml(build_document(built))
     if args.output:
         Path(args.output).write_text(text)

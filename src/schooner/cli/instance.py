@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -41,6 +43,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         proxy_location=args.proxy_location,
+        probe_port=args.probe_port,
     ).wait_ready()
     head.release()
     admin = head.admin_url or address
@@ -59,7 +62,24 @@ def cmd_start(args: argparse.Namespace) -> int:
         f"`schooner shutdown{hint}`.",
         flush=True,
     )
+    if args.block:
+        return _block(head.process)
     return 0
+
+
+def _block(process: subprocess.Popen[bytes]) -> int:
+    """``--block``: stay in the foreground until the instance stops (for containers);
+    SIGTERM or Ctrl-C here shuts it down gracefully."""
+
+    def forward(signum: int, _frame: object) -> None:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = process.wait()
+    print(f"The Schooner instance stopped (exit code {code}).", flush=True)
+    return 0 if code == 0 else 1
 
 
 def cmd_shutdown(args: argparse.Namespace) -> int:

@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-host", default="127.0.0.1", help="admin API host (default 127.0.0.1)")
     p.add_argument("--admin-port", type=int, default=8265, help="admin API port (default 8265)")
     p.add_argument(
+        "--probe-port",
+        type=int,
+        default=None,
+        help="also answer the health probes (/api/healthz, /api/local_raylet_healthz, "
+        "/api/gcs_healthz), and nothing else, on this port (KubeRay probes 52365)",
+    )
+    p.add_argument(
+        "--block",
+        action="store_true",
+        help="stay in the foreground until the instance stops; SIGTERM stops it (containers)",
+    )
+    p.add_argument(
         "--proxy-location",
         default="EveryNode",
         choices=["EveryNode", "HeadOnly", "Disabled"],

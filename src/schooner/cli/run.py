@@ -54,21 +54,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     elif pending is None:
         api._pending_head = _launch(args, document if from_config else None)
     stop = threading.Event()
+    lost = threading.Event()  # the instance went away under us
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    deployed: list[str] = []
+    deployed: list[str] = []  # filled as applications are deployed
     try:
         if document is not None:
-            deployed = _run_declarative(args, document, stop)
+            _run_declarative(args, kv_args, from_config, document, deployed, stop, lost)
         else:
-            deployed = _run_imported(args, kv_args)
+            _run_imported(args, kv_args, deployed, stop, lost)
             _print_serving(deployed)
             while not stop.wait(0.5):
                 pass
+        if lost.is_set():
+            print("The Schooner instance stopped; exiting.", flush=True)
+            return 1
         print("Shutting down...", flush=True)
     finally:
-        if api.attached_instance() is not None:
-            for name in deployed:
+        if lost.is_set():
+            api._disconnect(stop=False)
+        elif api.attached_instance() is not None:
+            for name in deployed:  # only what this command deployed: the instance is shared
                 api.delete(name)
             api._disconnect(stop=False)
         else:
@@ -78,6 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                 pending.process.wait()
             api.shutdown()
     return 0
+
+
+def _watch_instance(stop: threading.Event, lost: threading.Event) -> None:
+    """Stop this command if the instance it uses goes away (``schooner shutdown``, a crash)."""
+    from schooner import _core
+
+    def gone(_conn: object) -> None:
+        lost.set()
+        stop.set()
+
+    _core.get_core().controller.on_close.append(gone)
 
 
 def _launch(args: argparse.Namespace, document: dict[str, Any] | None) -> PendingHead:
@@ -143,7 +160,13 @@ def _admin_port(requested: int | None) -> int | None:
     return DEFAULT_ADMIN_PORT
 
 
-def _run_imported(args: argparse.Namespace, kv_args: dict[str, str]) -> list[str]:
+def _run_imported(
+    args: argparse.Namespace,
+    kv_args: dict[str, str],
+    deployed: list[str],
+    stop: threading.Event,
+    lost: threading.Event,
+) -> None:
     import schooner as serve
     from schooner import api
     from schooner.importing import build_application, import_attr
@@ -158,22 +181,37 @@ def _run_imported(args: argparse.Namespace, kv_args: dict[str, str]) -> list[str
             pending.process.wait()
         raise
     serve.start()
+    _watch_instance(stop, lost)
+    deployed.append(args.name)
     serve.run(app, name=args.name, route_prefix=args.route_prefix)
-    return [args.name]
 
 
-def _run_declarative(args: argparse.Namespace, document: Any, stop: threading.Event) -> list[str]:
+def _run_declarative(
+    args: argparse.Namespace,
+    kv_args: dict[str, str],
+    from_config: bool,
+    document: Any,
+    deployed: list[str],
+    stop: threading.Event,
+    lost: threading.Event,
+) -> None:
+    """Deploy ``document`` next to whatever else the instance runs (merged into its
+    config, not replacing it); with ``--reload``, redeploy on every change."""
     import schooner as serve
     from schooner import api
 
     serve.start()
-    names: list[str] = api._controller_call("apply_config", document, False)
+    _watch_instance(stop, lost)
+    names: list[str] = api._controller_call("apply_config", document, False, True)
+    deployed[:] = names
     _wait_and_report(names, stop)
     if not args.reload:
         while not stop.wait(0.5):
             pass
-        return names
+        return
     roots = _watch_roots(document)
+    if from_config:
+        roots.append(Path(args.target).resolve())
     print(f"Watching {', '.join(map(str, roots))} for changes.", flush=True)
     before = reload.snapshot(roots)
     while not stop.wait(RELOAD_POLL_S):
@@ -185,12 +223,16 @@ def _run_declarative(args: argparse.Namespace, document: Any, stop: threading.Ev
         shown = ", ".join(os.path.relpath(p) for p in changed[:3])
         print(f"Change detected in {shown}; redeploying.", flush=True)
         try:
-            names = api._controller_call("apply_config", document, True)
+            if from_config:  # the file itself may have changed
+                document = _document(args, kv_args, True)
+            names = api._controller_call("apply_config", document, True, True)
         except RayServeException as exc:
-            print(f"Redeploy failed: {exc}", flush=True)
+            print(f"Not redeployed: {exc}", flush=True)
             continue
+        for name in set(deployed) - set(names):  # dropped from the file
+            api.delete(name, _blocking=False)
+        deployed[:] = names
         _wait_and_report(names, stop)
-    return names
 
 
 def _watch_roots(document: Any) -> list[Path]:

@@ -82,11 +82,13 @@ class DeclarativeConfig:
         return self.document.target_capacity if self.document is not None else None
 
     # ------------------------------------------------------------------ apply
-    def apply(self, raw: Any, *, force: bool = False) -> ServeDeploySchema:
+    def apply(self, raw: Any, *, force: bool = False, merge: bool = False) -> ServeDeploySchema:
         """Validate ``raw`` and make it the goal. Raises ServeConfigError, changing nothing.
 
         ``force`` rebuilds every application (and replaces its replicas) even
-        if its entry did not change.
+        if its entry did not change. ``merge`` adds the document's applications
+        to the current config (replacing those of the same name) instead of
+        replacing the config: other applications are left alone.
         """
         from schooner.schema import parse_config_document  # not at import: the head starts faster
 
@@ -103,17 +105,24 @@ class DeclarativeConfig:
             if app.route_prefix is None:
                 continue
             for other in controller.apps.values():
-                stays = other.name not in names and other.spec.source != "declarative"
+                stays = other.name not in names and (merge or other.spec.source != "declarative")
                 if stays and not other.deleting and other.spec.route_prefix == app.route_prefix:
                     raise ServeConfigError(
                         f"applications ('{app.name}').route_prefix: '{app.route_prefix}' is "
-                        f"already used by application '{other.name}' (deployed with serve.run). "
-                        "Pick another route_prefix, or delete that application first."
+                        f"already used by application '{other.name}'. Pick another "
+                        "route_prefix, or delete that application first."
                     )
         # Valid: from here on, change the goal.
-        self.document = doc
-        for other in list(controller.apps.values()):
-            if other.spec.source == "declarative" and other.name not in names:
+        if merge and self.document is not None:
+            kept = [a for a in self.document.applications if a.name not in names]
+            self.document = self.document.model_copy(
+                update={"applications": [*kept, *doc.applications]}
+            )
+        else:
+            self.document = doc
+        missing = [] if merge else [a for a in controller.apps.values() if a.name not in names]
+        for other in missing:
+            if other.spec.source == "declarative":
                 logger.info("application '%s' is not in the new config; deleting it", other.name)
                 self._cancel_build(other.name)
                 self.app_configs.pop(other.name, None)

@@ -64,6 +64,7 @@ class Head:
         }
         self.http_socket: socket.socket | None = None
         self.admin: AdminServer | None = None
+        self.probes: AdminServer | None = None
         self.admin_url: str | None = None
         self.proxy: ProcessHandle | None = None
         self.stop_requested = asyncio.Event()
@@ -81,7 +82,8 @@ class Head:
             sock.close()
             raise RuntimeError(
                 f"Cannot serve HTTP on {host}:{port}: {exc.strerror}. Is another server "
-                "using the port? Pick another with --port (or http_options.port)."
+                "using the port? Pick another: --http-port (schooner start), --port "
+                "(schooner run) or http_options.port."
             ) from exc
         sock.listen(2048)
         sock.set_inheritable(True)
@@ -167,6 +169,10 @@ class Head:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self.admin_url = f"http://{shown}:{port}"
+        if self.args.probe_port >= 0:
+            probe_sock = bind_admin_socket(self.args.admin_host, self.args.probe_port)
+            self.probes = AdminServer(AdminAPI(self), probes_only=True)
+            await self.probes.start(probe_sock)
 
     # -- shutdown -----------------------------------------------------------
     async def shutdown(self) -> None:
@@ -278,9 +284,12 @@ class ControllerSession:
     def rpc_deploy_app(self, spec: AppSpec) -> None:
         self.controller.deploy_app(spec)
 
-    def rpc_apply_config(self, document: Any, force: bool = False) -> list[str]:
-        """Apply a config document; returns the names of its applications."""
-        doc = self.head.declarative.apply(document, force=force)
+    def rpc_apply_config(
+        self, document: Any, force: bool = False, merge: bool = False
+    ) -> list[str]:
+        """Apply a config document; returns the names of its applications. ``merge``: add
+        them to the current config instead of replacing it (``schooner run``)."""
+        doc = self.head.declarative.apply(document, force=force, merge=merge)
         return [app.name for app in doc.applications]
 
     def rpc_details(self, api_type: str | None = None) -> dict[str, Any]:
@@ -343,6 +352,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--proxy-location", default="EveryNode")
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=-1, help="-1: no admin API")
+    parser.add_argument("--probe-port", type=int, default=-1, help="health probes only")
     parser.add_argument("--detached", action="store_true")
     return parser.parse_args(argv)
 
@@ -398,8 +408,9 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
         watcher.cancel()
     await head.shutdown()
     reconcile.cancel()
-    if head.admin is not None:
-        await head.admin.close()
+    for admin in (head.admin, head.probes):
+        if admin is not None:
+            await admin.close()
     await asyncio.sleep(0.05)  # let the shutdown RPC's answer reach the caller
     server.close()
     head.lifeline.close()

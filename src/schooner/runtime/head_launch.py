@@ -101,6 +101,7 @@ def launch_head(
     admin_port: int | None = None,
     proxy_location: str = "EveryNode",
     http_options: dict[str, Any] | None = None,
+    probe_port: int | None = None,
 ) -> PendingHead:
     """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`).
 
@@ -135,6 +136,8 @@ def launch_head(
         admin_host,
         "--admin-port",
         str(-1 if admin_port is None else admin_port),
+        "--probe-port",
+        str(-1 if probe_port is None else probe_port),
     ]
     if detached:
         args.append("--detached")
