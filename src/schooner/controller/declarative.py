@@ -109,8 +109,13 @@ class DeclarativeConfig:
                 if stays and not other.deleting and other.spec.route_prefix == app.route_prefix:
                     raise ServeConfigError(
                         f"applications ('{app.name}').route_prefix: '{app.route_prefix}' is "
-                        f"already used by application '{other.name}'. Pick another "
-                        "route_prefix, or delete that application first."
+                        f"already used by application '{other.name}' ("
+                        + (
+                            "deployed with serve.run"
+                            if other.spec.source != "declarative"
+                            else "from an earlier config"
+                        )
+                        + "). Pick another route_prefix, or delete that application first."
                     )
         # Valid: from here on, change the goal.
         if merge and self.document is not None:
