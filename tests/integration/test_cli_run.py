@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from detached import EXAMPLES, Detached, cli, fruit_config
 from helpers import free_port, schooner_processes, wait_for
-from test_production import EXAMPLES, Detached, cli, fruit_config
 
 
 class Foreground:
@@ -144,18 +144,9 @@ def test_run_reload_redeploys_when_code_changes(workdir: Path) -> None:
 @pytest.fixture
 def detached(workdir: Path) -> Iterator[Detached]:
     inst = Detached(workdir)
-    cli(
-        "start",
-        "--http-port",
-        str(inst.http_port),
-        "--admin-port",
-        str(inst.admin_port),
-        cwd=workdir,
-    )
+    inst.start()
     yield inst
-    inst.http.close()
-    inst.api.close()
-    cli("shutdown", "-y", "-a", inst.admin, cwd=workdir)
+    inst.stop()
 
 
 def test_run_uses_a_running_instance_and_leaves_it_running(
@@ -184,15 +175,8 @@ def test_shutdown_without_an_instance_says_so(workdir: Path) -> None:
 
 def test_killing_a_detached_instance_leaves_nothing_behind(workdir: Path) -> None:
     inst = Detached(workdir)
-    cli(
-        "start",
-        "--http-port",
-        str(inst.http_port),
-        "--admin-port",
-        str(inst.admin_port),
-        cwd=workdir,
-    )
-    info = inst.api.get("/api/schooner/instance").json()
+    inst.start()
+    info = inst.info
     inst.deploy(fruit_config())
     inst.wait_running("fruit")
     session = info["session"]
@@ -210,14 +194,7 @@ def test_killing_a_detached_instance_leaves_nothing_behind(workdir: Path) -> Non
 
 def test_start_without_http_proxy(workdir: Path) -> None:
     inst = Detached(workdir)
-    out = cli(
-        "start",
-        "--admin-port",
-        str(inst.admin_port),
-        "--proxy-location",
-        "Disabled",
-        cwd=workdir,
-    )
+    out = inst.start("--proxy-location", "Disabled")
     try:
         assert "no HTTP proxy" in out.stdout
         details = inst.details()
@@ -225,9 +202,7 @@ def test_start_without_http_proxy(workdir: Path) -> None:
         with pytest.raises(httpx.ConnectError):
             inst.http.get("/-/healthz")
     finally:
-        inst.http.close()
-        inst.api.close()
-        cli("shutdown", "-y", "-a", inst.admin, cwd=workdir)
+        inst.stop()
 
 
 def test_run_config_reload_rereads_the_file(workdir: Path) -> None:
@@ -299,14 +274,7 @@ def test_run_exits_when_its_instance_is_shut_down(workdir: Path, detached: Detac
     assert run.proc.wait(30) == 1
     run.stop()
     assert any("instance stopped" in line for line in run.lines)
-    cli(
-        "start",
-        "--http-port",
-        str(detached.http_port),
-        "--admin-port",
-        str(detached.admin_port),
-        cwd=workdir,
-    )  # for the fixture's shutdown
+    detached.start()  # again, for the fixture's shutdown
 
 
 def test_start_block_and_probe_port(workdir: Path) -> None:

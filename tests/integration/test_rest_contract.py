@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import yaml
+from detached import EXAMPLES, Detached, fruit_config
 from helpers import wait_for
-from test_production import EXAMPLES, Detached, cli, fruit_config
 
 #: A GET response captured from a running Ray 2.60 head (copied from the shared contracts).
 CAPTURED = Path(__file__).parents[1] / "data" / "ray-2.60-serve-applications-get.json"
@@ -91,30 +91,13 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detached]:
     workdir = tmp_path_factory.mktemp("contract")
     shutil.copy(EXAMPLES / "fruit.py", workdir / "fruit.py")
     inst = Detached(workdir)
-    cli(
-        "start",
-        "--http-port",
-        str(inst.http_port),
-        "--admin-port",
-        str(inst.admin_port),
-        cwd=workdir,
-    )
-    info = inst.api.get("/api/schooner/instance").json()
+    inst.start()
     try:
         inst.deploy(fruit_config())
         inst.wait_running("fruit")
         yield inst
     finally:
-        inst.http.close()
-        inst.api.close()
-        cli("shutdown", "-y", "-a", inst.admin, cwd=workdir, check=False)
-        wait_for(
-            lambda: (
-                not Path(f"/proc/{info['pid']}").exists()
-                or "Z" in Path(f"/proc/{info['pid']}/stat").read_text().split(") ")[-1][:1]
-            ),
-            message="the head to exit",
-        )
+        inst.stop()
 
 
 def _check_level(level: str, ours: dict[str, Any], captured: dict[str, Any]) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from detached import EXAMPLES, Detached, fruit_config
 from helpers import wait_for
-from test_production import EXAMPLES, Detached, cli, fruit_config
 
 APP_CODE = textwrap.dedent(
     """
@@ -39,18 +39,9 @@ def detached(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detached]:
     workdir = tmp_path_factory.mktemp("renv")
     shutil.copy(EXAMPLES / "fruit.py", workdir / "fruit.py")
     inst = Detached(workdir)
-    cli(
-        "start",
-        "--http-port",
-        str(inst.http_port),
-        "--admin-port",
-        str(inst.admin_port),
-        cwd=workdir,
-    )
+    inst.start()
     yield inst
-    inst.http.close()
-    inst.api.close()
-    cli("shutdown", "-y", "-a", inst.admin, cwd=workdir)
+    inst.stop()
 
 
 def make_project(root: Path, helper_value: str) -> Path:

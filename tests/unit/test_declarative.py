@@ -10,13 +10,13 @@ Nothing here starts a process or opens a socket, and nothing sleeps.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import pickle
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
+from controller_fakes import FakeLauncher, FakeProcess, FakeReplicaConn, InstantSleepAsyncio
 
 import schooner as serve
 from schooner.builder import BuildRequest, BuildResult
@@ -27,7 +27,6 @@ from schooner.controller.declarative import DeclarativeConfig
 from schooner.deployment import build_app
 from schooner.exceptions import ServeConfigError
 from schooner.rpc.messages import AppSpec
-from schooner.runtime.launcher import ProcessSpec
 from schooner.runtime.resources import ResourcePool
 from schooner.runtime.session import Session
 from schooner.schema import ApplicationStatus, DeploymentStatus, ReplicaState
@@ -63,70 +62,6 @@ def document(*apps: dict[str, Any]) -> dict[str, Any]:
 
 def entry(name: str = "app", route_prefix: str | None = "/", **more: Any) -> dict[str, Any]:
     return {"name": name, "route_prefix": route_prefix, "import_path": "models:app", **more}
-
-
-# -- fakes (the minimal parts of test_reconciler.py's) ---------------------------------------
-
-
-class FakeProcess:
-    _pids = itertools.count(7000)
-
-    def __init__(self, spec: ProcessSpec) -> None:
-        self.spec = spec
-        self.pid = next(self._pids)
-        self.exit_code: int | None = None
-        self.killed = False
-
-    def arg(self, flag: str) -> str:
-        return self.spec.args[self.spec.args.index(flag) + 1]
-
-    def poll(self) -> int | None:
-        return self.exit_code
-
-    def terminate(self) -> None:
-        if self.exit_code is None:
-            self.exit_code = -15
-
-    def kill(self) -> None:
-        self.killed = True
-        if self.exit_code is None:
-            self.exit_code = -9
-
-    def exit(self, code: int) -> None:
-        self.exit_code = code
-
-
-class FakeLauncher:
-    def __init__(self) -> None:
-        self.processes: list[FakeProcess] = []
-
-    def launch(self, spec: ProcessSpec) -> FakeProcess:
-        process = FakeProcess(spec)
-        self.processes.append(process)
-        return process
-
-    def of(self, module: str) -> list[FakeProcess]:
-        return [p for p in self.processes if p.spec.module == module]
-
-
-class FakeReplicaConn:
-    async def call(self, method: str, *args: Any) -> Any:
-        return None
-
-    def notify(self, method: str, *args: Any) -> None:
-        pass
-
-
-class InstantSleepAsyncio:
-    """A module's ``asyncio``, except that ``sleep`` only yields (build polls, drains)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    @staticmethod
-    async def sleep(delay: float, result: Any = None) -> Any:
-        await asyncio.sleep(0)
-        return result
 
 
 @pytest.fixture(autouse=True)
