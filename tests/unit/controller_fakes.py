@@ -85,6 +85,8 @@ class FakeReplicaConn:
 
     def __init__(self, init_error: RemoteError | None = None) -> None:
         self.init_error = init_error
+        #: What ``check_health`` does: None passes, an error fails, "hang" never answers.
+        self.health: RemoteError | str | None = None
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.notified: list[str] = []
 
@@ -92,7 +94,15 @@ class FakeReplicaConn:
         self.calls.append((method, args))
         if method == "initialize" and self.init_error is not None:
             raise RemoteCallError(self.init_error)
+        if method == "check_health":
+            if self.health == "hang":
+                await asyncio.get_running_loop().create_future()
+            if isinstance(self.health, RemoteError):
+                raise RemoteCallError(self.health)
         return None
+
+    def health_checks(self) -> int:
+        return sum(1 for method, _ in self.calls if method == "check_health")
 
     def notify(self, method: str, *args: Any) -> None:
         self.notified.append(method)

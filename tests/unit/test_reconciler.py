@@ -473,6 +473,108 @@ def test_rollout_that_does_not_fit_replaces_one_old_replica_at_a_time(tmp_path: 
     run(tmp_path, body, capacity={"CPU": 8, "GPU": 2})
 
 
+# -- health checks ---------------------------------------------------------------------------
+
+
+HEALTH = {"health_check_period_s": 1.0, "health_check_timeout_s": 0.05}
+
+
+async def _health_round(h: Harness) -> None:
+    """One health-check period passes: the controller checks every replica."""
+    h.clock.now += 1.0
+    h.ctl.tick()
+    await h.settle()
+
+
+def test_replica_failing_three_health_checks_is_replaced(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", num_replicas=2, **HEALTH)))
+        h.ctl.tick()
+        await h.all_ready()
+        h.ctl.tick()
+        sick, well = sorted(h.ids())
+        h.conns[sick].health = RemoteError("RuntimeError", "GPU lost", "", None)
+        for _ in range(2):
+            await _health_round(h)
+        assert h.dep().replicas[sick].state == ReplicaState.RUNNING  # two failures: not yet
+        assert h.dep().status == DeploymentStatus.HEALTHY
+        await _health_round(h)
+        assert h.dep().replicas[sick].state == ReplicaState.STOPPING
+        assert h.launcher.by_id(sick).terminated
+        assert sick not in {r.replica_id for r in h.replica_set().replicas}
+        dep = h.dep()
+        assert dep.status == DeploymentStatus.UNHEALTHY
+        assert dep.status_trigger == DeploymentStatusTrigger.HEALTH_CHECK_FAILED
+        assert sick in dep.message and "RuntimeError: GPU lost" in dep.message
+        assert h.ctl.apps["app"].status == ApplicationStatus.UNHEALTHY
+        h.ctl.tick()  # reaped; a replacement starts
+        (new,) = h.ids(state=ReplicaState.STARTING)
+        await h.ready(new)
+        h.ctl.tick()
+        assert h.ids(state=ReplicaState.RUNNING) == {well, new}
+        assert h.dep().status == DeploymentStatus.HEALTHY
+        assert h.ctl.apps["app"].status == ApplicationStatus.RUNNING
+
+    run(tmp_path, body)
+
+
+def test_a_passing_health_check_resets_the_failure_count(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", **HEALTH)))
+        h.ctl.tick()
+        await h.all_ready()
+        h.ctl.tick()
+        (rid,) = h.ids()
+        conn = h.conns[rid]
+        for _ in range(3):
+            conn.health = RemoteError("RuntimeError", "flaky", "", None)
+            await _health_round(h)
+            await _health_round(h)
+            conn.health = None
+            await _health_round(h)
+        assert conn.health_checks() == 9
+        assert h.dep().replicas[rid].state == ReplicaState.RUNNING
+        assert h.dep().status == DeploymentStatus.HEALTHY
+
+    run(tmp_path, body)
+
+
+def test_a_hung_health_check_replaces_the_replica_at_once(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", **HEALTH)))
+        h.ctl.tick()
+        await h.all_ready()
+        h.ctl.tick()
+        (rid,) = h.ids()
+        h.conns[rid].health = "hang"
+        await _health_round(h)
+        assert h.dep().replicas[rid].state == ReplicaState.STOPPING
+        assert "did not answer its health check within 0.05 s" in h.dep().message
+        assert h.dep().status == DeploymentStatus.UNHEALTHY
+
+    run(tmp_path, body)
+
+
+def test_health_checks_wait_for_their_period(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", **HEALTH)))
+        h.ctl.tick()
+        await h.all_ready()
+        h.ctl.tick()
+        await h.settle()
+        (rid,) = h.ids()
+        first = h.conns[rid].health_checks()
+        for _ in range(5):
+            h.clock.now += 0.1
+            h.ctl.tick()
+            await h.settle()
+        assert h.conns[rid].health_checks() == first  # 0.5 s < period
+        await _health_round(h)
+        assert h.conns[rid].health_checks() == first + 1
+
+    run(tmp_path, body)
+
+
 # -- resources ----------------------------------------------------------------------------------
 
 

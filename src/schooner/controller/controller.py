@@ -53,6 +53,8 @@ logger = logging.getLogger("schooner.controller")
 TICK_S = 0.1
 #: A replica that has not become ready this long after its process started is replaced.
 STARTUP_TIMEOUT_S = 600.0
+#: Consecutive failed health checks after which a replica is replaced (as in Ray Serve).
+HEALTH_CHECK_FAILURES = 3
 #: After asking a replica to stop, how long it may take on top of its graceful timeout.
 STOP_GRACE_S = 5.0
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -243,6 +245,7 @@ class Controller:
             self._stop_replica(dep, min(live, key=lambda r: r.started_monotonic))
 
     def _enforce_deadlines(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
+        self._maybe_check_health(dep, replica, now)
         if replica.state == ReplicaState.STOPPING and replica.stop_requested_at is not None:
             timeout = float(dep.spec.config.graceful_shutdown_timeout_s) + STOP_GRACE_S
             if now - replica.stop_requested_at > timeout:
@@ -253,6 +256,70 @@ class Controller:
         ):
             replica.error = f"The replica did not become ready within {STARTUP_TIMEOUT_S:.0f} s."
             replica.process.kill()
+
+    # ----------------------------------------------------------------- health
+    def _maybe_check_health(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
+        """Start a health check of a serving replica every ``health_check_period_s``."""
+        if replica.state not in (ReplicaState.RUNNING, ReplicaState.UPDATING):
+            return
+        if replica.conn is None or replica.health_check_running:
+            return
+        if now - replica.last_health_check < float(dep.spec.config.health_check_period_s):
+            return
+        replica.last_health_check = now
+        replica.health_check_running = True
+        self._spawn(self._check_health(dep, replica))
+
+    async def _check_health(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
+        """Call the replica's ``check_health``; replace it after too many failures or a hang."""
+        timeout_s = float(dep.spec.config.health_check_timeout_s)
+        assert replica.conn is not None
+        try:
+            await asyncio.wait_for(replica.conn.call("check_health"), timeout_s)
+        except TimeoutError:
+            self._replace_unhealthy(
+                dep,
+                replica,
+                f"did not answer its health check within {timeout_s:g} s (health_check_timeout_s)",
+            )
+            return
+        except RemoteCallError as exc:
+            replica.health_failures += 1
+            error = f"{exc.error.type_name}: {exc.error.message}"
+            logger.warning(
+                "health check %d of replica %s of %s failed: %s",
+                replica.health_failures,
+                replica.replica_id,
+                dep.id,
+                error,
+            )
+            if replica.health_failures >= HEALTH_CHECK_FAILURES:
+                self._replace_unhealthy(
+                    dep,
+                    replica,
+                    f"failed {replica.health_failures} health checks in a row; last error: {error}",
+                )
+            return
+        except ConnectionLost:
+            return  # the process died: reaping replaces it
+        finally:
+            replica.health_check_running = False
+        replica.health_failures = 0
+
+    def _replace_unhealthy(self, dep: DeploymentState, replica: ReplicaRecord, why: str) -> None:
+        if replica.state not in (ReplicaState.RUNNING, ReplicaState.UPDATING):
+            return
+        reason = f"Replica {replica.replica_id} of deployment '{dep.id.name}' {why}. Replacing it."
+        logger.warning("%s", reason)
+        dep.unhealthy_reason = reason
+        # Out of routing at once; it gets no graceful drain (it may be hung).
+        replica.state = ReplicaState.STOPPING
+        replica.stop_requested_at = self.clock()
+        replica.process.terminate()
+        dep.update_status()
+        self.apps[dep.id.app_name].update_status()
+        self._publish()  # callers stop routing to it now, not at the next tick
+        self.wake()
 
     # ------------------------------------------------------------------ spare
     def launch_spare(self) -> None:

@@ -71,6 +71,11 @@ class ReplicaRecord:
     error: str | None = None
     reconfig_version: str = ""
     stop_requested_at: float | None = None
+    #: Health checks (``check_health``): when the last one started, whether one is running,
+    #: and how many failed in a row.
+    last_health_check: float = 0.0
+    health_check_running: bool = False
+    health_failures: int = 0
 
     @property
     def pid(self) -> int:
@@ -97,6 +102,9 @@ class DeploymentState:
     failed: bool = False
     pending_reason: str | None = None
     deleting: bool = False
+    #: Set when a replica failed its health checks and is being replaced; cleared once the
+    #: deployment is back at its target. The deployment is UNHEALTHY meanwhile.
+    unhealthy_reason: str | None = None
 
     @classmethod
     def new(cls, app: str, spec: DeploymentSpec) -> DeploymentState:
@@ -162,6 +170,13 @@ class DeploymentState:
         current = self.current()
         running = [r for r in current if r.state == ReplicaState.RUNNING]
         settled = len(running) == self.target_num_replicas == len(current) and not self.outdated()
+        if self.unhealthy_reason is not None:
+            if not settled:
+                self.status = DeploymentStatus.UNHEALTHY
+                self.status_trigger = DeploymentStatusTrigger.HEALTH_CHECK_FAILED
+                self.message = self.unhealthy_reason
+                return
+            self.unhealthy_reason = None
         if settled:
             if self.status != DeploymentStatus.HEALTHY:
                 self.status_trigger = {
