@@ -92,6 +92,7 @@ def start(
                 http_host=http.host or "127.0.0.1",
                 http_port=http.port,
                 root_path=http.root_path,
+                http_options=http.model_dump(mode="json", exclude={"location"}),
                 num_cpus=kwargs.get("num_cpus"),
                 num_gpus=kwargs.get("num_gpus"),
                 resources=kwargs.get("resources"),

@@ -104,14 +104,17 @@ def _launch(args: argparse.Namespace, document: dict[str, Any] | None) -> Pendin
     from schooner.runtime.head_launch import launch_head
 
     host, port, location = args.host, args.port, "EveryNode"
+    http_options: dict[str, Any] = {}
     if document is not None:
         from schooner.schema import parse_config_document
 
         parsed = parse_config_document(document)
         if "http_options" in parsed.model_fields_set:
             host, port = parsed.http_options.host or host, parsed.http_options.port
+            http_options = parsed.http_options.model_dump(mode="json", exclude={"location"})
         location = parsed.proxy_location.value
     return launch_head(
+        http_options=http_options,
         http_host=host,
         http_port=port,
         num_cpus=args.num_cpus,

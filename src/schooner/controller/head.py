@@ -105,11 +105,22 @@ class Head:
                     str(self.lifeline.read_fd),
                     "--root-path",
                     self.args.root_path,
+                    *self._proxy_options(),
                 ],
                 pass_fds=(fd, self.lifeline.read_fd),
             )
         )
         self.controller.proxy_status[self.controller.node_id] = "STARTING"
+
+    def _proxy_options(self) -> list[str]:
+        options = []
+        timeout = self.http_options.get("request_timeout_s")
+        if timeout is not None:
+            options += ["--request-timeout-s", str(float(timeout))]
+        keep_alive = self.http_options.get("keep_alive_timeout_s")
+        if keep_alive is not None:
+            options += ["--keep-alive-s", str(int(keep_alive))]
+        return options
 
     async def watch_proxy(self) -> None:
         """Restart the proxy if it dies (the listening socket stays open meanwhile)."""

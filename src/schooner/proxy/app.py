@@ -48,10 +48,15 @@ class ProxyApp:
     """Request handling of one proxy process (on top of :mod:`schooner.proxy.http_server`)."""
 
     def __init__(
-        self, core: Core, root_path: str = "", server: tuple[str, int] | None = None
+        self,
+        core: Core,
+        root_path: str = "",
+        server: tuple[str, int] | None = None,
+        request_timeout_s: float | None = None,
     ) -> None:
         self.core = core
         self.root_path = root_path
+        self.request_timeout_s = request_timeout_s
         self.server = server
         self.routes: dict[str, Route] | None = None
         self._prefixes: list[str] = []
@@ -114,6 +119,11 @@ class ProxyApp:
                 request_id,
             )
             return
+        try:
+            timeout_s = self._timeout_for(request)
+        except ValueError as exc:
+            _text(request, 400, str(exc).encode(), request_id)
+            return
         meta, http_request = self._request_parts(request, route, request_id)
         registry = self.core.registry
         router = registry.router(route.ingress)
@@ -129,14 +139,38 @@ class ProxyApp:
                     responder.abandon()
 
                 request.on_disconnect = disconnected
+                if timeout_s is not None:
+
+                    def expired() -> None:
+                        conn.cancel_request(req_id)
+                        responder.time_out(timeout_s)
+
+                    responder.timer = self._loop.call_later(timeout_s, expired)
                 return
             router.release(replica)
         task = self._loop.create_task(
-            self._forward(request, router, meta, http_request, request_id)
+            self._forward(request, router, meta, http_request, request_id, timeout_s)
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         request.on_disconnect = task.cancel  # type: ignore[assignment]
+
+    def _timeout_for(self, request: Request) -> float | None:
+        """The request's time limit: its ``x-request-timeout-seconds`` header, else
+        ``http_options.request_timeout_s``. Raises ValueError for a malformed header."""
+        header = request.header(b"x-request-timeout-seconds")
+        if header is None:
+            return self.request_timeout_s
+        try:
+            value = float(header)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value == float("inf"):
+            raise ValueError(
+                f"Invalid x-request-timeout-seconds header {header.decode('latin-1')!r}: "
+                "give a number of seconds greater than 0."
+            )
+        return value
 
     def _request_parts(
         self, request: Request, route: Route, request_id: str
@@ -176,14 +210,20 @@ class ProxyApp:
         meta: tuple[str, ...],
         http_request: tuple[Any, ...],
         request_id: str,
+        timeout_s: float | None = None,
     ) -> None:
         """The slow path: wait for a replica slot (queueing, backpressure), then relay."""
         responder = _Responder(request, request_id, None)
         try:
-            async for part in router.stream("http", meta, http_request, request.body):
-                responder.write(part)
-                if request.started and not request.finished:
-                    await request.drain()
+            async with asyncio.timeout(timeout_s):
+                async for part in router.stream("http", meta, http_request, request.body):
+                    responder.write(part)
+                    if request.started and not request.finished:
+                        await request.drain()
+        except TimeoutError:
+            assert timeout_s is not None
+            responder.time_out(timeout_s)
+            return
         except asyncio.CancelledError:
             logger.info("request %s cancelled: the client disconnected (499)", request_id)
             raise
@@ -196,7 +236,7 @@ class ProxyApp:
 class _Responder(StreamSink):
     """Writes what a replica answers (whole responses or ASGI messages) to the client."""
 
-    __slots__ = ("_done", "_pending_start", "_request", "_request_id", "_rid_header")
+    __slots__ = ("_done", "_pending_start", "_request", "_request_id", "_rid_header", "timer")
 
     def __init__(self, request: Request, request_id: str, done: Callable[[], None] | None) -> None:
         self._request = request
@@ -204,6 +244,8 @@ class _Responder(StreamSink):
         self._rid_header = (b"x-request-id", request_id.encode())
         self._pending_start: dict[str, Any] | None = None
         self._done = done
+        #: The request's time limit, if it has one (cancelled when the request ends).
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- StreamSink (fast path) -------------------------------------------------------
     def on_item(self, item: Any) -> None:
@@ -225,7 +267,24 @@ class _Responder(StreamSink):
         logger.info("request %s cancelled: the client disconnected (499)", self._request_id)
         self._release()
 
+    def time_out(self, timeout_s: float) -> None:
+        """The time limit passed (the replica was told to cancel): 408, or, if the
+        response had started, close the connection."""
+        request = self._request
+        logger.info("request %s timed out after %g s (408)", self._request_id, timeout_s)
+        if not request.finished:
+            if not request.started:
+                text = f"Request {self._request_id} timed out after {timeout_s:g} s."
+                _text(request, 408, text.encode(), self._request_id)
+            else:
+                request.keep_alive = False
+                request.end()
+        self._release()
+
     def _release(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None:
+            timer.cancel()
         done, self._done = self._done, None
         if done is not None:
             done()

@@ -31,6 +31,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lifeline-fd", type=int, required=True)
     parser.add_argument("--root-path", default="")
     parser.add_argument("--keep-alive-s", type=int, default=90)
+    parser.add_argument("--request-timeout-s", type=float, default=None)
     return parser.parse_args(argv)
 
 
@@ -40,7 +41,12 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
     _core.set_core(core)
     sock = socket.socket(fileno=args.http_fd)
     host, port = sock.getsockname()[:2]
-    app = ProxyApp(core, root_path=args.root_path, server=(str(host), int(port)))
+    app = ProxyApp(
+        core,
+        root_path=args.root_path,
+        server=(str(host), int(port)),
+        request_timeout_s=args.request_timeout_s,
+    )
     server = await http_server.serve(app.handle, sock, keep_alive_s=args.keep_alive_s)
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
