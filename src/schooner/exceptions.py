@@ -55,17 +55,27 @@ class RuntimeEnvSetupError(RayServeException):
 class BackPressureError(RayServeException):
     """The caller's queue for a deployment is full (``max_queued_requests``).
 
-    Raised at once instead of queueing; over HTTP it becomes status 503.
-    Not to be confused with :class:`DeploymentUnavailableError`, which means
-    there is no replica to send to at all.
+    Raised at once instead of queueing; over HTTP it becomes ``status_code``
+    (503, or 429 with ``backpressure_config``), with a ``Retry-After`` header
+    when ``retry_after_s`` is set. Not to be confused with
+    :class:`DeploymentUnavailableError`, which means there is no replica to
+    send to at all.
     """
 
     def __init__(
-        self, *, num_queued_requests: int = 0, max_queued_requests: int = 0, deployment: str = ""
+        self,
+        *,
+        num_queued_requests: int = 0,
+        max_queued_requests: int = 0,
+        deployment: str = "",
+        status_code: int = 503,
+        retry_after_s: float | None = None,
     ) -> None:
         self.num_queued_requests = num_queued_requests
         self.max_queued_requests = max_queued_requests
         self.deployment = deployment
+        self.status_code = status_code
+        self.retry_after_s = retry_after_s
         super().__init__(
             f"Request dropped due to backpressure (num_queued_requests={num_queued_requests}, "
             f"max_queued_requests={max_queued_requests})."
@@ -75,13 +85,29 @@ class BackPressureError(RayServeException):
     def __reduce__(self) -> tuple[object, ...]:
         return (
             _rebuild_backpressure,
-            (self.num_queued_requests, self.max_queued_requests, self.deployment),
+            (
+                self.num_queued_requests,
+                self.max_queued_requests,
+                self.deployment,
+                self.status_code,
+                self.retry_after_s,
+            ),
         )
 
 
-def _rebuild_backpressure(queued: int, max_queued: int, deployment: str) -> BackPressureError:
+def _rebuild_backpressure(
+    queued: int,
+    max_queued: int,
+    deployment: str,
+    status_code: int = 503,
+    retry_after_s: float | None = None,
+) -> BackPressureError:
     return BackPressureError(
-        num_queued_requests=queued, max_queued_requests=max_queued, deployment=deployment
+        num_queued_requests=queued,
+        max_queued_requests=max_queued,
+        deployment=deployment,
+        status_code=status_code,
+        retry_after_s=retry_after_s,
     )
 
 
@@ -119,7 +145,7 @@ class RemoteUserError(RayServeException):
 def http_status_for(exc: BaseException) -> int:
     """The HTTP status code a proxy answers with when ``exc`` ends a request."""
     if isinstance(exc, BackPressureError):
-        return 503
+        return exc.status_code
     if isinstance(exc, DeploymentUnavailableError | ReplicaUnavailableError):
         return 503
     if isinstance(exc, RequestCancelledError):

@@ -102,3 +102,36 @@ def test_request_timeout_s_from_the_config(tmp_path: Path) -> None:
         assert longer.text == "done"
     finally:
         assert run.stop() == 0
+
+
+def test_backpressure_answers_at_once_with_retry_after(clean: Instance, tmp_path: Path) -> None:
+    limited = Slow.options(
+        max_ongoing_requests=1,
+        max_queued_requests=1,
+        backpressure_config={"status_code": 429, "retry_after_s": 2.5},
+    )
+    serve.run(limited.bind(), name="limited", route_prefix="/limited")
+    mark = tmp_path / "started"
+    answers: list[httpx.Response] = []
+
+    def get(params: dict[str, object]) -> None:
+        with httpx.Client(base_url=clean.url, timeout=30) as client:
+            answers.append(client.get("/limited", params=params))
+
+    hog = threading.Thread(target=get, args=({"s": 1, "mark": mark},))
+    hog.start()
+    wait_for(mark.exists, message="the first request to take the only slot")
+    # One of these two waits in the queue (its one place), the other is turned away.
+    others = [threading.Thread(target=get, args=({"s": 0.01},)) for _ in range(2)]
+    start = time.monotonic()
+    for t in others:
+        t.start()
+    for t in others:
+        t.join()
+    hog.join()
+    rejected = [r for r in answers if r.status_code == 429]
+    assert len(rejected) == 1 and len(answers) == 3, [r.status_code for r in answers]
+    assert rejected[0].headers["retry-after"] == "3"
+    assert "backpressure" in rejected[0].text
+    assert sorted(r.status_code for r in answers) == [200, 200, 429]
+    assert time.monotonic() - start < 5

@@ -519,13 +519,17 @@ class Controller:
                         f"Deployment '{dep.id.name}' of application '{app.name}' has no "
                         "running replicas: it failed to deploy (see `serve.status()`)."
                     )
+                config = dep.spec.config
+                backpressure = config.backpressure_config
                 self.long_poll.publish(
                     dep.id.key,
                     ReplicaSet(
                         replicas,
-                        int(dep.spec.config.max_ongoing_requests),
-                        int(dep.spec.config.max_queued_requests),
+                        int(config.max_ongoing_requests),
+                        int(config.max_queued_requests),
                         unavailable,
+                        int(backpressure.status_code),
+                        backpressure.retry_after_s,
                     ),
                 )
         self.long_poll.publish("routes", routes)

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -344,7 +345,10 @@ class _Responder(StreamSink):
         if request.finished:
             return
         if not request.started:
-            _text(request, status, text.encode(), request_id)
+            extra: list[tuple[bytes, bytes]] = []
+            if isinstance(exc, BackPressureError) and exc.retry_after_s is not None:
+                extra.append((b"retry-after", b"%d" % math.ceil(exc.retry_after_s)))
+            _text(request, status, text.encode(), request_id, extra)
         else:
             request.keep_alive = False
             request.end()
@@ -364,9 +368,15 @@ def _byte_headers(headers: Any) -> list[tuple[bytes, bytes]]:
     return [(bytes(k), bytes(v)) for k, v in headers]
 
 
-def _text(request: Request, status: int, body: bytes, request_id: str) -> None:
-    request.respond(
-        status,
-        [(b"content-type", b"text/plain; charset=utf-8"), (b"x-request-id", request_id.encode())],
-        body,
-    )
+def _text(
+    request: Request,
+    status: int,
+    body: bytes,
+    request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"x-request-id", request_id.encode()),
+    ]
+    request.respond(status, headers + extra if extra else headers, body)

@@ -45,6 +45,7 @@ class Router:
         self._waiters: deque[asyncio.Future[ReplicaInfo]] = deque()
         self._max_ongoing = 5
         self._max_queued = -1
+        self._backpressure: tuple[int, float | None] = (503, None)
         self._deleted = False
         self._unavailable = ""
         self._known = asyncio.Event()  # set once the controller's first snapshot arrived
@@ -76,6 +77,7 @@ class Router:
                     waiter.set_exception(DeploymentUnavailableError(self._unavailable))
         self._max_ongoing = replica_set.max_ongoing_requests
         self._max_queued = replica_set.max_queued_requests
+        self._backpressure = (replica_set.backpressure_status_code, replica_set.retry_after_s)
         live = {r.replica_id for r in self._replicas}
         for replica_id in [r for r in self._inflight if r not in live]:
             if self._inflight[replica_id] == 0:
@@ -140,10 +142,13 @@ class Router:
                 self._inflight[replica.replica_id] = self._inflight.get(replica.replica_id, 0) + 1
                 return replica
         if self._max_queued != -1 and len(self._waiters) >= self._max_queued:
+            status_code, retry_after_s = self._backpressure
             raise BackPressureError(
                 num_queued_requests=len(self._waiters),
                 max_queued_requests=self._max_queued,
                 deployment=str(self.deployment),
+                status_code=status_code,
+                retry_after_s=retry_after_s,
             )
         waiter: asyncio.Future[ReplicaInfo] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)

@@ -45,6 +45,9 @@ class ReplicaSet:
     #: Why requests can't be served while there are no replicas (e.g. the deployment failed
     #: to start); empty while replicas may still come, in which case requests wait.
     unavailable: str = ""
+    #: ``backpressure_config``: the HTTP status of a rejected request, and its Retry-After.
+    backpressure_status_code: int = 503
+    retry_after_s: float | None = None
 
 
 @dataclass(frozen=True)
