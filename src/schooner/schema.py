@@ -518,3 +518,43 @@ def config_entry(name: str, config: DeploymentConfig) -> dict[str, Any]:
     if entry.get("autoscaling_config") is not None and isinstance(entry.get("num_replicas"), int):
         del entry["num_replicas"]  # autoscaling decides; both at once is an error
     return entry
+
+
+def config_warnings(data: Any) -> list[str]:
+    """Keys of a config document that nothing reads (ignored, as Ray ignores them): one
+    line each, naming where it is and, for a likely typo, the key that was probably meant."""
+    if not isinstance(data, Mapping):
+        return []
+    doc = dict(data)
+    if "import_path" in doc and "applications" not in doc:
+        doc = _single_to_multi(doc)
+    warnings = _unknown(doc, set(ServeDeploySchema.model_fields), "")
+    http = doc.get("http_options")
+    if isinstance(http, Mapping):
+        warnings += _unknown(http, set(HTTPOptionsSchema.model_fields), "http_options")
+    apps = doc.get("applications")
+    for i, app in enumerate(apps if isinstance(apps, list) else []):
+        if not isinstance(app, Mapping):
+            continue
+        where = f"applications[{i}] ({app.get('name', 'default')!r})"
+        warnings += _unknown(app, set(ServeApplicationSchema.model_fields), where)
+        deps = app.get("deployments")
+        for j, dep in enumerate(deps if isinstance(deps, list) else []):
+            if isinstance(dep, Mapping):
+                label = f"{where}.deployments[{j}] ({dep.get('name', '?')!r})"
+                warnings += _unknown(dep, set(DeploymentSchema.model_fields), label)
+    return warnings
+
+
+def _unknown(section: Mapping[str, Any], known: set[str], where: str) -> list[str]:
+    import difflib
+
+    lines = []
+    for key in section:
+        if key in known or not isinstance(key, str):
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        place = f"{where}.{key}" if where else key
+        lines.append(f"{place}: unknown key, ignored{hint}")
+    return lines

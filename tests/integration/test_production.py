@@ -437,3 +437,20 @@ def test_scale_endpoint(detached: Detached) -> None:
     assert resp.status_code == 200, resp.text
     wait_for(lambda: len(detached.pids("fruit", "FruitMarket")) == 3, message="scaled to 3")
     detached.api.delete("/api/serve/applications/")
+
+
+def test_unknown_keys_are_ignored_but_warned_about(detached: Detached) -> None:
+    config = fruit_config(MangoStand={"num_replica": 2})
+    config["applications"][0]["route_prefx"] = "/typo"
+    (detached.dir / "typo.yaml").write_text(yaml.safe_dump(config))
+    out = detached.cli("deploy", "typo.yaml")
+    assert "Sent deploy request successfully" in out.stdout
+    assert "num_replica: unknown key, ignored; did you mean 'num_replicas'?" in out.stderr
+    assert "route_prefx: unknown key, ignored; did you mean 'route_prefix'?" in out.stderr
+    detached.wait_running("fruit")
+    app = detached.app("fruit")
+    assert app is not None
+    assert "num_replica: unknown key" in app["message"]
+    assert price(detached, "MANGO", 1) == 3
+    detached.deploy(fruit_config())
+    wait_for(lambda: detached.app("fruit")["message"] == "", message="the warning to go")  # type: ignore[index]

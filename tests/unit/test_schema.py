@@ -434,3 +434,31 @@ def test_not_a_mapping() -> None:
 def test_pydantic_error_available_for_rest_layer() -> None:
     with pytest.raises(ValueError, match="1 validation error for ServeDeploySchema"):
         ServeDeploySchema.model_validate({})
+
+
+def test_config_warnings_name_unknown_keys_and_likely_meant_ones() -> None:
+    from schooner.schema import config_warnings
+
+    doc = {
+        "http_optons": {},
+        "http_options": {"prot": 8000},
+        "applications": [
+            {
+                "name": "a",
+                "import_path": "m:app",
+                "route_prefx": "/x",
+                "deployments": [{"name": "M", "num_replica": 2, "user_config": {"k": 1}}],
+            }
+        ],
+    }
+    assert config_warnings(doc) == [
+        "http_optons: unknown key, ignored; did you mean 'http_options'?",
+        "http_options.prot: unknown key, ignored; did you mean 'port'?",
+        "applications[0] ('a').route_prefx: unknown key, ignored; did you mean 'route_prefix'?",
+        "applications[0] ('a').deployments[0] ('M').num_replica: unknown key, ignored; "
+        "did you mean 'num_replicas'?",
+    ]
+    single = {"import_path": "m:app", "host": "0.0.0.0", "port": 8000, "zebra": 1}
+    assert config_warnings(single) == ["zebra: unknown key, ignored"]
+    clean = {"applications": [{"import_path": "m:app", "deployments": [{"name": "M"}]}]}
+    assert config_warnings(clean) == []

@@ -109,9 +109,11 @@ def config_from_target(target: str, kv_args: dict[str, str], base: Path) -> dict
             app["args"] = kv_args
         doc = {"applications": [app]}
     doc = absolutize_local_paths(doc, base)
-    from schooner.schema import parse_config_document
+    from schooner.schema import config_warnings, parse_config_document
 
-    parse_config_document(doc)  # validate here: the error names the field and the fix
+    parse_config_document(doc)
+    for line in config_warnings(doc):  # Ray ignores unknown keys; a typo should not pass quietly
+        print(f"Warning: {line}", file=sys.stderr)
     return doc
 
 

@@ -48,6 +48,20 @@ def _fingerprint(spec: AppSpec) -> list[Any]:
     ]
 
 
+def _warnings_by_app(raw: Any, names: list[str]) -> dict[str, list[str]]:
+    """Unknown-key warnings of a document, by application name ("" for the top level)."""
+    from schooner.schema import config_warnings
+
+    by_app: dict[str, list[str]] = {}
+    for line in config_warnings(raw):
+        key = ""
+        if line.startswith("applications["):
+            index = int(line[len("applications[") : line.index("]")])
+            key = names[index] if index < len(names) else ""
+        by_app.setdefault(key, []).append(line)
+    return by_app
+
+
 @dataclass
 class _Build:
     generation: int
@@ -90,10 +104,13 @@ class DeclarativeConfig:
         to the current config (replacing those of the same name) instead of
         replacing the config: other applications are left alone.
         """
-        from schooner.schema import parse_config_document  # not at import: the head starts faster
+        from schooner.schema import parse_config_document  # not at import: faster start
 
         controller = self.controller
         doc = parse_config_document(raw)
+        warnings = _warnings_by_app(raw, [app.name for app in doc.applications])
+        for line in warnings.get("", []):
+            logger.warning("config: %s", line)
         names = {app.name for app in doc.applications}
         for app in doc.applications:
             existing = controller.apps.get(app.name)
@@ -144,6 +161,8 @@ class DeclarativeConfig:
             self.app_configs[app.name] = echo
             # An unchanged entry is still rebuilt, quietly: its code may have changed.
             self._start_build(app, force, quiet=unchanged and not force)
+            controller.apps[app.name].config_warnings = warnings.get(app.name, [])
+            controller.apps[app.name].update_status()
         controller.wake()
         return doc
 

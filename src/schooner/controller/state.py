@@ -214,13 +214,23 @@ class ApplicationState:
     building: bool = False
     #: Why the latest config entry could not be built; the previous version keeps serving.
     build_error: str | None = None
+    #: Keys of its config entry that nothing reads (likely typos); shown in the message.
+    config_warnings: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def update_status(self) -> None:
-        """First match wins: DELETING, DEPLOY_FAILED, UNHEALTHY, DEPLOYING, RUNNING."""
+        """First match wins: DELETING, DEPLOY_FAILED, UNHEALTHY, DEPLOYING, RUNNING.
+
+        Config warnings (unknown keys) are appended to the message."""
+        self._derive_status()
+        if self.config_warnings and not self.deleting:
+            note = "Config warnings: " + "; ".join(self.config_warnings)
+            self.message = f"{self.message}\n{note}" if self.message else note
+
+    def _derive_status(self) -> None:
         deps = list(self.deployments.values())
         if self.deleting:
             self.status, self.message = ApplicationStatus.DELETING, ""
