@@ -71,6 +71,12 @@ class FakeConn:
     streams: list[asyncio.Queue[Any]] = field(default_factory=list)
     ongoing: int = 0
     peak: int = 0
+    on_close: list[Callable[[Any], None]] = field(default_factory=list)
+
+    def lose(self) -> None:
+        """The replica process dies: the connection closes."""
+        for callback in self.on_close:
+            callback(self)
 
     async def call(self, method: str, *args: Any) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -486,6 +492,30 @@ def test_removed_replica_gets_no_new_requests() -> None:
         await until(lambda: pool.total_calls() == 4)
         assert {c.replica for c in pool.all_pending()} == {"r2"}
         assert router.num_replicas == 1
+
+    run(body)
+
+
+def test_replica_whose_connection_is_lost_gets_no_new_requests_at_once() -> None:
+    """A dead replica leaves the choice when its connection closes, before the controller
+    publishes a new replica set."""
+
+    async def body() -> None:
+        router, pool = make_router("r1", "r2", max_ongoing=1)
+        pool.connected.update({"r1", "r2"})
+        first = [start(router, i) for i in range(2)]  # one on each: both connections known
+        await until(lambda: pool.total_calls() == 2)
+        assert {c.replica for c in pool.all_pending()} == {"r1", "r2"}
+        pool.conn("r1").lose()
+        assert router.num_replicas == 1
+        for call in pool.all_pending():
+            call.future.set_result(None)
+        await asyncio.gather(*first)
+        later = [start(router, i) for i in range(3)]
+        await until(lambda: pool.total_calls() == 3)
+        assert {c.replica for c in pool.all_pending()} == {"r2"}
+        for task in later:
+            task.cancel()
 
     run(body)
 

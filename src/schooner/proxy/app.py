@@ -24,7 +24,7 @@ from schooner.exceptions import BackPressureError, ReplicaUnavailableError, http
 from schooner.proxy.http_server import Request
 from schooner.router.router import Router
 from schooner.rpc.connection import ConnectionLost, RemoteCallError, StreamSink
-from schooner.rpc.messages import Route
+from schooner.rpc.messages import ReplicaInfo, Route
 
 logger = logging.getLogger("schooner.proxy")
 
@@ -133,6 +133,7 @@ class ProxyApp:
             conn = registry.pool.get_nowait(replica.address)
             if conn is not None:
                 responder = _Responder(request, request_id, lambda: router.release(replica))
+                responder.replica = replica
                 req_id = conn.stream_to("http", (meta, http_request, request.body), responder)
 
                 def disconnected() -> None:
@@ -237,7 +238,15 @@ class ProxyApp:
 class _Responder(StreamSink):
     """Writes what a replica answers (whole responses or ASGI messages) to the client."""
 
-    __slots__ = ("_done", "_pending_start", "_request", "_request_id", "_rid_header", "timer")
+    __slots__ = (
+        "_done",
+        "_pending_start",
+        "_request",
+        "_request_id",
+        "_rid_header",
+        "replica",
+        "timer",
+    )
 
     def __init__(self, request: Request, request_id: str, done: Callable[[], None] | None) -> None:
         self._request = request
@@ -247,6 +256,8 @@ class _Responder(StreamSink):
         self._done = done
         #: The request's time limit, if it has one (cancelled when the request ends).
         self.timer: asyncio.TimerHandle | None = None
+        #: The replica it was sent to (fast path), to name it if it dies.
+        self.replica: ReplicaInfo | None = None
 
     # -- StreamSink (fast path) -------------------------------------------------------
     def on_item(self, item: Any) -> None:
@@ -260,7 +271,15 @@ class _Responder(StreamSink):
 
     def on_error(self, error: BaseException) -> None:
         if isinstance(error, ConnectionLost):
-            error = ReplicaUnavailableError(f"The replica serving request {self._request_id} died.")
+            replica = self.replica
+            who = (
+                f"Replica {replica.replica_id} of {replica.deployment}"
+                if replica is not None
+                else "The replica"
+            )
+            error = ReplicaUnavailableError(
+                f"{who} died while handling request {self._request_id}."
+            )
         self.fail(error)
         self._release()
 

@@ -49,6 +49,7 @@ class Router:
         self._deleted = False
         self._unavailable = ""
         self._known = asyncio.Event()  # set once the controller's first snapshot arrived
+        self._watched: set[str] = set()  # replica ids whose connection's loss we watch
 
     # -- replica set ------------------------------------------------------------
     def update(self, replica_set: ReplicaSet | str | None) -> None:
@@ -190,14 +191,30 @@ class Router:
         self._replicas = [r for r in self._replicas if r.replica_id != replica.replica_id]
 
     # -- calls ------------------------------------------------------------------
+    def _watch(self, replica: ReplicaInfo, conn: Any) -> None:
+        """When the connection to ``replica`` is lost (the process died or is leaving), stop
+        choosing it at once, without waiting for the controller to notice."""
+        if replica.replica_id in self._watched:
+            return
+        self._watched.add(replica.replica_id)
+
+        def lost(_conn: Any) -> None:
+            self._watched.discard(replica.replica_id)
+            self._drop_replica(replica)
+
+        conn.on_close.append(lost)
+
     async def _connect(self) -> tuple[ReplicaInfo, Any]:
         while True:
             replica = await self._acquire()
             conn = self._pool.get_nowait(replica.address)
             if conn is not None:
+                self._watch(replica, conn)
                 return replica, conn
             try:
-                return replica, await self._pool.get(replica.address)
+                conn = await self._pool.get(replica.address)
+                self._watch(replica, conn)
+                return replica, conn
             except OSError:
                 self._drop_replica(replica)  # before releasing: don't hand it to a waiter
                 self._release(replica)
