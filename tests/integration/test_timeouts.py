@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 from helpers import free_port, wait_for
 from starlette.requests import Request
@@ -135,3 +136,48 @@ def test_backpressure_answers_at_once_with_retry_after(clean: Instance, tmp_path
     assert "backpressure" in rejected[0].text
     assert sorted(r.status_code for r in answers) == [200, 200, 429]
     assert time.monotonic() - start < 5
+
+
+def test_client_disconnect_cancels_the_work_in_the_replica(clean: Instance, tmp_path: Path) -> None:
+    import socket
+
+    serve.run(Slow.bind(), name="gone", route_prefix="/gone")
+    before = clean.http.get("/gone/cancelled").json()
+    mark = tmp_path / "started"
+    with socket.create_connection(("127.0.0.1", clean.port)) as sock:
+        sock.sendall(f"GET /gone?s=30&mark={mark} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        wait_for(mark.exists, message="the request to reach the replica")
+    # The socket is closed: the proxy sees the client go and cancels the replica's work.
+    wait_for(
+        lambda: clean.http.get("/gone/cancelled").json() == before + 1,
+        timeout_s=10,
+        message="the replica's coroutine to be cancelled",
+    )
+
+
+class _Url:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class _CallArgs:
+    """What Slow reads from a request, for calls through a handle."""
+
+    def __init__(self, path: str, **query: str) -> None:
+        self.url = _Url(path)
+        self.query_params = query
+
+
+def test_handle_result_timeout_and_cancel(clean: Instance, tmp_path: Path) -> None:
+    handle = serve.run(Slow.bind(), name="h", route_prefix=None)
+    before = handle.remote(_CallArgs("/cancelled")).result()
+    mark = tmp_path / "started"
+    response = handle.remote(_CallArgs("/", s="30", mark=str(mark)))
+    with pytest.raises(TimeoutError):
+        response.result(timeout_s=0.2)
+    wait_for(mark.exists, message="the call to reach the replica")
+    response.cancel()
+    wait_for(
+        lambda: handle.remote(_CallArgs("/cancelled")).result() == before + 1,
+        message="the cancelled call to stop in the replica",
+    )
