@@ -454,3 +454,19 @@ def test_unknown_keys_are_ignored_but_warned_about(detached: Detached) -> None:
     assert price(detached, "MANGO", 1) == 3
     detached.deploy(fruit_config())
     wait_for(lambda: detached.app("fruit")["message"] == "", message="the warning to go")  # type: ignore[index]
+
+
+def test_deleting_another_application_under_load_fails_nothing(detached: Detached) -> None:
+    two = fruit_config()
+    two["applications"].append(
+        {"name": "other", "route_prefix": "/other", "import_path": "fruit:app"}
+    )
+    detached.deploy(two)
+    detached.wait_running("fruit", "other")
+    with Load(f"http://127.0.0.1:{detached.http_port}/fruit", body=["PEAR", 1]) as load:
+        detached.deploy(fruit_config())
+        wait_for(lambda: "other" not in detached.details()["applications"], message="deleted")
+        mark = load.ok
+        wait_for(lambda: load.ok > mark + 100, message="more answers after the deletion")
+    assert load.failures == [], load.failures[:5]
+    print(f"deleting another app: {load.ok} ok, {len(load.failures)} failed")
