@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from bench import systems
 from bench.context import Context, log
+from bench.faults import faults
 from bench.load import LoadResult
 from bench.procs import free_port
 from bench.systems import BARE, LABELS, RAY, SCHOONER
@@ -188,4 +189,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "cold": cold,
     "memory": memory,
     "updates": live_updates,
+    "faults": faults,
 }

@@ -1,0 +1,217 @@
+"""Fault injection under load: replicas killed, and a deployment overloaded.
+
+- **replica kills**: three replicas at steady HTTP load; one replica is killed
+  with SIGKILL every second for 20 s. Reports the failed-request ratio (only
+  requests running on a killed replica should fail).
+- **overload**: one replica that takes 10 ms per request, ``max_ongoing=2``,
+  ``max_queued=4``, offered about ten times what it can serve. Reports the
+  share of requests refused at once (503), how fast refusals are, the p99 of
+  accepted requests, and whether ``/-/healthz`` kept answering meanwhile.
+
+Schooner only, on a detached instance started with ``schooner start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import tempfile
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.context import Context, log
+from bench.load import LoadResult, run_load
+from bench.systems import SCHOONER
+from bench.updates import _Instance
+
+KILL_EVERY_S = 1.0
+KILL_FOR_S = 20.0
+OVERLOAD_S = 10.0
+OVERLOAD_CONNECTIONS = 64
+
+APP = textwrap.dedent(
+    """
+    import asyncio
+    import schooner as serve
+
+    @serve.deployment(num_replicas=3, max_ongoing_requests=16)
+    async def worker(request):
+        await asyncio.sleep(0.002)
+        return "ok"
+
+    @serve.deployment(max_ongoing_requests=2, max_queued_requests=4)
+    async def slow(request):
+        await asyncio.sleep(0.01)
+        return "ok"
+
+    workers = worker.bind()
+    slow_app = slow.bind()
+    """
+)
+
+CONFIG = {
+    "applications": [
+        {"name": "workers", "route_prefix": "/", "import_path": "faultapp:workers"},
+        {"name": "slow", "route_prefix": "/slow", "import_path": "faultapp:slow_app"},
+    ]
+}
+
+
+def _replica_pids(admin: str, app: str) -> list[int]:
+    with urllib.request.urlopen(admin + "/api/serve/applications/", timeout=10) as r:
+        apps = json.load(r)["applications"]
+    deps = apps.get(app, {}).get("deployments", {})
+    return [
+        replica["pid"]
+        for dep in deps.values()
+        for replica in dep["replicas"]
+        if replica["state"] == "RUNNING"
+    ]
+
+
+def faults(ctx: Context) -> None:
+    """Replica kills and overload (see the module docstring)."""
+    if SCHOONER not in ctx.available(SCHOONER):
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
+        inst = _Instance(Path(tmp))
+        (inst.dir / "faultapp.py").write_text(APP)
+        inst.cli(
+            "start", "--http-port", str(inst.http_port), "--admin-port", inst.admin.rsplit(":")[-1]
+        )
+        try:
+            (inst.dir / "config.yaml").write_text(json.dumps(CONFIG))
+            inst.cli("deploy", "config.yaml")
+            _wait_apps(inst, ("workers", "slow"))
+            for name, run in (("replica kills", _kills), ("overload", _overload)):
+                try:
+                    run(ctx, inst)
+                except Exception as exc:
+                    ctx.fail(name, SCHOONER, exc)
+        finally:
+            inst.cli("shutdown", "-y")
+
+
+def _wait_apps(inst: _Instance, names: tuple[str, ...], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(inst.admin + "/api/serve/applications/", timeout=10) as r:
+            apps = json.load(r)["applications"]
+        if all(apps.get(n, {}).get("status") == "RUNNING" for n in names):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{names} did not become RUNNING")
+
+
+def _kills(ctx: Context, inst: _Instance) -> None:
+    result: dict[str, LoadResult] = {}
+    duration = KILL_FOR_S + 3
+    thread = threading.Thread(
+        target=lambda: result.setdefault("load", run_load(inst.http_port, 8, duration))
+    )
+    thread.start()
+    time.sleep(1.5)
+    killed = 0
+    end = time.monotonic() + KILL_FOR_S
+    while time.monotonic() < end:
+        pids = _replica_pids(inst.admin, "workers")
+        if pids:
+            os.kill(random.choice(pids), signal.SIGKILL)
+            killed += 1
+        time.sleep(KILL_EVERY_S)
+    thread.join()
+    r = result["load"]
+    ratio = r.errors / max(1, r.requests + r.errors)
+    detail = {**r.as_dict(), "killed": killed}
+    ctx.record("replica kills", "failed %", SCHOONER, 100 * ratio, "%", False, detail)
+    ctx.record("replica kills", "failed requests", SCHOONER, r.errors, "", False)
+    ctx.record("replica kills", "replicas killed", SCHOONER, killed, "", False)
+    ctx.record("replica kills", "req/s", SCHOONER, r.requests_per_s, "req/s", True)
+    log(
+        f"[faults] {killed} replicas killed in {KILL_FOR_S:.0f} s: {r.errors} failed of "
+        f"{r.requests} requests ({100 * ratio:.3f}%)"
+    )
+
+
+async def _overload_client(
+    port: int, path: str, deadline: float, out: list[tuple[int, float]]
+) -> None:
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if length:
+                await reader.readexactly(length)
+            out.append((int(head[9:12]), time.perf_counter() - start))
+    finally:
+        writer.close()
+
+
+async def _overload_run(port: int) -> tuple[list[tuple[int, float]], list[float]]:
+    deadline = time.perf_counter() + OVERLOAD_S
+    answers: list[tuple[int, float]] = []
+    health: list[float] = []
+
+    async def probe() -> None:
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /-/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = await reader.read()
+            writer.close()
+            if data.startswith(b"HTTP/1.1 200"):
+                health.append(time.perf_counter() - start)
+            await asyncio.sleep(0.1)
+
+    clients = [
+        _overload_client(port, "/slow", deadline, answers) for _ in range(OVERLOAD_CONNECTIONS)
+    ]
+    await asyncio.gather(probe(), *clients)
+    return answers, health
+
+
+def _pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * (len(values) - 1)))] if values else float("nan")
+
+
+def _overload(ctx: Context, inst: _Instance) -> None:
+    answers, health = asyncio.run(_overload_run(inst.http_port))
+    ok = [t for status, t in answers if status == 200]
+    refused = [t for status, t in answers if status == 503]
+    other = len(answers) - len(ok) - len(refused)
+    share = len(refused) / max(1, len(answers))
+    detail: dict[str, Any] = {
+        "answers": len(answers),
+        "ok": len(ok),
+        "refused": len(refused),
+        "other": other,
+        "health_answers": len(health),
+        "accepted_p50_ms": 1000 * _pct(ok, 0.5),
+    }
+    ctx.record("overload", "503 share %", SCHOONER, 100 * share, "%", False, detail)
+    ctx.record("overload", "503 p99 ms", SCHOONER, 1000 * _pct(refused, 0.99), "ms", False)
+    ctx.record("overload", "accepted p99 ms", SCHOONER, 1000 * _pct(ok, 0.99), "ms", False)
+    ctx.record("overload", "accepted req/s", SCHOONER, len(ok) / OVERLOAD_S, "req/s", True)
+    ctx.record("overload", "healthz p99 ms", SCHOONER, 1000 * _pct(health, 0.99), "ms", False)
+    log(
+        f"[faults] overload: {len(answers)} answers, {len(ok)} ok, {len(refused)} refused "
+        f"({100 * share:.1f}%, p99 {1000 * _pct(refused, 0.99):.1f} ms), other {other}; "
+        f"accepted p99 {1000 * _pct(ok, 0.99):.1f} ms; healthz answered {len(health)} times, "
+        f"p99 {1000 * _pct(health, 0.99):.1f} ms"
+    )
