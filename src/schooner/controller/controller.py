@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
 from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
 from schooner.exceptions import ServeConfigError
@@ -53,8 +54,6 @@ logger = logging.getLogger("schooner.controller")
 TICK_S = 0.1
 #: A replica that has not become ready this long after its process started is replaced.
 STARTUP_TIMEOUT_S = 600.0
-#: Consecutive failed health checks after which a replica is replaced (as in Ray Serve).
-HEALTH_CHECK_FAILURES = 3
 #: After asking a replica to stop, how long it may take on top of its graceful timeout.
 STOP_GRACE_S = 5.0
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -115,6 +114,7 @@ class Controller:
         self.proxy_status: dict[str, str] = {}
         self.node_id = "node-" + secrets.token_hex(8)
         self._spare: _Spare | None = None
+        self.health = HealthChecks(self)
         self._adopting: dict[str, _Spare] = {}
         self.long_poll.publish("routes", {})
 
@@ -149,11 +149,11 @@ class Controller:
             app.update_status()
             if app.deleting and not app.deployments:
                 del self.apps[app.name]
-        self._publish()
+        self.publish()
         if self._shutting_down and not self.apps:
             self.stopped.set()
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -207,7 +207,7 @@ class Controller:
                 and replica.reconfig_version != dep.reconfig_version
             ):
                 replica.state = ReplicaState.UPDATING
-                self._spawn(self._reconfigure(dep, replica))
+                self.spawn(self._reconfigure(dep, replica))
         # 4. Scale the current version.
         dep.pending_reason = None
         if len(current) < target and not dep.failed:
@@ -245,7 +245,7 @@ class Controller:
             self._stop_replica(dep, min(live, key=lambda r: r.started_monotonic))
 
     def _enforce_deadlines(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
-        self._maybe_check_health(dep, replica, now)
+        self.health.maybe_check(dep, replica, now)
         if replica.state == ReplicaState.STOPPING and replica.stop_requested_at is not None:
             timeout = float(dep.spec.config.graceful_shutdown_timeout_s) + STOP_GRACE_S
             if now - replica.stop_requested_at > timeout:
@@ -256,70 +256,6 @@ class Controller:
         ):
             replica.error = f"The replica did not become ready within {STARTUP_TIMEOUT_S:.0f} s."
             replica.process.kill()
-
-    # ----------------------------------------------------------------- health
-    def _maybe_check_health(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
-        """Start a health check of a serving replica every ``health_check_period_s``."""
-        if replica.state not in (ReplicaState.RUNNING, ReplicaState.UPDATING):
-            return
-        if replica.conn is None or replica.health_check_running:
-            return
-        if now - replica.last_health_check < float(dep.spec.config.health_check_period_s):
-            return
-        replica.last_health_check = now
-        replica.health_check_running = True
-        self._spawn(self._check_health(dep, replica))
-
-    async def _check_health(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
-        """Call the replica's ``check_health``; replace it after too many failures or a hang."""
-        timeout_s = float(dep.spec.config.health_check_timeout_s)
-        assert replica.conn is not None
-        try:
-            await asyncio.wait_for(replica.conn.call("check_health"), timeout_s)
-        except TimeoutError:
-            self._replace_unhealthy(
-                dep,
-                replica,
-                f"did not answer its health check within {timeout_s:g} s (health_check_timeout_s)",
-            )
-            return
-        except RemoteCallError as exc:
-            replica.health_failures += 1
-            error = f"{exc.error.type_name}: {exc.error.message}"
-            logger.warning(
-                "health check %d of replica %s of %s failed: %s",
-                replica.health_failures,
-                replica.replica_id,
-                dep.id,
-                error,
-            )
-            if replica.health_failures >= HEALTH_CHECK_FAILURES:
-                self._replace_unhealthy(
-                    dep,
-                    replica,
-                    f"failed {replica.health_failures} health checks in a row; last error: {error}",
-                )
-            return
-        except ConnectionLost:
-            return  # the process died: reaping replaces it
-        finally:
-            replica.health_check_running = False
-        replica.health_failures = 0
-
-    def _replace_unhealthy(self, dep: DeploymentState, replica: ReplicaRecord, why: str) -> None:
-        if replica.state not in (ReplicaState.RUNNING, ReplicaState.UPDATING):
-            return
-        reason = f"Replica {replica.replica_id} of deployment '{dep.id.name}' {why}. Replacing it."
-        logger.warning("%s", reason)
-        dep.unhealthy_reason = reason
-        # Out of routing at once; it gets no graceful drain (it may be hung).
-        replica.state = ReplicaState.STOPPING
-        replica.stop_requested_at = self.clock()
-        replica.process.terminate()
-        dep.update_status()
-        self.apps[dep.id.app_name].update_status()
-        self._publish()  # callers stop routing to it now, not at the next tick
-        self.wake()
 
     # ------------------------------------------------------------------ spare
     def launch_spare(self) -> None:
@@ -432,7 +368,7 @@ class Controller:
             logger.info(
                 "replica %s of %s adopts spare process %d", replica_id, dep.id, spare.process.pid
             )
-            self._spawn(self._adopt_spare(dep, replica, spare, env, sys_path))
+            self.spawn(self._adopt_spare(dep, replica, spare, env, sys_path))
             return True
         spec = self._replica_process_spec(
             ["--replica-id", replica_id, "--app", dep.id.app_name, "--deployment", dep.id.name],
@@ -478,7 +414,7 @@ class Controller:
         if replica.conn is None or not was_running:
             replica.process.terminate()
             return
-        self._spawn(self._drain_and_stop(dep, replica))
+        self.spawn(self._drain_and_stop(dep, replica))
 
     async def _drain_and_stop(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
         config = dep.spec.config
@@ -502,7 +438,7 @@ class Controller:
         replica.process.terminate()
 
     # --------------------------------------------------------------- publish
-    def _publish(self) -> None:
+    def publish(self) -> None:
         routes: dict[str, Route] = {}
         for app in self.apps.values():
             ingress = app.deployments.get(app.spec.ingress)
@@ -542,7 +478,7 @@ class Controller:
             conn.notify("shutdown")
             return
         replica.conn = conn
-        self._spawn(self._initialize(dep, replica, conn))
+        self.spawn(self._initialize(dep, replica, conn))
 
     async def _initialize(
         self, dep: DeploymentState, replica: ReplicaRecord, conn: Connection
