@@ -316,3 +316,24 @@ def test_result_timeout(clean) -> None:
     handle = serve.run(SlowSync.bind(), name="slow", route_prefix=None)
     with pytest.raises(TimeoutError):
         handle.work.remote(2).result(timeout_s=0.1)
+
+
+@serve.deployment
+class Unsendable:
+    def __call__(self, request: object) -> object:
+        return object()
+
+    def lock(self) -> object:
+        import threading
+
+        return threading.Lock()
+
+
+def test_a_result_that_cannot_be_sent_is_a_clear_error(clean) -> None:
+    handle = serve.run(Unsendable.bind(), name="unsendable", route_prefix="/unsendable")
+    resp = clean.http.get("/unsendable")
+    assert resp.status_code == 500
+    assert "returned a value of type 'object', which cannot be sent as an HTTP" in resp.text
+    with pytest.raises(TypeError, match="pickle"):
+        handle.lock.remote().result()
+    assert clean.http.get("/-/healthz").status_code == 200  # nothing else is disturbed

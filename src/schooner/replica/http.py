@@ -85,7 +85,14 @@ def to_response(result: Any) -> Response:
     except (TypeError, ValueError):
         from fastapi.encoders import jsonable_encoder
 
-        return Response(json.dumps(jsonable_encoder(result)), media_type="application/json")
+        try:
+            return Response(json.dumps(jsonable_encoder(result)), media_type="application/json")
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"The deployment returned a value of type {type(result).__name__!r}, which "
+                "cannot be sent as an HTTP response. Return a str, bytes, a JSON-serializable "
+                "value (dict, list, number, None), a pydantic model, or a Starlette Response."
+            ) from None
 
 
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
