@@ -523,27 +523,37 @@ def config_entry(name: str, config: DeploymentConfig) -> dict[str, Any]:
 def config_warnings(data: Any) -> list[str]:
     """Keys of a config document that nothing reads (ignored, as Ray ignores them): one
     line each, naming where it is and, for a likely typo, the key that was probably meant."""
+    top, per_app = config_warnings_by_section(data)
+    return top + [line for lines in per_app for line in lines]
+
+
+def config_warnings_by_section(data: Any) -> tuple[list[str], list[list[str]]]:
+    """:func:`config_warnings` split into the top level's and each application's (in the
+    order of ``applications``)."""
     if not isinstance(data, Mapping):
-        return []
+        return [], []
     doc = dict(data)
     if "import_path" in doc and "applications" not in doc:
         doc = _single_to_multi(doc)
-    warnings = _unknown(doc, set(ServeDeploySchema.model_fields), "")
+    top = _unknown(doc, set(ServeDeploySchema.model_fields), "")
     http = doc.get("http_options")
     if isinstance(http, Mapping):
-        warnings += _unknown(http, set(HTTPOptionsSchema.model_fields), "http_options")
+        top += _unknown(http, set(HTTPOptionsSchema.model_fields), "http_options")
     apps = doc.get("applications")
+    per_app: list[list[str]] = []
     for i, app in enumerate(apps if isinstance(apps, list) else []):
+        lines: list[str] = []
+        per_app.append(lines)
         if not isinstance(app, Mapping):
             continue
         where = f"applications[{i}] ({app.get('name', 'default')!r})"
-        warnings += _unknown(app, set(ServeApplicationSchema.model_fields), where)
+        lines += _unknown(app, set(ServeApplicationSchema.model_fields), where)
         deps = app.get("deployments")
         for j, dep in enumerate(deps if isinstance(deps, list) else []):
             if isinstance(dep, Mapping):
                 label = f"{where}.deployments[{j}] ({dep.get('name', '?')!r})"
-                warnings += _unknown(dep, set(DeploymentSchema.model_fields), label)
-    return warnings
+                lines += _unknown(dep, set(DeploymentSchema.model_fields), label)
+    return top, per_app
 
 
 def _unknown(section: Mapping[str, Any], known: set[str], where: str) -> list[str]:

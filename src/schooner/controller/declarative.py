@@ -48,20 +48,6 @@ def _fingerprint(spec: AppSpec) -> list[Any]:
     ]
 
 
-def _warnings_by_app(raw: Any, names: list[str]) -> dict[str, list[str]]:
-    """Unknown-key warnings of a document, by application name ("" for the top level)."""
-    from schooner.schema import config_warnings
-
-    by_app: dict[str, list[str]] = {}
-    for line in config_warnings(raw):
-        key = ""
-        if line.startswith("applications["):
-            index = int(line[len("applications[") : line.index("]")])
-            key = names[index] if index < len(names) else ""
-        by_app.setdefault(key, []).append(line)
-    return by_app
-
-
 @dataclass
 class _Build:
     generation: int
@@ -104,12 +90,15 @@ class DeclarativeConfig:
         to the current config (replacing those of the same name) instead of
         replacing the config: other applications are left alone.
         """
-        from schooner.schema import parse_config_document  # not at import: faster start
+        from schooner.schema import (  # not at import: the head starts faster
+            config_warnings_by_section,
+            parse_config_document,
+        )
 
         controller = self.controller
         doc = parse_config_document(raw)
-        warnings = _warnings_by_app(raw, [app.name for app in doc.applications])
-        for line in warnings.get("", []):
+        top_warnings, app_warnings = config_warnings_by_section(raw)
+        for line in top_warnings:
             logger.warning("config: %s", line)
         names = {app.name for app in doc.applications}
         for app in doc.applications:
@@ -149,7 +138,7 @@ class DeclarativeConfig:
                 self._cancel_build(other.name)
                 self.app_configs.pop(other.name, None)
                 controller.delete_app(other.name)
-        for app in doc.applications:
+        for index, app in enumerate(doc.applications):
             echo = app.model_dump(mode="json", exclude_unset=True)
             existing = controller.apps.get(app.name)
             unchanged = (
@@ -161,7 +150,7 @@ class DeclarativeConfig:
             self.app_configs[app.name] = echo
             # An unchanged entry is still rebuilt, quietly: its code may have changed.
             self._start_build(app, force, quiet=unchanged and not force)
-            controller.apps[app.name].config_warnings = warnings.get(app.name, [])
+            controller.apps[app.name].config_warnings = app_warnings[index]
             controller.apps[app.name].update_status()
         controller.wake()
         return doc
