@@ -111,6 +111,15 @@ def start(
         logger.info("Schooner started; HTTP on http://%s:%s", head.http_host, head.http_port)
 
 
+def _abandon_pending_head() -> None:
+    """Stop a head launched ahead of need that will not be used (the CLI failed first)."""
+    global _pending_head
+    with _lock:
+        pending, _pending_head = _pending_head, None
+    if pending is not None:
+        pending.abandon()
+
+
 def _attach(instance: dict[str, Any]) -> None:
     """Use a running (detached) instance: its controller socket, its HTTP address."""
     global _attached, _atexit_registered

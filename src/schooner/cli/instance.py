@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 
 from schooner.admin.client import AdminClient, AdminError, AdminUnreachable
 from schooner.exceptions import RayServeException
+from schooner.runtime.launcher import pid_alive
 
 #: How long ``schooner shutdown`` waits for the instance's processes to exit.
 SHUTDOWN_WAIT_S = 60.0
@@ -100,27 +100,12 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     client.shutdown()
     pid = int(info["pid"])
     deadline = time.monotonic() + SHUTDOWN_WAIT_S
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)
-    if _alive(pid):
+    if pid_alive(pid):
         raise RayServeException(
             f"The instance (pid {pid}) did not stop within {SHUTDOWN_WAIT_S:.0f} s; see its "
             f"logs in {info.get('session')}/logs."
         )
     print(f"Stopped the Schooner instance at {client.url}.")
     return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except OSError:
-        return True

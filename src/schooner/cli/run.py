@@ -78,10 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 api.delete(name)
             api._disconnect(stop=False)
         else:
-            if api._pending_head is not None:
-                pending, api._pending_head = api._pending_head, None
-                pending.process.kill()
-                pending.process.wait()
+            api._abandon_pending_head()
             api.shutdown()
     return 0
 
@@ -178,10 +175,7 @@ def _run_imported(
         target = import_attr(args.target, args.app_dir)
         app = build_application(target, kv_args, args.target)
     except BaseException:
-        if api._pending_head is not None:
-            pending, api._pending_head = api._pending_head, None
-            pending.process.kill()
-            pending.process.wait()
+        api._abandon_pending_head()
         raise
     serve.start()
     _watch_instance(stop, lost)

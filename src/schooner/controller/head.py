@@ -30,7 +30,12 @@ from schooner.exceptions import RayServeException
 from schooner.logs import setup_process_logging
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import AppSpec
-from schooner.runtime.launcher import ProcessHandle, ProcessSpec, SubprocessLauncher
+from schooner.runtime.launcher import (
+    ProcessHandle,
+    ProcessSpec,
+    SubprocessLauncher,
+    pid_alive,
+)
 from schooner.runtime.lifeline import Lifeline, watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.resources import ResourcePool
@@ -206,7 +211,7 @@ class Head:
                 self.proxy.terminate()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            alive = [p for p in [*controller.all_pids()] if _alive(p)]
+            alive = [p for p in [*controller.all_pids()] if pid_alive(p)]
             if (self.proxy is None or self.proxy.poll() is not None) and not alive:
                 break
             await asyncio.sleep(0.02)
@@ -215,14 +220,6 @@ class Head:
             self.proxy.kill()
         controller.kill_all()
         controller.stopped.set()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 class AdminAPI:

@@ -61,17 +61,25 @@ class PendingHead:
     http_host: str
     ready_fd: int
 
+    def abandon(self) -> None:
+        """Stop the head without waiting for it to be ready (the caller gave up)."""
+        os.close(self.ready_fd)
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        if self.lifeline is not None:
+            self.lifeline.close()
+
     def wait_ready(self) -> HeadHandle:
         """Wait until the head serves; raise with its reason if it failed."""
         process, session, lifeline = self.process, self.session, self.lifeline
         line = _read_line(self.ready_fd, HEAD_START_TIMEOUT_S)
         os.close(self.ready_fd)
         if not line.startswith("READY"):
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            if lifeline is not None:
-                lifeline.close()
+            self._stop()
             reason = (
                 line[len("ERROR ") :]
                 if line.startswith("ERROR ")

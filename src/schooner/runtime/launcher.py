@@ -40,6 +40,21 @@ class ProcessHandle(Protocol):
     def kill(self) -> None: ...
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True
+
+
 class Launcher(Protocol):
     def launch(self, spec: ProcessSpec) -> ProcessHandle: ...
 
