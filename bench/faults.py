@@ -14,7 +14,6 @@ Schooner only, on a detached instance started with ``schooner start``.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -22,14 +21,13 @@ import tempfile
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from bench.context import Context, log
-from bench.load import LoadResult, run_load
+from bench.detached import Detached
+from bench.load import LoadResult, read_response, run_load
 from bench.systems import SCHOONER
-from bench.updates import _Instance
 
 KILL_EVERY_S = 1.0
 KILL_FOR_S = 20.0
@@ -64,53 +62,27 @@ CONFIG = {
 }
 
 
-def _replica_pids(admin: str, app: str) -> list[int]:
-    with urllib.request.urlopen(admin + "/api/serve/applications/", timeout=10) as r:
-        apps = json.load(r)["applications"]
-    deps = apps.get(app, {}).get("deployments", {})
-    return [
-        replica["pid"]
-        for dep in deps.values()
-        for replica in dep["replicas"]
-        if replica["state"] == "RUNNING"
-    ]
-
-
 def faults(ctx: Context) -> None:
     """Replica kills and overload (see the module docstring)."""
     if SCHOONER not in ctx.available(SCHOONER):
         return
     with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        inst = _Instance(Path(tmp))
+        inst = Detached(Path(tmp))
         (inst.dir / "faultapp.py").write_text(APP)
-        inst.cli(
-            "start", "--http-port", str(inst.http_port), "--admin-port", inst.admin.rsplit(":")[-1]
-        )
+        inst.start()
         try:
-            (inst.dir / "config.yaml").write_text(json.dumps(CONFIG))
-            inst.cli("deploy", "config.yaml")
-            _wait_apps(inst, ("workers", "slow"))
+            inst.deploy(CONFIG)
+            inst.wait_running("workers", "slow")
             for name, run in (("replica kills", _kills), ("overload", _overload)):
                 try:
                     run(ctx, inst)
                 except Exception as exc:
                     ctx.fail(name, SCHOONER, exc)
         finally:
-            inst.cli("shutdown", "-y")
+            inst.shutdown()
 
 
-def _wait_apps(inst: _Instance, names: tuple[str, ...], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(inst.admin + "/api/serve/applications/", timeout=10) as r:
-            apps = json.load(r)["applications"]
-        if all(apps.get(n, {}).get("status") == "RUNNING" for n in names):
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"{names} did not become RUNNING")
-
-
-def _kills(ctx: Context, inst: _Instance) -> None:
+def _kills(ctx: Context, inst: Detached) -> None:
     result: dict[str, LoadResult] = {}
     duration = KILL_FOR_S + 3
     thread = threading.Thread(
@@ -121,7 +93,7 @@ def _kills(ctx: Context, inst: _Instance) -> None:
     killed = 0
     end = time.monotonic() + KILL_FOR_S
     while time.monotonic() < end:
-        pids = _replica_pids(inst.admin, "workers")
+        pids = inst.replica_pids("workers")
         if pids:
             os.kill(random.choice(pids), signal.SIGKILL)
             killed += 1
@@ -149,15 +121,8 @@ async def _overload_client(
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if length:
-                await reader.readexactly(length)
-            out.append((int(head[9:12]), time.perf_counter() - start))
+            status = await read_response(reader)
+            out.append((status, time.perf_counter() - start))
     finally:
         writer.close()
 
@@ -190,7 +155,7 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * (len(values) - 1)))] if values else float("nan")
 
 
-def _overload(ctx: Context, inst: _Instance) -> None:
+def _overload(ctx: Context, inst: Detached) -> None:
     answers, health = asyncio.run(_overload_run(inst.http_port))
     ok = [t for status, t in answers if status == 200]
     refused = [t for status, t in answers if status == 503]

@@ -98,6 +98,19 @@ def run_wrk(url: str, connections: int, duration_s: float, body_bytes: int = 0) 
     return parse_wrk(done.stdout, connections, seconds)
 
 
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a content-length; returns its status code."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def _connection(
     host: str, port: int, request: bytes, deadline: float, latencies: list[float]
 ) -> int:
@@ -108,15 +121,7 @@ async def _connection(
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if length:
-                await reader.readexactly(length)
-            if not head.startswith(b"HTTP/1.1 2"):
+            if not 200 <= await read_response(reader) < 300:
                 errors += 1
             latencies.append(time.perf_counter() - start)
     finally:

@@ -7,10 +7,6 @@ one way per run, and every non-200 answer or socket error counts as failed.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -20,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.context import Context, log
+from bench.detached import Detached
 from bench.load import LoadResult, run_load
-from bench.procs import free_port
 from bench.systems import SCHOONER
 
 CONNECTIONS = 8
@@ -81,41 +77,6 @@ UPDATES: list[tuple[str, dict[str, Any], str | None]] = [
 ]
 
 
-class _Instance:
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.http_port = free_port()
-        self.admin = f"http://127.0.0.1:{free_port()}"
-        self.env = {**os.environ, "SCHOONER_ADDRESS": self.admin}
-
-    def cli(self, *args: str) -> None:
-        subprocess.run(
-            [sys.executable, "-m", "schooner.cli.main", *args],
-            cwd=self.dir,
-            env=self.env,
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-
-    def deploy(self, config: dict[str, Any]) -> None:
-        (self.dir / "config.yaml").write_text(json.dumps(config))
-        self.cli("deploy", "config.yaml")
-
-    def app_status(self) -> str:
-        with urllib.request.urlopen(self.admin + "/api/serve/applications/", timeout=10) as r:
-            apps = json.load(r)["applications"]
-        return str(apps.get("m", {}).get("status"))
-
-    def wait_running(self, timeout_s: float = 120) -> float:
-        start = time.perf_counter()
-        while time.perf_counter() - start < timeout_s:
-            if self.app_status() == "RUNNING":
-                return time.perf_counter() - start
-            time.sleep(0.05)
-        raise RuntimeError("the application did not become RUNNING")
-
-
 def _answer(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
         return r.read().decode()
@@ -126,10 +87,9 @@ def live_updates(ctx: Context) -> None:
     if SCHOONER not in ctx.available(SCHOONER):
         return
     with tempfile.TemporaryDirectory(prefix="bench-updates-") as tmp:
-        inst = _Instance(Path(tmp))
+        inst = Detached(Path(tmp))
         (inst.dir / "upd.py").write_text(APP)
-        port = str(inst.http_port)
-        inst.cli("start", "--http-port", port, "--admin-port", inst.admin.rsplit(":", 1)[1])
+        inst.start()
         try:
             for kind, overrides, code in UPDATES:
                 try:
@@ -137,15 +97,15 @@ def live_updates(ctx: Context) -> None:
                 except Exception as exc:
                     ctx.fail(f"live update: {kind}", SCHOONER, exc)
         finally:
-            inst.cli("shutdown", "-y")
+            inst.shutdown()
 
 
 def _one(
-    ctx: Context, inst: _Instance, kind: str, overrides: dict[str, Any], code: str | None
+    ctx: Context, inst: Detached, kind: str, overrides: dict[str, Any], code: str | None
 ) -> None:
     (inst.dir / "upd.py").write_text(APP)
     inst.deploy(_config())
-    inst.wait_running()
+    inst.wait_running("m")
     result: dict[str, LoadResult] = {}
 
     def load() -> None:
@@ -163,7 +123,7 @@ def _one(
             if time.perf_counter() - started > 60:
                 raise RuntimeError(f"the {kind} update did not take effect")
             time.sleep(0.02)
-    inst.wait_running()
+    inst.wait_running("m")
     settle_s = time.perf_counter() - started
     thread.join()
     if settle_s > LOAD_S - UPDATE_AT_S:
