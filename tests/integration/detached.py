@@ -1,10 +1,13 @@
-"""A detached instance driven through the `schooner` command, for integration tests."""
+"""A detached instance driven through the `schooner` command, and a `schooner run` in the
+foreground, for integration tests."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +121,46 @@ def fruit_config(**overrides: Any) -> dict[str, Any]:
             }
         ]
     }
+
+
+class Foreground:
+    """A `schooner run ...` process whose output is collected line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "schooner.cli.main", "run", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_line(self, text: str, after: int = 0, timeout_s: float = 60) -> int:
+        def seen() -> int:
+            for i, line in enumerate(self.lines[after:], start=after):
+                if text in line:
+                    return i + 1
+            if self.proc.poll() is not None:
+                raise AssertionError("schooner run exited:\n" + "".join(self.lines))
+            return 0
+
+        return wait_for(seen, timeout_s, message=f"output {text!r}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reader.join(5)

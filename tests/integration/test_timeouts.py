@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from detached import Foreground
 from helpers import free_port, wait_for
 from starlette.requests import Request
-from test_cli_run import Foreground
 
 import schooner as serve
 from conftest import Instance
