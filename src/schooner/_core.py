@@ -4,23 +4,37 @@ Every process that talks to an instance (driver, proxy, replica) has one
 :class:`Core`. In replicas and proxies it lives on the process's main event
 loop; in a driver it runs its own loop on a daemon thread, so that sync user
 code can call handles.
+
+When the controller connection closes because the head crashed, the core
+reconnects to the next head (see :meth:`Core.keep_connected`); meanwhile
+routers keep the replicas they know, so requests go on being served.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
+import os
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from schooner.exceptions import RayServeException
 from schooner.router.registry import LoopRouters, RouterRegistry
-from schooner.rpc.connection import Connection, connect_unix
+from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError, connect_unix
 from schooner.runtime.session import Session
 
 T = TypeVar("T")
+
+logger = logging.getLogger("schooner.core")
+
+#: How often a lost controller is dialled again.
+RECONNECT_INTERVAL_S = 0.05
+#: The head removes its socket when it shuts down: once it has been missing this long,
+#: the instance is gone (a restarting head recreates it at once).
+SOCKET_GONE_S = 1.0
 
 _core: Core | None = None
 _core_lock = threading.Lock()
@@ -45,6 +59,74 @@ class Core:
         self._loop_routers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopRouters] = (
             weakref.WeakKeyDictionary()
         )
+        self._closing = False
+        self._handler: object | None = None
+        self._on_reconnect: Callable[[Connection], Awaitable[object]] | None = None
+        self._on_lost: list[Callable[[], None]] = []
+        self._alive: Callable[[], bool] = lambda: True
+        self._reconnecting: asyncio.Task[None] | None = None
+
+    # -- surviving a head restart ---------------------------------------------------
+    def keep_connected(
+        self,
+        handler: object | None = None,
+        on_reconnect: Callable[[Connection], Awaitable[object]] | None = None,
+        alive: Callable[[], bool] | None = None,
+    ) -> None:
+        """Reconnect to the controller whenever the connection closes (the head crashed
+        and its supervisor starts another). ``handler`` serves the controller's calls on
+        the new connection; ``on_reconnect(conn)`` runs once connected (re-register);
+        ``alive()`` returning False means the instance is gone for good. Must be called
+        on the core loop. Callbacks added with :meth:`on_lost` run when it gives up."""
+        self._handler = handler
+        self._on_reconnect = on_reconnect
+        if alive is not None:
+            self._alive = alive
+        self.controller.on_close.append(self._controller_closed)
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the core loop) once the instance is gone for good."""
+        self._on_lost.append(callback)
+
+    def _controller_closed(self, _conn: Connection) -> None:
+        if self._closing or self.loop.is_closed():
+            return
+        if self._reconnecting is None or self._reconnecting.done():
+            logger.warning("lost the controller; reconnecting (routers keep their replicas)")
+            self._reconnecting = self.loop.create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        path = self.session.controller_socket
+        missing_since: float | None = None
+        while not self._closing:
+            try:
+                conn = await connect_unix(path, self._handler)
+            except OSError:
+                now = self.loop.time()
+                missing_since = (missing_since or now) if not os.path.exists(path) else None
+                if not self._alive() or (
+                    missing_since is not None and now - missing_since > SOCKET_GONE_S
+                ):
+                    break
+                await asyncio.sleep(RECONNECT_INTERVAL_S)
+                continue
+            self.controller = conn
+            self.registry.set_controller(conn)
+            conn.on_close.append(self._controller_closed)
+            if self._on_reconnect is not None:
+                try:
+                    await self._on_reconnect(conn)
+                except (ConnectionLost, RemoteCallError, OSError) as exc:
+                    logger.warning("re-registering with the new head failed: %r", exc)
+                    conn.close()
+                    await asyncio.sleep(RECONNECT_INTERVAL_S)
+                    continue
+            logger.info("reconnected to the controller")
+            return
+        if not self._closing:
+            logger.warning("the instance is gone")
+            for callback in self._on_lost:
+                callback()
 
     # -- construction -------------------------------------------------------------
     @classmethod
@@ -117,7 +199,11 @@ class Core:
     def close(self) -> None:
         """Disconnect; stops the loop thread of a driver core."""
 
+        self._closing = True
+
         def shutdown() -> None:
+            if self._reconnecting is not None:
+                self._reconnecting.cancel()
             self.registry.close()
             self.controller.close()
             if self._thread is not None:

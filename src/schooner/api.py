@@ -9,6 +9,7 @@ the head noticing through its lifeline.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import signal
 import threading
@@ -25,6 +26,7 @@ from schooner.handle import DeploymentHandle, _user_exception
 from schooner.rpc.connection import RemoteCallError
 from schooner.rpc.messages import AppSpec
 from schooner.runtime.head_launch import HeadHandle, PendingHead, launch_head
+from schooner.runtime.launcher import pid_alive
 from schooner.runtime.session import Session
 from schooner.schema import ServeStatus
 
@@ -72,7 +74,10 @@ def start(
 
     ``http_options`` (host, port, root_path, ...) take effect only when the
     instance starts. Extra keyword arguments ``num_cpus``, ``num_gpus`` and
-    ``resources`` set this node's capacity (by default: detected).
+    ``resources`` set this node's capacity (by default: detected), and
+    ``checkpoint_path`` the checkpoint store's URI (``file://``, ``redis://``,
+    ``s3://``, ``custom://``; by default a directory in the session) from which
+    the instance recovers its applications when it starts.
     """
     global _head, _atexit_registered, _pending_head
     with _lock:
@@ -96,6 +101,7 @@ def start(
                 num_cpus=kwargs.get("num_cpus"),
                 num_gpus=kwargs.get("num_gpus"),
                 resources=kwargs.get("resources"),
+                checkpoint_path=kwargs.get("checkpoint_path"),
             ).wait_ready()
         try:
             core = _core.Core.start_background(head.session)
@@ -103,6 +109,10 @@ def start(
             head.kill()
             head.release()
             raise
+        process = head.process
+        core.loop.call_soon_threadsafe(
+            functools.partial(core.keep_connected, alive=lambda: process.poll() is None)
+        )
         _head = head
         _core.set_core(core)
         if not _atexit_registered:
@@ -124,6 +134,13 @@ def _attach(instance: dict[str, Any]) -> None:
     """Use a running (detached) instance: its controller socket, its HTTP address."""
     global _attached, _atexit_registered
     core = _core.Core.start_background(Session.open(Path(instance["session"])))
+    supervisor = instance.get("supervisor_pid")
+    core.loop.call_soon_threadsafe(
+        functools.partial(
+            core.keep_connected,
+            alive=(lambda: pid_alive(int(supervisor))) if supervisor else None,
+        )
+    )
     _core.set_core(core)
     _attached = instance
     if not _atexit_registered:

@@ -137,8 +137,8 @@ def test_killing_a_detached_instance_leaves_nothing_behind(workdir: Path) -> Non
     inst.wait_running("fruit")
     session = info["session"]
     ours = [p for p in schooner_processes() if session in p[1]]
-    assert len(ours) >= 6  # head, proxy, five replicas (and maybe a spare)
-    os.kill(info["pid"], signal.SIGKILL)
+    assert len(ours) >= 7  # supervisor, head, proxy, five replicas (and maybe a spare)
+    os.kill(info["supervisor_pid"], signal.SIGKILL)
     wait_for(
         lambda: not [p for p in schooner_processes() if session in p[1]],
         timeout_s=15,

@@ -167,7 +167,7 @@ def test_sigkill_of_owner_stops_every_process_within_5s(tmp_path: Path) -> None:
         r = _get(f"http://127.0.0.1:{port}/")
         assert r is not None and r.text == "up"
         ours = [p for p in schooner_processes() if _session_owner(p[1]) == proc.pid]
-        assert len(ours) == 4  # head, proxy, two replicas
+        assert len(ours) == 5  # supervisor, head, proxy, two replicas
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         started = time.monotonic()

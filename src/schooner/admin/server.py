@@ -34,13 +34,14 @@ import re
 import socket
 import time
 import traceback
-from collections.abc import Callable, Collection, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote_to_bytes
 
 from schooner.exceptions import RayServeException, ServeConfigError
 from schooner.proxy import http_server
 from schooner.proxy.http_server import Request
+from schooner.runtime.sockets import bind_listening
 
 __all__ = [
     "API_TYPES",
@@ -109,8 +110,11 @@ class AdminBackend(Protocol):
         """ServeInstanceDetails as JSON-able data; ``api_type``: None or one of API_TYPES."""
         ...
 
-    def put_config(self, body: Any) -> None:
-        """Deploy the parsed ServeDeploySchema document; raises ServeConfigError if invalid."""
+    def put_config(self, body: Any) -> Awaitable[None] | None:
+        """Deploy the parsed ServeDeploySchema document; raises ServeConfigError if invalid.
+
+        May return an awaitable: the answer is sent once it is done (the change is
+        checkpointed then)."""
         ...
 
     async def delete_all(self) -> None:
@@ -324,9 +328,20 @@ class AdminServer:
             exchange.text(400, f"The request body is not valid JSON: {exc}")
             return
         try:
-            self.backend.put_config(doc)
+            pending = self.backend.put_config(doc)
         except ServeConfigError as exc:
             exchange.text(400, str(exc))
+            return
+        if pending is None:
+            exchange.empty()
+        else:
+            self._spawn(self._answer_when_done(pending, exchange))
+
+    async def _answer_when_done(self, pending: Awaitable[None], exchange: _Exchange) -> None:
+        try:
+            await pending
+        except Exception:
+            exchange.failed()
             return
         exchange.empty()
 
@@ -421,18 +436,4 @@ def _target_num_replicas(body: bytes) -> int | str:
 
 def bind_admin_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` for :meth:`AdminServer.start` (port 0: any)."""
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        where = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        raise RayServeException(
-            f"Cannot serve the admin API on {where}: {exc.strerror or exc}. Is another "
-            "server using the port? Pick another with --admin-port."
-        ) from exc
-    return sock
+    return bind_listening(host, port, what="the admin API", flag="--admin-port", backlog=128)

@@ -21,6 +21,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     from schooner.runtime.head_launch import launch_head
 
     address = f"http://{args.admin_host}:{args.admin_port}"
+    if args.checkpoint_path is not None:
+        from schooner.checkpoint import open_store
+
+        open_store(args.checkpoint_path).close()  # a malformed URI fails here, clearly
     try:
         info = AdminClient(address, timeout_s=2.0).instance()
     except AdminUnreachable:
@@ -44,6 +48,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         proxy_location=args.proxy_location,
         probe_port=args.probe_port,
+        checkpoint_path=args.checkpoint_path,
     ).wait_ready()
     head.release()
     admin = head.admin_url or address
@@ -98,7 +103,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
             print("Aborted.")
             return 1
     client.shutdown()
-    pid = int(info["pid"])
+    pid = int(info.get("supervisor_pid") or info["pid"])  # the supervisor exits last
     deadline = time.monotonic() + SHUTDOWN_WAIT_S
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)

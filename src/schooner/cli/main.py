@@ -128,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["EveryNode", "HeadOnly", "Disabled"],
         help="where HTTP proxies run (default EveryNode; Disabled: no HTTP)",
     )
+    p.add_argument(
+        "--checkpoint-path",
+        default=None,
+        metavar="URI",
+        help="where the goal state is checkpointed and recovered from: file:///DIR, "
+        "redis://HOST:PORT/DB, s3://BUCKET/PREFIX or custom://module.Class/ARG "
+        "(default: the session directory, which only survives a head crash)",
+    )
     _add_resources(p)
     p.set_defaults(handler="schooner.cli.instance:cmd_start")
 

@@ -87,11 +87,11 @@ def _watch_instance(stop: threading.Event, lost: threading.Event) -> None:
     """Stop this command if the instance it uses goes away (``schooner shutdown``, a crash)."""
     from schooner import _core
 
-    def gone(_conn: object) -> None:
+    def gone() -> None:
         lost.set()
         stop.set()
 
-    _core.get_core().controller.on_close.append(gone)
+    _core.get_core().on_lost(gone)
 
 
 def _launch(args: argparse.Namespace, document: dict[str, Any] | None) -> PendingHead:

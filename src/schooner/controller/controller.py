@@ -30,7 +30,7 @@ import string
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
@@ -39,7 +39,14 @@ from schooner.exceptions import ServeConfigError
 from schooner.router.router import DELETED
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
 from schooner.rpc.messages import AppSpec, ReplicaInfo, ReplicaSet, Route
-from schooner.runtime.launcher import Launcher, ProcessHandle, ProcessSpec
+from schooner.runtime.launcher import (
+    AdoptedProcess,
+    Launcher,
+    ProcessHandle,
+    ProcessSpec,
+    is_session_process,
+    session_processes,
+)
 from schooner.runtime.resources import Allocation, ResourcePool
 from schooner.runtime.session import Session
 from schooner.schema import (
@@ -49,6 +56,9 @@ from schooner.schema import (
     ReplicaState,
 )
 
+if TYPE_CHECKING:
+    from schooner.controller.checkpoint import ReplicaCheckpoint
+
 logger = logging.getLogger("schooner.controller")
 
 TICK_S = 0.1
@@ -56,6 +66,9 @@ TICK_S = 0.1
 STARTUP_TIMEOUT_S = 600.0
 #: After asking a replica to stop, how long it may take on top of its graceful timeout.
 STOP_GRACE_S = 5.0
+#: After a head restart, how long a re-adopted replica has to reconnect before it is replaced.
+REJOIN_TIMEOUT_S = 10.0
+_REPLICA_MODULE = "schooner.replica.main"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -116,6 +129,10 @@ class Controller:
         self._spare: _Spare | None = None
         self.health = HealthChecks(self)
         self._adopting: dict[str, _Spare] = {}
+        #: Called after every reconcile tick (the checkpointer watches for changes).
+        self.after_tick: list[Callable[[], None]] = []
+        #: After a recovery: when to stop replica processes of this session nobody adopted.
+        self._sweep_at: float | None = None
         self.long_poll.publish("routes", {})
 
     # ------------------------------------------------------------------ loop
@@ -150,6 +167,9 @@ class Controller:
             if app.deleting and not app.deployments:
                 del self.apps[app.name]
         self.publish()
+        self._sweep_strays()
+        for callback in self.after_tick:
+            callback()
         if self._shutting_down and not self.apps:
             self.stopped.set()
 
@@ -204,6 +224,7 @@ class Controller:
         for replica in current:
             if (
                 replica.state == ReplicaState.RUNNING
+                and replica.conn is not None
                 and replica.reconfig_version != dep.reconfig_version
             ):
                 replica.state = ReplicaState.UPDATING
@@ -246,6 +267,17 @@ class Controller:
 
     def _enforce_deadlines(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
         self.health.maybe_check(dep, replica, now)
+        if replica.rejoin_deadline is not None and now > replica.rejoin_deadline:
+            logger.warning(
+                "replica %s of %s (pid %d) did not reconnect after the head restarted; "
+                "replacing it",
+                replica.replica_id,
+                dep.id,
+                replica.pid,
+            )
+            replica.rejoin_deadline = None
+            replica.process.kill()
+            return
         if replica.state == ReplicaState.STOPPING and replica.stop_requested_at is not None:
             timeout = float(dep.spec.config.graceful_shutdown_timeout_s) + STOP_GRACE_S
             if now - replica.stop_requested_at > timeout:
@@ -436,6 +468,70 @@ class Controller:
             pass
         await asyncio.sleep(1.0)
         replica.process.terminate()
+
+    # -------------------------------------------------------------- recovery
+    def adopt_replica(self, dep: DeploymentState, saved: ReplicaCheckpoint) -> bool:
+        """Track a replica a previous head started, if it still runs (it must reconnect
+        within :data:`REJOIN_TIMEOUT_S`). False if it is gone."""
+        if not is_session_process(saved.pid, _REPLICA_MODULE, str(self.session.root)):
+            return False
+        state = ReplicaState(saved.state)
+        if state == ReplicaState.UPDATING:
+            state = ReplicaState.RUNNING  # its reconfigure is redone once it reconnects
+        now = self.clock()
+        replica = ReplicaRecord(
+            replica_id=saved.replica_id,
+            version=saved.version,
+            state=state,
+            process=AdoptedProcess(saved.pid),
+            allocation=saved.allocation,
+            address=saved.address,
+            log_file=saved.log_file,
+            start_time_s=saved.start_time_s,
+            started_monotonic=now,
+            reconfig_version=saved.reconfig_version,
+            stop_requested_at=now if state == ReplicaState.STOPPING else None,
+            rejoin_deadline=now + REJOIN_TIMEOUT_S,
+        )
+        self.resources.restore(saved.allocation)
+        dep.replicas[replica.replica_id] = replica
+        self._replica_index[replica.replica_id] = dep
+        self._sweep_at = now + REJOIN_TIMEOUT_S
+        return True
+
+    def replica_rejoined(self, replica_id: str, conn: Connection, initialized: bool) -> None:
+        """A replica reconnected after a head restart: take it back, or tell it to stop."""
+        dep = self._replica_index.get(replica_id)
+        replica = dep.replicas.get(replica_id) if dep is not None else None
+        if dep is None or replica is None or replica.rejoin_deadline is None:
+            logger.info(
+                "replica %s reconnected but is not in the checkpoint; stopping it", replica_id
+            )
+            conn.notify("shutdown")
+            return
+        replica.conn = conn
+        replica.rejoin_deadline = None
+        logger.info("replica %s of %s reconnected", replica_id, dep.id)
+        if replica.state == ReplicaState.STOPPING:
+            self.spawn(self._drain_and_stop(dep, replica))
+        elif not initialized:
+            replica.state = ReplicaState.STARTING
+            self.spawn(self._initialize(dep, replica, conn))
+        elif replica.state == ReplicaState.STARTING:
+            replica.state = ReplicaState.RUNNING
+        self.wake()
+
+    def _sweep_strays(self) -> None:
+        """After a recovery, stop replica processes of this session that no record owns
+        (started by the crashed head after its last checkpoint)."""
+        if self._sweep_at is None or self.clock() < self._sweep_at:
+            return
+        self._sweep_at = None
+        known = set(self.all_pids()) | {s.process.pid for s in self._adopting.values()}
+        for pid in session_processes(str(self.session.root), _REPLICA_MODULE):
+            if pid not in known:
+                logger.warning("stopping replica process %d that no record owns", pid)
+                AdoptedProcess(pid).terminate()
 
     # --------------------------------------------------------------- publish
     def publish(self) -> None:

@@ -162,6 +162,19 @@ class DeclarativeConfig:
         if self.document is not None:
             self.document.applications = [a for a in self.document.applications if a.name != name]
 
+    def restore(self, document: dict[str, Any], app_configs: dict[str, dict[str, Any]]) -> None:
+        """Take back the document a previous head had accepted (after a head restart)."""
+        from schooner.schema import parse_config_document
+
+        self.document = parse_config_document(document)
+        self.app_configs = dict(app_configs)
+
+    def rebuild(self, name: str) -> None:
+        """Build ``name``'s entry again (a head crash cut its build short)."""
+        for app in self.document.applications if self.document is not None else []:
+            if app.name == name:
+                self._start_build(app, False, quiet=False)
+
     def close(self) -> None:
         for name in list(self._builds):
             self._cancel_build(name)

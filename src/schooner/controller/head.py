@@ -1,11 +1,15 @@
 """Entry point of the head process: ``python -m schooner.controller.head``.
 
-The head runs the controller and owns every other process of the instance:
-it binds the HTTP port (so a busy port fails fast, and the proxy only
-inherits the listening socket), starts the proxy and the replicas, and stops
-them all on shutdown. It tells the process that started it that it is ready
-(or why it failed) through a pipe, and with ``--lifeline-fd`` it shuts down
-as soon as that process is gone.
+The head runs the controller and the admin API. It is started by the
+instance's supervisor (:mod:`schooner.runtime.supervisor`), inherits the
+listening sockets it bound (HTTP, admin, probes) and its lifeline, starts the
+proxy and the replicas (tied to the supervisor's lifeline, so they outlive a
+crash of the head) and stops them all on shutdown.
+
+Goal state is checkpointed (:mod:`schooner.controller.checkpoint`). A head
+that finds a checkpoint at start-up, because the previous head crashed or the
+instance was restarted with the same ``--checkpoint-path``, recovers it before
+it accepts connections, and re-adopts the proxy and replicas that still run.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from schooner.admin.server import AdminServer, ScaleNotFound, ScaleRejected, bind_admin_socket
+from schooner.admin.server import AdminServer, ScaleNotFound, ScaleRejected
+from schooner.checkpoint import CheckpointStore, open_store
+from schooner.controller import checkpoint
 from schooner.controller.controller import Controller
 from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import instance_details
@@ -31,36 +38,43 @@ from schooner.logs import setup_process_logging
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import AppSpec
 from schooner.runtime.launcher import (
+    AdoptedProcess,
     ProcessHandle,
     ProcessSpec,
     SubprocessLauncher,
+    is_session_process,
     pid_alive,
+    session_processes,
 )
-from schooner.runtime.lifeline import Lifeline, watch_parent
+from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.resources import ResourcePool
 from schooner.runtime.session import Session
+from schooner.runtime.supervisor import report
 
 logger = logging.getLogger("schooner.controller")
 
 SHUTDOWN_TIMEOUT_S = 30.0
 
 
+_PROXY_MODULE = "schooner.proxy.main"
+
+
 class Head:
-    """The head process's state: controller, proxy process, lifeline for children."""
+    """The head process's state: controller, admin API, proxy process, checkpoints."""
 
     def __init__(self, args: argparse.Namespace, session: Session) -> None:
         self.args = args
         self.session = session
-        self.lifeline = Lifeline()
         self.launcher = SubprocessLauncher()
         self.controller = Controller(
             session,
             self.launcher,
             ResourcePool.detect(args.num_cpus, args.num_gpus, json.loads(args.resources)),
-            self.lifeline.read_fd,
+            args.lifeline_fd,
         )
         self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
+        self.checkpoints: checkpoint.Checkpointer | None = None
         self.http_options: dict[str, Any] = {
             **json.loads(args.http_options),
             "host": args.http_host,
@@ -74,23 +88,59 @@ class Head:
         self.proxy: ProcessHandle | None = None
         self.stop_requested = asyncio.Event()
         self.fast_stop = False
+        #: ``schooner shutdown`` / ``serve.shutdown()``: the checkpoint is cleared too. A stop
+        #: by signal keeps it, so a restart with the same checkpoint path recovers.
+        self.explicit_stop = False
+
+    # -- checkpoints --------------------------------------------------------
+    def open_checkpoints(self) -> CheckpointStore:
+        """The checkpoint store (``--checkpoint-path``; default: in the session directory)."""
+        uri = self.args.checkpoint_path or f"file://{self.session.root / 'checkpoint'}"
+        store = open_store(uri)
+        self.checkpoints = checkpoint.Checkpointer(store, self.controller, self.declarative)
+        self.controller.after_tick.append(self.checkpoints.note)
+        return store
+
+    def recover(self, store: CheckpointStore) -> bool:
+        """Load the goal state a previous head left, if any; True if there was one."""
+        try:
+            recovered = checkpoint.load(store)
+        except Exception as exc:
+            raise RayServeException(
+                f"Cannot read the checkpoint store {self.args.checkpoint_path or 'in the session'}"
+                f": {exc!r}. Check that it is reachable (or start with another "
+                "--checkpoint-path)."
+            ) from exc
+        if recovered is None:
+            return False
+        rebuild = checkpoint.restore(recovered, self.controller, self.declarative)
+        for name in rebuild:
+            self.declarative.rebuild(name)
+        self.adopt_proxy(recovered.state.proxy_pid)
+        return True
+
+    def adopt_proxy(self, pid: int | None) -> None:
+        """Keep the proxy a previous head started (it reconnects by itself); stop others."""
+        root = str(self.session.root)
+        if pid is not None and self.serves_http and is_session_process(pid, _PROXY_MODULE, root):
+            self.proxy = AdoptedProcess(pid)
+            self._proxy_started()
+            self.controller.proxy_status[self.controller.node_id] = "HEALTHY"
+            self.controller.proxy_ready.set()
+            logger.info("re-adopted the proxy (pid %d)", pid)
+        for other in session_processes(root, _PROXY_MODULE):
+            if self.proxy is None or other != self.proxy.pid:
+                logger.warning("stopping proxy process %d that no record owns", other)
+                AdoptedProcess(other).terminate()
+
+    def _proxy_started(self) -> None:
+        if self.checkpoints is not None and self.proxy is not None:
+            self.checkpoints.proxy_pid = self.proxy.pid
 
     # -- proxy --------------------------------------------------------------
-    def bind_http(self) -> None:
-        host, port = self.args.http_host, self.args.http_port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise RuntimeError(
-                f"Cannot serve HTTP on {host}:{port}: {exc.strerror}. Is another server "
-                "using the port? Pick another: --http-port (schooner start), --port "
-                "(schooner run) or http_options.port."
-            ) from exc
-        sock.listen(2048)
+    def take_http_socket(self) -> None:
+        """The HTTP socket the supervisor bound and handed down."""
+        sock = socket.socket(fileno=self.args.http_fd)
         sock.set_inheritable(True)
         self.http_socket = sock
         self.args.http_port = sock.getsockname()[1]
@@ -107,14 +157,15 @@ class Head:
                     "--http-fd",
                     str(fd),
                     "--lifeline-fd",
-                    str(self.lifeline.read_fd),
+                    str(self.args.lifeline_fd),
                     "--root-path",
                     self.args.root_path,
                     *self._proxy_options(),
                 ],
-                pass_fds=(fd, self.lifeline.read_fd),
+                pass_fds=(fd, self.args.lifeline_fd),
             )
         )
+        self._proxy_started()
         self.controller.proxy_status[self.controller.node_id] = "STARTING"
 
     def _proxy_options(self) -> list[str]:
@@ -158,6 +209,7 @@ class Head:
             "session": str(self.session.root),
             "controller_socket": self.session.controller_socket,
             "pid": os.getpid(),
+            "supervisor_pid": self.args.supervisor_pid,
             "detached": self.args.detached,
             "http_host": self.args.http_host,
             "http_port": self.args.http_port if self.serves_http else None,
@@ -177,16 +229,16 @@ class Head:
             await self.controller.wait_app(name, SHUTDOWN_TIMEOUT_S, "deleted")
 
     async def start_admin(self) -> None:
-        if self.args.admin_port < 0:
+        if self.args.admin_fd < 0:
             return
-        sock = bind_admin_socket(self.args.admin_host, self.args.admin_port)
+        sock = socket.socket(fileno=self.args.admin_fd)
         self.admin = AdminServer(AdminAPI(self), token=os.environ.get("SCHOONER_ADMIN_TOKEN"))
         await self.admin.start(sock)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self.admin_url = f"http://{shown}:{port}"
-        if self.args.probe_port >= 0:
-            probe_sock = bind_admin_socket(self.args.admin_host, self.args.probe_port)
+        if self.args.probe_fd >= 0:
+            probe_sock = socket.socket(fileno=self.args.probe_fd)
             self.probes = AdminServer(AdminAPI(self), probes_only=True)
             await self.probes.start(probe_sock)
 
@@ -194,6 +246,8 @@ class Head:
     async def shutdown(self) -> None:
         controller = self.controller
         self.declarative.close()
+        if self.checkpoints is not None and not self.explicit_stop:
+            self.checkpoints.freeze()
         if self.fast_stop:
             controller.begin_shutdown()  # targets drop to zero: nothing is restarted
             controller.kill_all()
@@ -220,6 +274,15 @@ class Head:
             self.proxy.kill()
         controller.kill_all()
         controller.stopped.set()
+        if self.checkpoints is not None:
+            if self.explicit_stop:
+                await self.checkpoints.clear()
+            self.checkpoints.close()
+
+    async def flush(self) -> None:
+        """Return once the goal state is in the checkpoint store (before answering a client)."""
+        if self.checkpoints is not None:
+            await self.checkpoints.flush()
 
 
 class AdminAPI:
@@ -231,9 +294,10 @@ class AdminAPI:
     def details(self, api_type: str | None) -> dict[str, Any]:
         return self.head.details(api_type)
 
-    def put_config(self, body: Any) -> None:
+    def put_config(self, body: Any) -> Awaitable[None]:
         doc = self.head.declarative.apply(body)
         self._warn_fixed_options(doc.model_fields_set)
+        return self.head.flush()
 
     def _warn_fixed_options(self, given: set[str]) -> None:
         for key in ("http_options", "grpc_options", "proxy_location"):
@@ -242,6 +306,7 @@ class AdminAPI:
 
     async def delete_all(self) -> None:
         await self.head.delete_all()
+        await self.head.flush()
 
     def scale(self, app: str, deployment: str, target_num_replicas: int) -> None:
         state = self.head.controller.apps.get(app)
@@ -269,6 +334,7 @@ class AdminAPI:
         return self.head.instance_info()
 
     async def shutdown(self) -> None:
+        self.head.explicit_stop = True
         self.head.stop_requested.set()
 
 
@@ -289,25 +355,30 @@ class ControllerSession:
     def rpc_instance_info(self) -> dict[str, Any]:
         return self.head.instance_info()
 
-    def rpc_deploy_app(self, spec: AppSpec) -> None:
+    async def rpc_deploy_app(self, spec: AppSpec) -> None:
         self.controller.deploy_app(spec)
+        await self.head.flush()
 
-    def rpc_apply_config(
+    async def rpc_apply_config(
         self, document: Any, force: bool = False, merge: bool = False
     ) -> list[str]:
         """Apply a config document; returns the names of its applications. ``merge``: add
         them to the current config instead of replacing it (``schooner run``)."""
         doc = self.head.declarative.apply(document, force=force, merge=merge)
+        await self.head.flush()
         return [app.name for app in doc.applications]
 
     def rpc_details(self, api_type: str | None = None) -> dict[str, Any]:
         return self.head.details(api_type)
 
-    def rpc_delete_app(self, name: str) -> bool:
-        return self.head.delete_app(name)
+    async def rpc_delete_app(self, name: str) -> bool:
+        deleted = self.head.delete_app(name)
+        await self.head.flush()
+        return deleted
 
     async def rpc_delete_all(self) -> None:
         await self.head.delete_all()
+        await self.head.flush()
 
     async def rpc_wait_app(self, name: str, timeout_s: float, until: str) -> str:
         return await self.controller.wait_app(name, timeout_s, until)
@@ -330,6 +401,11 @@ class ControllerSession:
         assert self.conn is not None
         self.controller.replica_registered(replica_id, self.conn)
 
+    def rpc_rejoin_replica(self, replica_id: str, initialized: bool) -> None:
+        """A replica reconnected after this head replaced a crashed one."""
+        assert self.conn is not None
+        self.controller.replica_rejoined(replica_id, self.conn, initialized)
+
     def rpc_register_spare(self, spare_id: str) -> None:
         assert self.conn is not None
         self.controller.spare_registered(spare_id, self.conn)
@@ -340,6 +416,7 @@ class ControllerSession:
 
     async def rpc_shutdown(self) -> None:
         """Stop everything; returns when every process of the instance has exited."""
+        self.head.explicit_stop = True
         self.head.stop_requested.set()
         await self.controller.stopped.wait()
 
@@ -362,17 +439,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--admin-port", type=int, default=-1, help="-1: no admin API")
     parser.add_argument("--probe-port", type=int, default=-1, help="health probes only")
     parser.add_argument("--detached", action="store_true")
+    parser.add_argument("--http-fd", type=int, default=-1, help="bound by the supervisor")
+    parser.add_argument("--admin-fd", type=int, default=-1)
+    parser.add_argument("--probe-fd", type=int, default=-1)
+    parser.add_argument("--supervisor-pid", type=int, default=None)
+    parser.add_argument("--recovering", action="store_true", help="the previous head crashed")
+    parser.add_argument("--checkpoint-path", default=None)
     return parser.parse_args(argv)
-
-
-def _report(fd: int, line: str) -> None:
-    if fd < 0:
-        return
-    try:
-        os.write(fd, (line.replace("\n", "\\n") + "\n").encode())
-        os.close(fd)
-    except OSError:
-        pass
 
 
 async def _run(args: argparse.Namespace, session: Session) -> int:
@@ -389,24 +462,29 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
         loop.add_signal_handler(sig, request_stop, False)
     try:
         if head.serves_http:
-            head.bind_http()
+            head.take_http_socket()
+        recovered = head.recover(head.open_checkpoints())
         await head.start_admin()
     except (RuntimeError, RayServeException) as exc:
-        _report(args.ready_fd, f"ERROR {exc}")
+        logger.error("%s", exc)
+        report(args.ready_fd, f"ERROR {exc}")
         return 1
+    head.controller.publish()  # reconnecting proxies and replicas get what they had
     server = await serve_unix(session.controller_socket, lambda: ControllerSession(head))
     head.controller.launch_spare()  # warms up while the driver imports and deploys
     reconcile = loop.create_task(head.controller.run())
     watcher = None
     if head.serves_http:
-        head.start_proxy()  # serve.run waits for it together with the application
+        if head.proxy is None:
+            head.start_proxy()  # serve.run waits for it together with the application
         watcher = loop.create_task(head.watch_proxy())
     else:
         head.controller.proxy_ready.set()
     (session.root / "address").write_text(json.dumps(head.instance_info()))
-    _report(args.ready_fd, f"READY {args.http_port} {head.admin_url or '-'}")
+    report(args.ready_fd, f"READY {args.http_port} {head.admin_url or '-'}")
     logger.info(
-        "head ready; HTTP on %s:%s, admin API %s",
+        "head ready%s; HTTP on %s:%s, admin API %s",
+        " (recovered from the checkpoint)" if recovered else "",
         args.http_host,
         args.http_port,
         head.admin_url or "off",
@@ -421,7 +499,6 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
             await admin.close()
     await asyncio.sleep(0.05)  # let the shutdown RPC's answer reach the caller
     server.close()
-    head.lifeline.close()
     session.remove_sockets()
     return 0
 

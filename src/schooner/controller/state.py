@@ -76,6 +76,9 @@ class ReplicaRecord:
     last_health_check: float = 0.0
     health_check_running: bool = False
     health_failures: int = 0
+    #: A replica re-adopted from a checkpoint (after a head restart) must reconnect
+    #: before this (clock time) or it is replaced.
+    rejoin_deadline: float | None = None
 
     @property
     def pid(self) -> int:

@@ -2,7 +2,8 @@
 
 Serves HTTP (:mod:`schooner.proxy.http_server`, on uvloop) on a listening socket inherited
 from the head, so several proxy processes can share one port and a restarted
-proxy takes over without the port ever closing.
+proxy takes over without the port ever closing. It keeps serving while the
+head restarts, and registers again with the next head.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
     server = await http_server.serve(app.handle, sock, keep_alive_s=args.keep_alive_s)
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
-    core.controller.on_close.append(lambda _c: stopped.set())
+    core.keep_connected(on_reconnect=lambda conn: conn.call("register_proxy"))
+    core.on_lost(stopped.set)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     await core.registry.wait_for_snapshot("routes", 10)

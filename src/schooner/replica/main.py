@@ -10,7 +10,9 @@ Started by the controller's launcher, in one of two ways:
   A spare saves the next replica the start-up of a Python process, which is
   most of an application's cold start.
 
-It serves until told to stop, or until the head process dies.
+It serves until told to stop, or until the instance's supervisor dies. If
+the head crashes, an identified replica keeps serving and reconnects to the
+next head, which re-adopts it (``rpc_rejoin_replica``); a spare just exits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,8 @@ class _Process:
         self.stopped = asyncio.Event()  # created outside a loop: fine since Python 3.10
         self.server: asyncio.Server | None = None
         self.socket_path: str | None = None
+        #: Called once a spare has become a replica.
+        self.on_assigned: Callable[[], None] | None = None
 
     async def become(self, replica_id: str, app: str, deployment: str) -> Replica:
         replica = Replica(replica_id, DeploymentID(deployment, app))
@@ -110,6 +115,8 @@ class _SpareHandler:
         replica = await self.process.become(replica_id, app, deployment)
         assert self.conn is not None
         self.conn.set_handler(replica)
+        if self.process.on_assigned is not None:
+            self.process.on_assigned()
 
     def rpc_shutdown(self) -> None:
         self.process.stopped.set()
@@ -127,15 +134,37 @@ async def _serve(args: argparse.Namespace, session: Session, process: _Process) 
         handler = await process.become(args.replica_id, args.app, args.deployment)
     core = await _core.Core.connect(session, handler=handler)
     _core.set_core(core)
-    core.controller.on_close.append(lambda _c: process.stopped.set())
     if args.spare_id:
+        # Until assigned, a spare is only worth something to the head that started it.
+        def stop_on_close(_conn: Connection) -> None:
+            process.stopped.set()
+
+        def assigned() -> None:
+            core.controller.on_close.remove(stop_on_close)
+            _survive_head_restarts(core, process)
+
+        core.controller.on_close.append(stop_on_close)
+        process.on_assigned = assigned
         await core.controller.call("register_spare", args.spare_id)
     else:
+        _survive_head_restarts(core, process)
         await core.controller.call("register_replica", args.replica_id)
     await process.stopped.wait()
     if process.server is not None:
         process.server.close()
     core.close()
+
+
+def _survive_head_restarts(core: _core.Core, process: _Process) -> None:
+    """Keep serving when the head crashes, and rejoin the next one."""
+    replica = process.replica
+    assert replica is not None
+
+    async def rejoin(conn: Connection) -> None:
+        await conn.call("rejoin_replica", replica.replica_id, replica.initialized)
+
+    core.keep_connected(handler=replica, on_reconnect=rejoin)
+    core.on_lost(process.stopped.set)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,6 +118,15 @@ class RouterRegistry:
                 if event is not None:
                     event.set()
 
+    def set_controller(self, controller: Connection) -> None:
+        """Listen on a new controller (after a head restart). Its versions start over, so
+        every key is asked for afresh; routers keep their replicas meanwhile."""
+        self._controller = controller
+        self._versions = dict.fromkeys(self._versions, -1)
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+        self._listen_task = asyncio.get_running_loop().create_task(self._listen_loop())
+
     def close(self) -> None:
         if self._listen_task is not None:
             self._listen_task.cancel()

@@ -1,31 +1,31 @@
-"""Starting a head process from a driver (``serve.run``, ``schooner run``).
+"""Starting an instance from a driver (``serve.run``, ``schooner run``, ``schooner start``).
 
-The head is started in its own session (so Ctrl-C in the terminal reaches
-only the driver, which then shuts the instance down in order) and tied to
-the driver by a lifeline: if the driver dies, even by SIGKILL, the head and
-everything it started exit.
+What is started is the instance's supervisor (:mod:`schooner.runtime.supervisor`),
+which binds the ports and starts the head. It runs in its own session (so
+Ctrl-C in the terminal reaches only the driver, which then shuts the
+instance down in order) and, unless detached, is tied to the driver by a
+lifeline: if the driver dies, even by SIGKILL, everything exits.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from schooner.exceptions import RayServeException
 from schooner.runtime.lifeline import Lifeline
 from schooner.runtime.session import Session
-
-HEAD_START_TIMEOUT_S = 60.0
+from schooner.runtime.supervisor import HEAD_START_TIMEOUT_S, read_line
 
 
 @dataclass
 class HeadHandle:
+    """A started instance: ``process`` is its supervisor (the process to wait for)."""
+
     process: subprocess.Popen[bytes]
     session: Session
     lifeline: Lifeline | None
@@ -76,7 +76,7 @@ class PendingHead:
     def wait_ready(self) -> HeadHandle:
         """Wait until the head serves; raise with its reason if it failed."""
         process, session, lifeline = self.process, self.session, self.lifeline
-        line = _read_line(self.ready_fd, HEAD_START_TIMEOUT_S)
+        line = read_line(self.ready_fd, HEAD_START_TIMEOUT_S)
         os.close(self.ready_fd)
         if not line.startswith("READY"):
             self._stop()
@@ -110,20 +110,19 @@ def launch_head(
     proxy_location: str = "EveryNode",
     http_options: dict[str, Any] | None = None,
     probe_port: int | None = None,
+    checkpoint_path: str | None = None,
 ) -> PendingHead:
     """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`).
 
     ``detached``: the head outlives this process (no lifeline; its output goes
     to ``logs/head.out`` in the session). ``admin_port``: serve the admin REST
-    API there (``None``: no admin API; ``0``: any free port).
+    API there (``None``: no admin API; ``0``: any free port). ``checkpoint_path``: the
+    checkpoint store's URI (default: a directory in the session).
     """
     session = Session.create()
     ready_r, ready_w = os.pipe()
     lifeline = None if detached else Lifeline()
-    args = [
-        sys.executable,
-        "-m",
-        "schooner.controller.head",
+    head_args = [
         "--session",
         str(session.root),
         "--http-host",
@@ -132,8 +131,6 @@ def launch_head(
         str(http_port),
         "--root-path",
         root_path,
-        "--ready-fd",
-        str(ready_w),
         "--resources",
         json.dumps(resources or {}),
         "--proxy-location",
@@ -148,15 +145,19 @@ def launch_head(
         str(-1 if probe_port is None else probe_port),
     ]
     if detached:
-        args.append("--detached")
+        head_args.append("--detached")
+    if num_cpus is not None:
+        head_args += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        head_args += ["--num-gpus", str(num_gpus)]
+    if checkpoint_path is not None:
+        head_args += ["--checkpoint-path", checkpoint_path]
+    args = [sys.executable, "-m", "schooner.runtime.supervisor", "--ready-fd", str(ready_w)]
     pass_fds = [ready_w]
     if lifeline is not None:
         args += ["--lifeline-fd", str(lifeline.read_fd)]
         pass_fds.append(lifeline.read_fd)
-    if num_cpus is not None:
-        args += ["--num-cpus", str(num_cpus)]
-    if num_gpus is not None:
-        args += ["--num-gpus", str(num_gpus)]
+    args += ["--", *head_args]
     env = dict(os.environ)
     env["SCHOONER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
     output = open(session.logs / "head.out", "ab") if detached else None  # noqa: SIM115
@@ -177,20 +178,3 @@ def launch_head(
     if lifeline is not None:
         lifeline.close_read_end()
     return PendingHead(process, session, lifeline, http_host, ready_r)
-
-
-def _read_line(fd: int, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    data = b""
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return "ERROR the head process did not become ready in time"
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode(errors="replace").strip()

@@ -99,3 +99,73 @@ class SubprocessLauncher:
             close_fds=True,
         )
         return _Popen(proc)
+
+
+class AdoptedProcess:
+    """A process this one did not start, known by pid (a replica or proxy of a crashed head).
+
+    Its exit code cannot be known (the supervisor reaps it): :meth:`poll` gives -1 once
+    it is gone.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._gone = False
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def poll(self) -> int | None:
+        if not self._gone and not pid_alive(self._pid):
+            self._gone = True
+        return -1 if self._gone else None
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self._pid, sig)
+            except ProcessLookupError:
+                self._gone = True
+
+
+def session_processes(session_root: str, module: str) -> list[int]:
+    """Pids of live ``python -m <module> --session <session_root> ...`` processes (Linux)."""
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.isdigit() and _runs(int(entry), module, session_root):
+            found.append(int(entry))
+    return found
+
+
+def is_session_process(pid: int, module: str, session_root: str) -> bool:
+    """Whether ``pid`` is a live ``python -m <module>`` of this session (not a reused pid).
+
+    Where ``/proc`` is missing, only whether the pid is alive."""
+    if not os.path.isdir("/proc/self"):
+        return pid_alive(pid)
+    return pid_alive(pid) and _runs(pid, module, session_root)
+
+
+def _runs(pid: int, module: str, session_root: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    try:
+        at = argv.index("-m")
+        session = argv[argv.index("--session") + 1]
+    except (ValueError, IndexError):
+        return False
+    return at + 1 < len(argv) and argv[at + 1] == module and session == session_root

@@ -136,3 +136,12 @@ class ResourcePool:
             self._gpu_free[index] = min(1.0, self._gpu_free[index] + share)
         for name, amount in allocation.request.items():
             self.used[name] = max(0.0, self.used.get(name, 0.0) - amount)
+
+    def restore(self, allocation: Allocation) -> None:
+        """Count ``allocation`` as taken again (a re-adopted replica holds it), even if
+        the pool has shrunk since: what runs is not taken away."""
+        for index, share in allocation.gpus:
+            if index < len(self._gpu_free):
+                self._gpu_free[index] = max(0.0, self._gpu_free[index] - share)
+        for name, amount in allocation.request.items():
+            self.used[name] = self.used.get(name, 0.0) + amount
