@@ -21,10 +21,6 @@ def cmd_start(args: argparse.Namespace) -> int:
     from schooner.runtime.head_launch import launch_head
 
     address = f"http://{args.admin_host}:{args.admin_port}"
-    if args.checkpoint_path is not None:
-        from schooner.checkpoint import open_store
-
-        open_store(args.checkpoint_path).close()  # a malformed URI fails here, clearly
     try:
         info = AdminClient(address, timeout_s=2.0).instance()
     except AdminUnreachable:

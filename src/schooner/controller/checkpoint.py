@@ -350,6 +350,11 @@ def restore(
                     adopted += 1
                 else:
                     lost += 1
+            if not (dep.failed or dep.deleting) and len(dep.current()) < dep.target_num_replicas:
+                # Replicas are missing (a whole-instance restart): deploying until replaced.
+                dep.phase = Phase.UPDATING
+                dep.status = DeploymentStatus.UPDATING
+                dep.status_trigger = DeploymentStatusTrigger.CONFIG_UPDATE_STARTED
         app = ApplicationState(specs.app, deployments, app_cp.last_deployed_time_s)
         app.deleting = app_cp.deleting
         app.build_error = app_cp.build_error

@@ -48,6 +48,9 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
         server=(str(host), int(port)),
         request_timeout_s=args.request_timeout_s,
     )
+    # Take connections only once the route table is known (a restarted instance may already
+    # have applications running: an early request must not get a 404).
+    await core.registry.wait_for_snapshot("routes", 10)
     server = await http_server.serve(app.handle, sock, keep_alive_s=args.keep_alive_s)
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
@@ -55,7 +58,6 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
     core.on_lost(stopped.set)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
-    await core.registry.wait_for_snapshot("routes", 10)
     await core.controller.call("register_proxy")
     await stopped.wait()
     server.close()
