@@ -44,6 +44,11 @@ class Detached:
         (self.dir / "config.yaml").write_text(json.dumps(config))
         self.cli("deploy", "config.yaml")
 
+    def instance(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.admin + "/api/schooner/instance", timeout=10) as r:
+            info: dict[str, Any] = json.load(r)
+        return info
+
     def applications(self) -> dict[str, Any]:
         with urllib.request.urlopen(self.admin + "/api/serve/applications/", timeout=10) as r:
             apps: dict[str, Any] = json.load(r)["applications"]

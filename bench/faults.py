@@ -1,8 +1,14 @@
-"""Fault injection under load: replicas killed, and a deployment overloaded.
+"""Fault injection under load: replicas killed, the head killed, an application deleted,
+and a deployment overloaded.
 
 - **replica kills**: three replicas at steady HTTP load; one replica is killed
   with SIGKILL every second for 20 s. Reports the failed-request ratio (only
   requests running on a killed replica should fail).
+- **head kills**: the same load; the head process is killed with SIGKILL three
+  times, 3 s apart, and restarted by the supervisor each time. Reports failed
+  requests (target 0), how long the control plane was away each time, and how
+  many replicas were restarted because of it (target 0: they are re-adopted).
+- **delete another app**: the same load while another application is deleted.
 - **overload**: one replica that takes 10 ms per request, ``max_ongoing=2``,
   ``max_queued=4``, offered about ten times what it can serve. Reports the
   share of requests refused at once (503), how fast refusals are, the p99 of
@@ -30,6 +36,8 @@ from bench.load import LoadResult, read_response, run_load
 from bench.systems import SCHOONER
 
 KILL_EVERY_S = 1.0
+HEAD_KILLS = 3
+HEAD_KILL_EVERY_S = 3.0
 KILL_FOR_S = 20.0
 OVERLOAD_S = 10.0
 OVERLOAD_CONNECTIONS = 64
@@ -60,6 +68,7 @@ CONFIG = {
         {"name": "slow", "route_prefix": "/slow", "import_path": "faultapp:slow_app"},
     ]
 }
+OTHER = {"name": "other", "route_prefix": "/other", "import_path": "faultapp:workers"}
 
 
 def faults(ctx: Context) -> None:
@@ -73,7 +82,13 @@ def faults(ctx: Context) -> None:
         try:
             inst.deploy(CONFIG)
             inst.wait_running("workers", "slow")
-            for name, run in (("replica kills", _kills), ("overload", _overload)):
+            scenarios = (
+                ("replica kills", _kills),
+                ("head kills", _head_kills),
+                ("delete another app", _delete_other),
+                ("overload", _overload),
+            )
+            for name, run in scenarios:
                 try:
                     run(ctx, inst)
                 except Exception as exc:
@@ -110,6 +125,62 @@ def _kills(ctx: Context, inst: Detached) -> None:
         f"[faults] {killed} replicas killed in {KILL_FOR_S:.0f} s: {r.errors} failed of "
         f"{r.requests} requests ({100 * ratio:.3f}%)"
     )
+
+
+def _under_load(inst: Detached, duration_s: float) -> tuple[threading.Thread, dict[str, Any]]:
+    result: dict[str, LoadResult] = {}
+    thread = threading.Thread(
+        target=lambda: result.setdefault("load", run_load(inst.http_port, 8, duration_s))
+    )
+    thread.start()
+    time.sleep(1.0)
+    return thread, result
+
+
+def _head_kills(ctx: Context, inst: Detached) -> None:
+    before = sorted(inst.replica_pids("workers"))
+    thread, result = _under_load(inst, HEAD_KILLS * HEAD_KILL_EVERY_S + 2)
+    away: list[float] = []
+    for _ in range(HEAD_KILLS):
+        pid = int(inst.instance()["pid"])
+        killed_at = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            try:
+                if int(inst.instance()["pid"]) != pid:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.01)
+        away.append(time.perf_counter() - killed_at)
+        inst.wait_running("workers")
+        time.sleep(max(0.0, HEAD_KILL_EVERY_S - (time.perf_counter() - killed_at)))
+    thread.join()
+    r = result["load"]
+    restarted = len(set(before) - set(inst.replica_pids("workers")))
+    detail = {**r.as_dict(), "head_kills": HEAD_KILLS, "away_s": [round(a, 3) for a in away]}
+    ctx.record("head kills", "failed requests", SCHOONER, r.errors, "", False, detail)
+    ctx.record("head kills", "control plane away s", SCHOONER, max(away), "s", False)
+    ctx.record("head kills", "replicas restarted", SCHOONER, restarted, "", False)
+    ctx.record("head kills", "req/s", SCHOONER, r.requests_per_s, "req/s", True)
+    log(
+        f"[faults] head killed {HEAD_KILLS} times: {r.errors} failed of {r.requests} requests; "
+        f"new head answered after {', '.join(f'{a:.2f}' for a in away)} s; "
+        f"{restarted} of {len(before)} replicas restarted"
+    )
+
+
+def _delete_other(ctx: Context, inst: Detached) -> None:
+    inst.deploy({"applications": [*CONFIG["applications"], OTHER]})
+    inst.wait_running("workers", "slow", "other")
+    thread, result = _under_load(inst, 5.0)
+    inst.deploy(CONFIG)  # "other" is no longer in the config: deleted
+    while "other" in inst.applications():
+        time.sleep(0.05)
+    thread.join()
+    r = result["load"]
+    ctx.record("delete another app", "failed requests", SCHOONER, r.errors, "", False, r.as_dict())
+    log(f"[faults] another app deleted under load: {r.errors} failed of {r.requests} requests")
 
 
 async def _overload_client(
