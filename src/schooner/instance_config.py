@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from schooner.proxy.http_server import DEFAULT_MAX_REQUEST_BODY_BYTES
+
 __all__ = [
     "ControllerOptions",
     "EncodingType",
@@ -100,6 +102,7 @@ class HTTPOptions(BaseModel):
     ``host`` defaults to ``127.0.0.1``, which is what ``serve.start()`` binds in
     Ray (localhost); Ray's *config-file* schema defaults to ``0.0.0.0`` instead,
     see :class:`schooner.schema.HTTPOptionsSchema`. ``host=None`` disables proxies.
+    ``max_request_body_bytes`` is a Schooner extension: larger request bodies get 413.
     """
 
     model_config = ConfigDict(validate_assignment=True)
@@ -108,6 +111,7 @@ class HTTPOptions(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     root_path: str = ""
     request_timeout_s: float | None = None
+    max_request_body_bytes: int = Field(default=DEFAULT_MAX_REQUEST_BODY_BYTES, gt=0)
     keep_alive_timeout_s: int = 90
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None

@@ -320,20 +320,28 @@ def test_result_timeout(clean) -> None:
 
 @serve.deployment
 class Unsendable:
-    def __call__(self, request: object) -> object:
-        return object()
+    def __call__(self, request: Request) -> object:
+        return threading.Lock() if request.query_params.get("lock") else object()
 
     def lock(self) -> object:
-        import threading
-
         return threading.Lock()
+
+    def locks(self):
+        yield threading.Lock()
 
 
 def test_a_result_that_cannot_be_sent_is_a_clear_error(clean) -> None:
     handle = serve.run(Unsendable.bind(), name="unsendable", route_prefix="/unsendable")
-    resp = clean.http.get("/unsendable")
-    assert resp.status_code == 500
-    assert "returned a value of type 'object', which cannot be sent as an HTTP" in resp.text
-    with pytest.raises(TypeError, match="pickle"):
+    for query, type_name in (("", "object"), ("?lock=1", "lock")):
+        resp = clean.http.get("/unsendable" + query)
+        assert resp.status_code == 500
+        assert f"returned a value of type '{type_name}', which cannot be sent as an HTTP" in (
+            resp.text
+        )
+        assert "Return a str, bytes, a JSON-serializable value" in resp.text
+    with pytest.raises(TypeError, match=r"The result \(of type '_thread.lock'\) cannot be sent"):
         handle.lock.remote().result()
+    stream = handle.options(stream=True).locks.remote()
+    with pytest.raises(TypeError, match=r"streamed item \(of type '_thread.lock'\)"):
+        list(stream)
     assert clean.http.get("/-/healthz").status_code == 200  # nothing else is disturbed

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
+import httpx
+from helpers import free_port
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
@@ -101,3 +107,49 @@ def test_large_body_round_trip(clean) -> None:
     serve.run(Echo.bind(), name="echo", route_prefix="/")
     blob = b"z" * (3 * 1024 * 1024)
     assert clean.http.post("/", content=blob).json()["len"] == len(blob)
+
+
+def test_request_body_limit_from_http_options(tmp_path: Path) -> None:
+    """``serve.start(http_options={"max_request_body_bytes": ...})`` bounds request bodies.
+
+    The limit is fixed when an instance starts, so this one runs in a script of its own.
+    """
+    port = free_port()
+    script = tmp_path / "limited.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import sys
+        import schooner as serve
+
+        @serve.deployment
+        async def size(request):
+            return len(await request.body())
+
+        options = {{"host": "127.0.0.1", "port": {port}, "max_request_body_bytes": 1024}}
+        serve.start(http_options=options)
+        serve.run(size.bind(), route_prefix="/")
+        print("READY", flush=True)
+        sys.stdin.read()  # until the test closes it
+        serve.shutdown()
+    """)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "READY"
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            refused = http.post("/", content=b"x" * 2048)
+            assert refused.status_code == 413
+            assert "limit of 1024 bytes" in refused.text
+            assert "http_options.max_request_body_bytes" in refused.text
+            served = http.post("/", content=b"x" * 512)
+            assert served.status_code == 200 and served.json() == 512
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

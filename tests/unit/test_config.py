@@ -486,6 +486,11 @@ def test_proxy_location_accepts_no_server_alias() -> None:
 
 def test_http_options() -> None:
     assert HTTPOptions.model_validate({"port": 8123, "future_option": 1}).port == 8123
+    assert HTTPOptions().max_request_body_bytes == 100 * 1024 * 1024
+    assert HTTPOptions(max_request_body_bytes=1024).max_request_body_bytes == 1024
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match=r"max_request_body_bytes\n.*greater than 0"):
+            HTTPOptions(max_request_body_bytes=bad)
     with pytest.raises(ValueError, match="ssl_keyfile and ssl_certfile"):
         HTTPOptions(ssl_keyfile="k.pem")
     with warnings.catch_warnings():

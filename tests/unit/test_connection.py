@@ -268,7 +268,10 @@ def test_unpicklable_result_becomes_an_error() -> None:
         client, _ = await wire(Handler())
         with pytest.raises(RemoteCallError) as info:
             await client.call("unpicklable_result")
-        assert "lock" in info.value.error.message
+        error = info.value.error
+        assert error.type_name == "TypeError"
+        assert "The result (of type '_thread.lock') cannot be sent back" in error.message
+        assert isinstance(error.exc, TypeError)  # rebuilt in the caller
         assert await client.call("echo", 1) == 1
 
     run(body)

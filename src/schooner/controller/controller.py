@@ -466,7 +466,10 @@ class Controller:
             conn.notify("shutdown")
         except (TimeoutError, ConnectionLost, RemoteCallError, OSError):
             pass
-        await asyncio.sleep(1.0)
+        for _ in range(50):  # up to 1 s to exit on its own, then SIGTERM
+            if replica.process.poll() is not None:
+                return
+            await asyncio.sleep(0.02)
         replica.process.terminate()
 
     # -------------------------------------------------------------- recovery

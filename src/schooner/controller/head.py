@@ -176,6 +176,9 @@ class Head:
         keep_alive = self.http_options.get("keep_alive_timeout_s")
         if keep_alive is not None:
             options += ["--keep-alive-s", str(int(keep_alive))]
+        body_limit = self.http_options.get("max_request_body_bytes")
+        if body_limit is not None:
+            options += ["--max-request-body-bytes", str(int(body_limit))]
         return options
 
     async def watch_proxy(self) -> None:

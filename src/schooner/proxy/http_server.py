@@ -12,6 +12,12 @@ responses (chunked transfer encoding when no content-length is known),
 backpressure on slow readers, a request body size limit (413), and malformed
 requests (400). When a client disconnects, the request's ``disconnected``
 callback runs so the work behind it can be cancelled.
+
+A body over the limit is refused as soon as that is known: at the headers
+when ``content-length`` announces it (before any ``100 Continue``), else when
+the chunks received pass the limit. Nothing more of that connection is
+parsed or kept; the 413 goes out after the responses still owed to earlier
+pipelined requests, then the connection closes.
 """
 
 from __future__ import annotations
@@ -31,9 +37,21 @@ import httptools
 
 logger = logging.getLogger("schooner.proxy")
 
+#: Default request body limit (``http_options.max_request_body_bytes``): 100 MiB.
+DEFAULT_MAX_REQUEST_BODY_BYTES = 100 * 1024 * 1024
+
 Headers = list[tuple[bytes, bytes]]
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+#: After a 413, how long the client may go on sending (discarded) before the connection
+#: closes. Closing a socket that still has unread data resets the connection, and a
+#: client that is still sending would then lose the 413 before reading it.
+_LINGER_AFTER_REFUSAL_S = 2.0
+
+
+class _BodyTooLarge(Exception):
+    """Raised from a parser callback to stop parsing a body over the limit."""
 
 
 def _status_line(status: int) -> bytes:
@@ -193,11 +211,13 @@ class HttpProtocol(asyncio.Protocol):
         handler: Callable[[Request], Any],
         *,
         keep_alive_s: float = 90.0,
-        max_body_bytes: int = 100 * 1024 * 1024,
+        max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+        too_large_hint: str = "",
     ) -> None:
         self._handler = handler
         self._keep_alive_s = keep_alive_s
         self._max_body = max_body_bytes
+        self._too_large_hint = too_large_hint
         self._loop = asyncio.get_event_loop()
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
@@ -211,7 +231,8 @@ class HttpProtocol(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._too_large = False
+        self._too_large = False  # set by the parser callbacks before they stop the parser
+        self._refused: Request | None = None  # the 413 owed; nothing is parsed after it
 
     # -- connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -233,12 +254,17 @@ class HttpProtocol(asyncio.Protocol):
                 waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused is not None:
+            return  # the rest of a refused body, or whatever follows it: discarded
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._reject(501, b"Protocol upgrades (WebSockets) are not supported by this proxy.")
         except httptools.HttpParserError as exc:
-            self._reject(400, f"Malformed HTTP request: {exc}".encode())
+            if self._too_large:
+                self._refuse_body()
+            else:
+                self._reject(400, f"Malformed HTTP request: {exc}".encode())
 
     def _reject(self, status: int, text: bytes) -> None:
         if self._transport is None:
@@ -277,21 +303,21 @@ class HttpProtocol(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        expects_continue = False
         for name, value in self._headers:
-            if (
-                name == b"expect"
-                and value.lower() == b"100-continue"
-                and self._transport is not None
-            ):
-                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if name == b"expect" and value.lower() == b"100-continue":
+                expects_continue = True
             elif name == b"content-length" and value.isdigit() and int(value) > self._max_body:
                 self._too_large = True
+                raise _BodyTooLarge
+        if expects_continue and self._transport is not None:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
         if self._body_size > self._max_body:
             self._too_large = True
-            return
+            raise _BodyTooLarge
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -305,16 +331,26 @@ class HttpProtocol(asyncio.Protocol):
             parser.get_http_version(),
             parser.should_keep_alive(),
         )
-        if self._too_large:
-            request.keep_alive = False
-            text = f"Request body is larger than the limit of {self._max_body} bytes.".encode()
-            self._pipeline.append(request)
-            request.body = text
-            request.method = "__too_large__"
-        else:
-            request.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
-            self._pipeline.append(request)
+        request.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        self._pipeline.append(request)
         self._body = []
+        if self._current is None:
+            self._next()
+
+    def _refuse_body(self) -> None:
+        """Owe a 413 for the request being parsed, and parse nothing more on this connection."""
+        parser = self._parser
+        request = Request(
+            self,
+            parser.get_method().decode("ascii"),
+            self._url,
+            self._headers,
+            parser.get_http_version(),
+            keep_alive=False,
+        )
+        self._refused = request
+        self._body = []
+        self._pipeline.append(request)
         if self._current is None:
             self._next()
 
@@ -329,16 +365,15 @@ class HttpProtocol(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-        if request.method == "__too_large__":
-            text = request.body
-            request.method = "POST"
+        if request is self._refused:
+            text = f"Request body is larger than the limit of {self._max_body} bytes."
+            if self._too_large_hint:
+                text += " " + self._too_large_hint
+            request_id = request.header(b"x-request-id") or uuid.uuid4().hex.encode()
             request.respond(
                 413,
-                [
-                    (b"content-type", b"text/plain; charset=utf-8"),
-                    (b"x-request-id", uuid.uuid4().hex.encode()),
-                ],
-                text,
+                [(b"content-type", b"text/plain; charset=utf-8"), (b"x-request-id", request_id)],
+                text.encode(),
             )
             return
         try:
@@ -356,11 +391,23 @@ class HttpProtocol(asyncio.Protocol):
             return
         if data:
             transport.write(data)
+        if request is self._refused:
+            self._linger(transport)
+            return
         if not request.keep_alive:
             transport.close()
             return
         if request is self._current:
             self._next()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after a 413, letting the client finish sending first (see
+        ``_LINGER_AFTER_REFUSAL_S``); it closes sooner if the client closes."""
+        if transport.can_write_eof():
+            transport.write_eof()
+            self._loop.call_later(_LINGER_AFTER_REFUSAL_S, transport.close)
+        else:
+            transport.close()
 
     def write(self, data: bytes) -> None:
         if self._transport is not None:
@@ -389,12 +436,22 @@ async def serve(
     sock: Any,
     *,
     keep_alive_s: float = 90.0,
-    max_body_bytes: int = 100 * 1024 * 1024,
+    max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+    too_large_hint: str = "",
 ) -> asyncio.Server:
-    """Serve HTTP on the listening socket ``sock``; ``handler(request)`` must answer it."""
+    """Serve HTTP on the listening socket ``sock``; ``handler(request)`` must answer it.
+
+    Request bodies over ``max_body_bytes`` get 413; ``too_large_hint`` is added to
+    its text to say how to raise the limit.
+    """
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: HttpProtocol(handler, keep_alive_s=keep_alive_s, max_body_bytes=max_body_bytes),
+        lambda: HttpProtocol(
+            handler,
+            keep_alive_s=keep_alive_s,
+            max_body_bytes=max_body_bytes,
+            too_large_hint=too_large_hint,
+        ),
         sock=sock,
         backlog=2048,
     )

@@ -102,9 +102,14 @@ class Replica:
         self._running = 0  # requests holding one of the max_ongoing_requests slots
         self._max_ongoing = 5
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self.stopped = asyncio.Event()
+        self._initializing: asyncio.Future[float] | None = None
+
+    @property
+    def initialized(self) -> bool:
+        """Whether the user's object is constructed (``rpc_initialize`` succeeded)."""
+        init = self._initializing
+        return init is not None and init.done() and not init.cancelled() and not init.exception()
 
     # -- lifecycle (controller) -----------------------------------------------------------
     async def rpc_initialize(
@@ -115,7 +120,24 @@ class Replica:
         user_config: Any,
         max_ongoing_requests: int,
     ) -> float:
-        """Construct the user's object and apply ``user_config``; returns seconds taken."""
+        """Construct the user's object and apply ``user_config``; returns seconds taken.
+
+        Runs once: a second call (from a head that replaced a crashed one) waits for
+        the first, which goes on even if the call that started it was cut off."""
+        if self._initializing is None:
+            self._initializing = asyncio.ensure_future(
+                self._initialize(code, init_blob, is_function, user_config, max_ongoing_requests)
+            )
+        return await asyncio.shield(self._initializing)
+
+    async def _initialize(
+        self,
+        code: CodeRef,
+        init_blob: bytes,
+        is_function: bool,
+        user_config: Any,
+        max_ongoing_requests: int,
+    ) -> float:
         started = time.monotonic()
         self._executor = SyncExecutor(asyncio.get_running_loop(), max_ongoing_requests)
         self._max_ongoing = max(1, max_ongoing_requests)
@@ -170,11 +192,18 @@ class Replica:
         await self._invoke(reconfigure, (user_config,), {})
 
     async def rpc_prepare_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
-        """Wait (up to ``timeout_s``) for in-flight requests to finish, then run ``__del__``."""
+        """Drain (see :meth:`_drain`, at most ``timeout_s``), then end the ASGI lifespan
+        and run ``__del__``. Called once routers no longer send here, or are about to stop."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            await asyncio.wait_for(self._drain(wait_loop_s), timeout_s)
         except TimeoutError:
-            logger.warning("shutting down with %d requests still running", self._ongoing)
+            if self._ongoing:
+                logger.warning(
+                    "graceful_shutdown_timeout_s (%g s) is over; shutting down with %d "
+                    "requests still running",
+                    timeout_s,
+                    self._ongoing,
+                )
         if self._lifespan_shutdown is not None:
             try:
                 await self._lifespan_shutdown()
@@ -186,6 +215,23 @@ class Replica:
                 await self._invoke(functools.partial(deleter, self._callable), (), {})
             except Exception:
                 logger.exception("__del__ raised")
+
+    async def _drain(self, wait_loop_s: float) -> None:
+        """Return at the first check, one every ``wait_loop_s``, that finds no request in flight.
+
+        In flight: running, waiting for a slot, waiting in a batch or streaming. The
+        first check comes after one period, not at once: a router that has not yet heard
+        that this replica is leaving may still send it requests, and those are served
+        and waited for like the others.
+        """
+        logged = False
+        while True:
+            await asyncio.sleep(wait_loop_s)
+            if not self._ongoing:
+                return
+            if not logged:
+                logger.info("draining: waiting for %d requests to finish", self._ongoing)
+                logged = True
 
     def rpc_shutdown(self) -> None:
         self.stopped.set()
@@ -241,7 +287,6 @@ class Replica:
 
     def _enter(self, meta: tuple[str, ...]) -> contextvars.Token[context.RequestContext]:
         self._ongoing += 1
-        self._idle.clear()
         return context._request_context.set(
             context.RequestContext(
                 route=meta[4],
@@ -292,8 +337,6 @@ class Replica:
     def _exit(self, token: contextvars.Token[context.RequestContext]) -> None:
         context._request_context.reset(token)
         self._ongoing -= 1
-        if self._ongoing == 0:
-            self._idle.set()
 
     async def rpc_call(
         self, meta: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -472,10 +472,29 @@ class Connection(asyncio.BufferedProtocol):
             self._send(kind, req_id, payload)
         except ConnectionLost:
             return
+        except (TypeError, AttributeError, pickle.PicklingError) as exc:
+            if kind == ERR:
+                raise
+            self._send(ERR, req_id, RemoteError.from_exception(_unpicklable(kind, payload, exc)))
         except Exception as exc:
             if kind == ERR:
                 raise
             self._send(ERR, req_id, RemoteError.from_exception(exc))
+
+
+def _unpicklable(kind: int, payload: Any, exc: Exception) -> TypeError:
+    """The error the caller gets for a result or streamed item that cannot be pickled."""
+    what = "streamed item" if kind == ITEM else "result"
+    cls = type(payload)
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+    error = TypeError(
+        f"The {what} (of type {name!r}) cannot be sent back to the caller: {exc}. Return "
+        "something pickle or cloudpickle can serialize (not a lock, open file, socket, ...)."
+    )
+    error.__cause__ = exc
+    return error
 
 
 async def connect_unix(path: str, handler: object | None = None) -> Connection:
