@@ -227,17 +227,11 @@ class Checkpointer:
         """Return once what is in memory now is in the store (or the store failed)."""
         if self._frozen:
             return
-        while True:
-            writer = self._writer
-            if writer is None or writer.done():
-                if not self._dirty():
-                    return
-                self.note()
-                writer = self._writer
-                assert writer is not None
-            await asyncio.shield(writer)
-            if self._failing:
-                return  # logged; the writer keeps retrying in the background
+        self.note()  # a running writer snapshots again before it stops: it takes this too
+        writer = self._writer
+        while writer is not None and not writer.done() and not self._failing:
+            # While the store fails, don't hold the client: the writer retries on its own.
+            await asyncio.wait({writer}, timeout=0.05)
 
     def freeze(self) -> None:
         """Write nothing more: the instance is stopping and the store keeps its goal state
