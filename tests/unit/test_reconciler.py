@@ -8,38 +8,30 @@ initialization step. Nothing here starts a process or opens a socket.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 from controller_fakes import (
-    FakeClock,
-    FakeLauncher,
     FakeProcess,
     FakeReplicaConn,
+    Harness,
     InstantSleepAsyncio,
+    app_spec,
+    dep_spec,
+    run,
 )
 
-from schooner.config import DeploymentConfig
 from schooner.controller import controller as controller_module
-from schooner.controller.controller import STARTUP_TIMEOUT_S, STOP_GRACE_S, Controller
-from schooner.controller.state import DeploymentState, ReplicaRecord
+from schooner.controller.controller import STARTUP_TIMEOUT_S, STOP_GRACE_S
 from schooner.exceptions import ServeConfigError
 from schooner.router.router import DELETED
 from schooner.rpc.connection import RemoteError
 from schooner.rpc.messages import (
-    AppSpec,
-    CodeRef,
     DeploymentID,
-    DeploymentSpec,
-    ReplicaSet,
     Route,
 )
 from schooner.runtime.launcher import ProcessSpec
-from schooner.runtime.resources import ResourcePool
-from schooner.runtime.session import Session
 from schooner.schema import (
     ApplicationStatus,
     DeploymentStatus,
@@ -47,100 +39,11 @@ from schooner.schema import (
     ReplicaState,
 )
 
-TIMEOUT_S = 5.0
-
 
 @pytest.fixture(autouse=True)
 def instant_drain(monkeypatch: pytest.MonkeyPatch) -> None:
     """Draining a replica pauses for routers to catch up; skip those pauses in unit tests."""
     monkeypatch.setattr(controller_module, "asyncio", InstantSleepAsyncio())
-
-
-# -- harness -----------------------------------------------------------------------------------
-
-
-def dep_spec(name: str, version: str = "v1", **options: Any) -> DeploymentSpec:
-    return DeploymentSpec(
-        name=name,
-        code=CodeRef(import_path=f"models:{name}"),
-        init_blob=b"",
-        config=DeploymentConfig.from_options(name=name, **options),
-        is_function=False,
-        code_version=version,
-    )
-
-
-def app_spec(name: str = "app", route_prefix: str | None = "/", *deps: DeploymentSpec) -> AppSpec:
-    deployments = list(deps) or [dep_spec("Model")]
-    return AppSpec(
-        name=name,
-        route_prefix=route_prefix,
-        ingress=deployments[0].name,
-        deployments=deployments,
-    )
-
-
-class Harness:
-    def __init__(self, tmp_path: Path, capacity: dict[str, float] | None = None) -> None:
-        self.clock = FakeClock()
-        self.launcher = FakeLauncher()
-        self.pool = ResourcePool(capacity or {"CPU": 8, "GPU": 0})
-        session = Session(root=tmp_path, sockets=tmp_path / "sockets")
-        self.ctl = Controller(
-            session,
-            self.launcher,
-            self.pool,
-            lifeline_fd=99,
-            clock=self.clock,
-            wall_clock=lambda: 1.7e9,
-        )
-        self.conns: dict[str, FakeReplicaConn] = {}
-
-    def dep(self, name: str = "Model", app: str = "app") -> DeploymentState:
-        return self.ctl.apps[app].deployments[name]
-
-    def replicas(
-        self, name: str = "Model", app: str = "app", state: ReplicaState | None = None
-    ) -> list[ReplicaRecord]:
-        return [
-            r for r in self.dep(name, app).replicas.values() if state is None or r.state == state
-        ]
-
-    def ids(
-        self, name: str = "Model", app: str = "app", state: ReplicaState | None = None
-    ) -> set[str]:
-        return {r.replica_id for r in self.replicas(name, app, state)}
-
-    async def settle(self) -> None:
-        """Wait for the controller's background steps (initialize, drain) to finish."""
-        while self.ctl._tasks:
-            await asyncio.gather(*list(self.ctl._tasks))
-
-    async def ready(self, *replica_ids: str, init_error: RemoteError | None = None) -> None:
-        """Replicas connect and the controller initializes them (as their processes would)."""
-        for rid in replica_ids:
-            conn = FakeReplicaConn(init_error)
-            self.conns[rid] = conn
-            self.ctl.replica_registered(rid, conn)  # type: ignore[arg-type]
-        await self.settle()
-
-    async def all_ready(self, name: str = "Model", app: str = "app") -> None:
-        await self.ready(*self.ids(name, app, ReplicaState.STARTING))
-
-    def published(self, key: str) -> Any:
-        return self.ctl.long_poll.get(key)[1]
-
-    def replica_set(self, name: str = "Model", app: str = "app") -> ReplicaSet:
-        value = self.published(DeploymentID(name, app).key)
-        assert isinstance(value, ReplicaSet)
-        return value
-
-
-def run(tmp_path: Path, test: Callable[[Harness], Coroutine[Any, Any, None]], **kw: Any) -> None:
-    async def main() -> None:
-        await asyncio.wait_for(test(Harness(tmp_path, **kw)), TIMEOUT_S)
-
-    asyncio.run(main())
 
 
 # -- deploying ---------------------------------------------------------------------------------
