@@ -108,9 +108,12 @@ def _head_settings(head_args: list[str]) -> argparse.Namespace:
 
 
 class Supervisor:
-    def __init__(self, ready_fd: int, head_args: list[str]) -> None:
+    def __init__(
+        self, ready_fd: int, head_args: list[str], head_module: str = "schooner.controller.head"
+    ) -> None:
         self.ready_fd = ready_fd
         self.head_args = head_args
+        self.head_module = head_module
         self.settings = _head_settings(head_args)
         self.lifeline = Lifeline()
         self.sockets: list[socket.socket] = []
@@ -148,7 +151,7 @@ class Supervisor:
         args = [
             sys.executable,
             "-m",
-            "schooner.controller.head",
+            self.head_module,
             *self.head_args,
             *socket_args,
             "--ready-fd",
@@ -256,12 +259,13 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="schooner-supervisor")
     parser.add_argument("--ready-fd", type=int, default=-1)
     parser.add_argument("--lifeline-fd", type=int, default=-1)
+    parser.add_argument("--head-module", default="schooner.controller.head", help=argparse.SUPPRESS)
     return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 
 def main(argv: list[str] | None = None) -> None:
     args, head_args = _parse(sys.argv[1:] if argv is None else argv)
-    supervisor = Supervisor(args.ready_fd, head_args)
+    supervisor = Supervisor(args.ready_fd, head_args, args.head_module)
     logs = Path(supervisor.settings.session) / "logs"
     logging.basicConfig(
         filename=str(logs / "supervisor.log"),
