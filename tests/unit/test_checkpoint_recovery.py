@@ -26,6 +26,7 @@ from schooner.controller import checkpoint
 from schooner.controller import controller as controller_module
 from schooner.controller.checkpoint import APP_PREFIX, STATE_KEY, Checkpointer
 from schooner.controller.controller import REJOIN_TIMEOUT_S
+from schooner.controller.state import ReplicaRecord
 from schooner.schema import DeploymentStatus, ReplicaState
 
 
@@ -86,6 +87,18 @@ async def deployed(h: Harness, replicas: int = 2) -> None:
     h.ctl.tick()
     await h.all_ready()
     h.ctl.tick()
+
+
+async def one_replica_restarted(
+    h: Harness, tmp_path: Path, alive: set[int]
+) -> tuple[ReplicaRecord, Harness]:
+    """One replica deployed and checkpointed, still running; a new controller recovered."""
+    store = CountingStore(tmp_path / "ckpt")
+    await deployed(h, replicas=1)
+    await Checkpointer(store, h.ctl).flush()
+    (old,) = h.replicas()
+    alive.add(old.pid)
+    return old, restarted(h, store, tmp_path / "new")
 
 
 def restarted(h: Harness, store: CountingStore, tmp_path: Path) -> Harness:
@@ -233,13 +246,7 @@ def test_a_readopted_replica_that_does_not_reconnect_is_replaced(
     tmp_path: Path, alive: set[int]
 ) -> None:
     async def body(h: Harness) -> None:
-        store = CountingStore(tmp_path / "ckpt")
-        writer = Checkpointer(store, h.ctl)
-        await deployed(h, replicas=1)
-        await writer.flush()
-        (old,) = h.replicas()
-        alive.add(old.pid)
-        new = restarted(h, store, tmp_path / "new")
+        old, new = await one_replica_restarted(h, tmp_path, alive)
         assert new.ids() == {old.replica_id}
         new.clock.now += REJOIN_TIMEOUT_S - 1
         new.ctl.tick()
@@ -258,13 +265,7 @@ def test_rejoining_without_a_constructed_object_initializes_it(
     tmp_path: Path, alive: set[int]
 ) -> None:
     async def body(h: Harness) -> None:
-        store = CountingStore(tmp_path / "ckpt")
-        writer = Checkpointer(store, h.ctl)
-        await deployed(h, replicas=1)
-        await writer.flush()
-        (old,) = h.replicas()
-        alive.add(old.pid)
-        new = restarted(h, store, tmp_path / "new")
+        old, new = await one_replica_restarted(h, tmp_path, alive)
         conn = FakeReplicaConn()
         new.ctl.replica_rejoined(old.replica_id, conn, initialized=False)  # type: ignore[arg-type]
         await new.settle()
