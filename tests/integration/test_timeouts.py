@@ -153,6 +153,13 @@ def test_client_disconnect_cancels_the_work_in_the_replica(clean: Instance, tmp_
         timeout_s=10,
         message="the replica's coroutine to be cancelled",
     )
+    from schooner import api
+
+    proxy_log = Path(api._controller_call("instance_info")["session"]) / "logs" / "proxy.log"
+    wait_for(
+        lambda: "cancelled: the client disconnected (499)" in proxy_log.read_text(),
+        message="the proxy to log the request as 499",
+    )
 
 
 class _Url:
