@@ -35,6 +35,12 @@ RECONNECT_INTERVAL_S = 0.05
 #: The head removes its socket when it shuts down: once it has been missing this long,
 #: the instance is gone (a restarting head recreates it at once).
 SOCKET_GONE_S = 1.0
+#: How long a controller call waits for a restarting head before it fails.
+RECONNECT_WAIT_S = 30.0
+#: Calls that only read: when the head dies during one, it is asked again of the next head.
+_READ_ONLY = frozenset(
+    {"ping", "status", "details", "app_info", "app_names", "instance_info", "wait_app"}
+)
 
 _core: Core | None = None
 _core_lock = threading.Lock()
@@ -193,8 +199,27 @@ class Core:
             raise RuntimeError("cannot block on the Schooner event loop from inside it")
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
+    async def call_controller(self, method: str, *args: Any) -> Any:
+        """Call the controller. While a crashed head is being replaced, wait for the next
+        one (up to :data:`RECONNECT_WAIT_S`); a read-only call cut off by the crash is
+        asked again."""
+        for attempt in (1, 2):
+            reconnecting = self._reconnecting
+            if not self.controller.is_open and reconnecting is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(reconnecting), RECONNECT_WAIT_S)
+                except TimeoutError:
+                    pass  # the call below fails with ConnectionLost
+            try:
+                return await self.controller.call(method, *args)
+            except ConnectionLost:
+                if attempt == 2 or method not in _READ_ONLY or self._reconnecting is None:
+                    raise
+                await asyncio.sleep(0)  # let the close callback start reconnecting
+        raise AssertionError("unreachable")
+
     def call_controller_sync(self, method: str, *args: Any, timeout_s: float | None = 60) -> Any:
-        return self.run_sync(self.controller.call(method, *args), timeout_s)
+        return self.run_sync(self.call_controller(method, *args), timeout_s)
 
     def close(self) -> None:
         """Disconnect; stops the loop thread of a driver core."""
