@@ -270,3 +270,39 @@ def test_shutdown_clears_the_checkpoint(inst: Detached, workdir: Path) -> None:
     inst.cli("shutdown", "-y")
     inst.start("--checkpoint-path", path)
     assert inst.details()["applications"] == {}
+
+
+def test_a_checkpoint_path_serves_one_running_instance_at_a_time(
+    inst: Detached, workdir: Path
+) -> None:
+    path = f"file://{workdir / 'checkpoints'}"
+    inst.start("--checkpoint-path", path)
+    inst.deploy(fruit_config())
+    inst.wait_running("fruit")
+    second = Detached(workdir)
+    refused = second.cli(
+        "start",
+        "--http-port",
+        str(second.http_port),
+        "--admin-port",
+        str(second.admin_port),
+        "--checkpoint-path",
+        path,
+        check=False,
+    )
+    assert refused.returncode == 1
+    assert "in use by another running instance" in refused.stderr
+    assert str(inst.info["supervisor_pid"]) in refused.stderr
+    assert inst.http.post("/fruit", json=["MANGO", 2]).json() == 6  # untouched
+    session = inst.info["session"]
+    os.kill(inst.info["supervisor_pid"], signal.SIGKILL)
+    wait_for(
+        lambda: not [p for p in schooner_processes() if session in p[1]],
+        message="the first instance to be gone",
+    )
+    second.start("--checkpoint-path", path)  # its owner is gone: taken over at once
+    try:
+        second.wait_running("fruit")
+        assert second.http.post("/fruit", json=["MANGO", 2]).json() == 6
+    finally:
+        second.stop()

@@ -29,7 +29,7 @@ from typing import Any
 
 from schooner.admin.server import AdminServer, ScaleNotFound, ScaleRejected
 from schooner.checkpoint import CheckpointStore, open_store
-from schooner.controller import checkpoint
+from schooner.controller import checkpoint, ownership
 from schooner.controller.controller import Controller
 from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import instance_details
@@ -75,6 +75,8 @@ class Head:
         )
         self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
         self.checkpoints: checkpoint.Checkpointer | None = None
+        self.owner = ownership.Owner.here(str(session.root), args.supervisor_pid or os.getppid())
+        self.claim_task: asyncio.Task[None] | None = None
         self.http_options: dict[str, Any] = {
             **json.loads(args.http_options),
             "host": args.http_host,
@@ -94,9 +96,22 @@ class Head:
 
     # -- checkpoints --------------------------------------------------------
     def open_checkpoints(self) -> CheckpointStore:
-        """The checkpoint store (``--checkpoint-path``; default: in the session directory)."""
+        """The checkpoint store (``--checkpoint-path``; default: in the session directory),
+        claimed for this instance (see :mod:`schooner.controller.ownership`)."""
         uri = self.args.checkpoint_path or f"file://{self.session.root / 'checkpoint'}"
         store = open_store(uri)
+        try:
+            ownership.claim(store, self.owner)
+        except ownership.CheckpointInUse as exc:
+            raise RayServeException(f"Checkpoint path {uri}: {exc}") from exc
+        except Exception as exc:
+            raise RayServeException(
+                f"Cannot use the checkpoint store {uri}: {exc!r}. Check that it is reachable "
+                "(or start with another --checkpoint-path)."
+            ) from exc
+        self.claim_task = asyncio.get_running_loop().create_task(
+            ownership.keep_claim(store, self.owner)
+        )
         self.checkpoints = checkpoint.Checkpointer(store, self.controller, self.declarative)
         self.controller.after_tick.append(self.checkpoints.note)
         return store
@@ -277,9 +292,12 @@ class Head:
             self.proxy.kill()
         controller.kill_all()
         controller.stopped.set()
+        if self.claim_task is not None:
+            self.claim_task.cancel()
         if self.checkpoints is not None:
             if self.explicit_stop:
                 await self.checkpoints.clear()
+            ownership.release(self.checkpoints.store, self.owner)
             self.checkpoints.close()
 
     async def flush(self) -> None:
