@@ -24,6 +24,7 @@ from controller_fakes import (
 
 from schooner.controller import controller as controller_module
 from schooner.controller.controller import STARTUP_TIMEOUT_S, STOP_GRACE_S
+from schooner.controller.details import app_info, serve_status
 from schooner.exceptions import ServeConfigError
 from schooner.router.router import DELETED
 from schooner.rpc.connection import RemoteError
@@ -69,8 +70,8 @@ def test_deploy_starts_target_number_of_replicas(tmp_path: Path) -> None:
         h.ctl.tick()
         assert h.dep().status == DeploymentStatus.HEALTHY
         assert h.dep().status_trigger == DeploymentStatusTrigger.CONFIG_UPDATE_COMPLETED
-        assert h.ctl.status()["applications"]["app"]["status"] == ApplicationStatus.RUNNING
-        status = h.ctl.status()["applications"]["app"]
+        assert serve_status(h.ctl)["applications"]["app"]["status"] == ApplicationStatus.RUNNING
+        status = serve_status(h.ctl)["applications"]["app"]
         assert status["status"] == "RUNNING"
         assert status["deployments"]["Model"]["replica_states"] == {"RUNNING": 3}
         for conn in h.conns.values():
@@ -493,7 +494,9 @@ def test_gpu_request_that_does_not_fit_waits_and_says_why(tmp_path: Path) -> Non
         app = h.ctl.apps["app"]
         assert app.status == ApplicationStatus.DEPLOYING
         assert "GPU" in app.message
-        assert "GPU" in h.ctl.status()["applications"]["app"]["deployments"]["Model"]["message"]
+        assert (
+            "GPU" in serve_status(h.ctl)["applications"]["app"]["deployments"]["Model"]["message"]
+        )
 
     run(tmp_path, body, capacity={"CPU": 8, "GPU": 0})
 
@@ -554,7 +557,7 @@ def test_delete_app_stops_replicas_and_removes_the_app_once_they_exit(tmp_path: 
         await h.settle()
         processes = list(h.launcher.processes)
         assert len(processes) == 3 and all(p.terminated for p in processes)
-        assert h.ctl.app_info("app") is None
+        assert app_info(h.ctl, "app") is None
         # Gone only once every process has exited.
         for p in processes[:-1]:
             p.exit(0)
@@ -566,7 +569,7 @@ def test_delete_app_stops_replicas_and_removes_the_app_once_they_exit(tmp_path: 
         assert h.published(DeploymentID("Model", "app").key) == DELETED
         assert h.published(DeploymentID("Ingress", "app").key) == DELETED
         assert h.pool.used["CPU"] == 0
-        assert h.ctl.status()["applications"] == {}
+        assert serve_status(h.ctl)["applications"] == {}
         assert len(h.launcher.processes) == 3  # nothing was restarted meanwhile
 
     run(tmp_path, body)
@@ -632,13 +635,13 @@ def test_two_apps_with_the_same_route_prefix(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         h.ctl.deploy_app(app_spec("a", "/shared"))
         h.ctl.tick()
-        before = h.ctl.status()
+        before = serve_status(h.ctl)
         with pytest.raises(ServeConfigError) as info:
             h.ctl.deploy_app(app_spec("b", "/shared", dep_spec("Other")))
         assert "/shared" in str(info.value) and "'a'" in str(info.value)
         assert set(h.ctl.apps) == {"a"}
         h.ctl.tick()
-        assert h.ctl.status() == before
+        assert serve_status(h.ctl) == before
         assert len(h.launcher.processes) == 1
         assert set(h.published("routes")) == {"/shared"}
         # The same app may keep its own prefix, and other prefixes are fine.

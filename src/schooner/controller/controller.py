@@ -760,38 +760,6 @@ class Controller:
             self.delete_app(name)
         self.wake()
 
-    def status(self) -> dict[str, Any]:
-        """The instance's status in the shape of Ray's ``ServeStatus`` (as plain data)."""
-        apps: dict[str, Any] = {}
-        for app in self.apps.values():
-            apps[app.name] = {
-                "status": app.status.value,
-                "message": app.message,
-                "last_deployed_time_s": app.last_deployed_time_s,
-                "deployments": {
-                    dep.id.name: {
-                        "status": dep.status.value,
-                        "status_trigger": dep.status_trigger.value,
-                        "replica_states": dep.replica_states(),
-                        "message": dep.message,
-                    }
-                    for dep in app.deployments.values()
-                },
-            }
-        return {"proxies": dict(self.proxy_status), "applications": apps, "target_capacity": None}
-
-    def app_info(self, name: str) -> dict[str, Any] | None:
-        app = self.apps.get(name)
-        if app is None or app.deleting:
-            return None
-        return {
-            "name": app.name,
-            "ingress": app.spec.ingress,
-            "route_prefix": app.spec.route_prefix,
-            "status": app.status.value,
-            "deployments": list(app.deployments),
-        }
-
     def all_pids(self) -> list[int]:
         spare = [self._spare.process.pid] if self._spare is not None else []
         return spare + [

@@ -1,4 +1,5 @@
-"""The instance described as Ray's ``ServeInstanceDetails`` (REST ``GET``, ``schooner status``).
+"""The instance described for clients: Ray's ``ServeInstanceDetails`` (REST ``GET``,
+``schooner status``), ``ServeStatus`` (``serve.status()``) and what a handle needs.
 
 Ray's own CLI parses this with models that forbid unknown keys at the
 instance, application and deployment levels, so those levels carry exactly
@@ -137,4 +138,39 @@ def replica_details(
         "state": replica.state.value,
         "pid": replica.pid,
         "start_time_s": replica.start_time_s,
+    }
+
+
+def serve_status(controller: Controller) -> dict[str, Any]:
+    """The instance's status in the shape of Ray's ``ServeStatus`` (as plain data)."""
+    apps: dict[str, Any] = {}
+    for app in controller.apps.values():
+        apps[app.name] = {
+            "status": app.status.value,
+            "message": app.message,
+            "last_deployed_time_s": app.last_deployed_time_s,
+            "deployments": {
+                dep.id.name: {
+                    "status": dep.status.value,
+                    "status_trigger": dep.status_trigger.value,
+                    "replica_states": dep.replica_states(),
+                    "message": dep.message,
+                }
+                for dep in app.deployments.values()
+            },
+        }
+    return {"proxies": dict(controller.proxy_status), "applications": apps, "target_capacity": None}
+
+
+def app_info(controller: Controller, name: str) -> dict[str, Any] | None:
+    """What a handle needs to know of application ``name`` (None if there is none)."""
+    app = controller.apps.get(name)
+    if app is None or app.deleting:
+        return None
+    return {
+        "name": app.name,
+        "ingress": app.spec.ingress,
+        "route_prefix": app.spec.route_prefix,
+        "status": app.status.value,
+        "deployments": list(app.deployments),
     }

@@ -32,7 +32,7 @@ from schooner.checkpoint import CheckpointStore, open_store
 from schooner.controller import checkpoint, ownership
 from schooner.controller.controller import Controller
 from schooner.controller.declarative import DeclarativeConfig
-from schooner.controller.details import instance_details
+from schooner.controller.details import app_info, instance_details, serve_status
 from schooner.exceptions import RayServeException
 from schooner.logs import setup_process_logging
 from schooner.rpc.connection import Connection, serve_unix
@@ -405,10 +405,10 @@ class ControllerSession:
         return await self.controller.wait_app(name, timeout_s, until)
 
     def rpc_status(self) -> dict[str, Any]:
-        return self.controller.status()
+        return serve_status(self.controller)
 
     def rpc_app_info(self, name: str) -> dict[str, Any] | None:
-        return self.controller.app_info(name)
+        return app_info(self.controller, name)
 
     def rpc_app_names(self) -> list[str]:
         return [n for n, a in self.controller.apps.items() if not a.deleting]
