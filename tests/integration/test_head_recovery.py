@@ -93,6 +93,7 @@ def test_head_killed_under_load_fails_no_request_and_keeps_every_replica(
     # Re-adopted, not restarted: the same replica and proxy processes serve on.
     assert replica_pids(inst, "fruit") == before
     assert session_pids(session, "schooner.proxy.main") == proxy
+    assert instance_info(inst)["head_restarts"] == 2
     status = inst.cli("status").stdout
     assert "DEPLOY_FAILED" not in status and "UNHEALTHY" not in status
 

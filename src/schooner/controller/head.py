@@ -228,6 +228,7 @@ class Head:
             "controller_socket": self.session.controller_socket,
             "pid": os.getpid(),
             "supervisor_pid": self.args.supervisor_pid,
+            "head_restarts": self.args.restarts,
             "detached": self.args.detached,
             "http_host": self.args.http_host,
             "http_port": self.args.http_port if self.serves_http else None,
@@ -465,6 +466,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--probe-fd", type=int, default=-1)
     parser.add_argument("--supervisor-pid", type=int, default=None)
     parser.add_argument("--recovering", action="store_true", help="the previous head crashed")
+    parser.add_argument("--restarts", type=int, default=0, help="heads started after crashes")
     parser.add_argument("--checkpoint-path", default=None)
     return parser.parse_args(argv)
 

@@ -162,7 +162,7 @@ class Supervisor:
             str(os.getpid()),
         ]
         if recovering:
-            args.append("--recovering")
+            args += ["--recovering", "--restarts", str(self.restarts)]
         fds = (ready_w, self.lifeline.read_fd, *(s.fileno() for s in self.sockets))
         try:
             self.head = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
