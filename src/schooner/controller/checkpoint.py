@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -215,6 +216,8 @@ class Checkpointer:
         self._writer: asyncio.Task[None] | None = None
         self._frozen = False
         self._failing = False
+        #: A store call is running in a thread: it cannot be cancelled, only waited for.
+        self._storing = False
 
     def note(self) -> None:
         """Write soon if the goal state changed (called after every reconcile tick)."""
@@ -240,9 +243,7 @@ class Checkpointer:
 
     async def clear(self) -> None:
         """Remove this instance's checkpoint (an explicit shutdown: nothing to come back)."""
-        self._frozen = True
-        if self._writer is not None:
-            self._writer.cancel()
+        await self._stop_writing()
         try:
             keys = await asyncio.to_thread(self.store.keys, APP_PREFIX)
             for key in [STATE_KEY, *keys]:
@@ -250,13 +251,22 @@ class Checkpointer:
         except Exception:
             logger.exception("could not clear the checkpoint store")
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+    async def close(self) -> None:
+        """Stop writing (a write under way finishes first) and close the store."""
+        await self._stop_writing()
         try:
             self.store.close()
         except Exception:
             logger.exception("closing the checkpoint store failed")
+
+    async def _stop_writing(self) -> None:
+        self._frozen = True
+        writer = self._writer
+        if writer is None or writer.done():
+            return
+        if not self._storing:
+            writer.cancel()  # between store calls (or waiting to retry): safe to stop
+        await asyncio.wait({writer}, timeout=30)
 
     # -- writing --------------------------------------------------------------
     def _state_bytes(self) -> bytes:
@@ -274,8 +284,7 @@ class Checkpointer:
         delay = _RETRY_S[0]
         while not self._frozen:
             try:
-                if not await self._write_once():
-                    break
+                wrote = await self._write_once()
             except Exception as exc:
                 if not self._failing:
                     logger.error("cannot write the checkpoint store (will retry): %r", exc)
@@ -287,6 +296,18 @@ class Checkpointer:
                 logger.info("the checkpoint store is writable again")
             self._failing = False
             delay = _RETRY_S[0]
+            if not wrote:
+                break
+
+    async def _store(self, method: Callable[..., None], *args: Any) -> None:
+        """One store call in a thread; none once writing has stopped."""
+        if self._frozen:
+            raise asyncio.CancelledError
+        self._storing = True
+        try:
+            await asyncio.to_thread(method, *args)
+        finally:
+            self._storing = False
 
     async def _write_once(self) -> bool:
         """Write what changed; False if nothing had."""
@@ -297,15 +318,15 @@ class Checkpointer:
             if not _same_refs(self._written_specs.get(name), ref):
                 specs = AppSpecs(ref[0], {n: s for n, s in ref[1:]})
                 blob = pickle.dumps(specs, protocol=5)
-                await asyncio.to_thread(self.store.put, APP_PREFIX + name, blob)
+                await self._store(self.store.put, APP_PREFIX + name, blob)
                 self._written_specs[name] = ref
                 wrote = True
         if state != self._written_state:
-            await asyncio.to_thread(self.store.put, STATE_KEY, state)
+            await self._store(self.store.put, STATE_KEY, state)
             self._written_state = state
             wrote = True
         for name in [n for n in self._written_specs if n not in refs]:
-            await asyncio.to_thread(self.store.delete, APP_PREFIX + name)
+            await self._store(self.store.delete, APP_PREFIX + name)
             del self._written_specs[name]
             wrote = True
         return wrote

@@ -299,7 +299,7 @@ class Head:
             if self.explicit_stop:
                 await self.checkpoints.clear()
             ownership.release(self.checkpoints.store, self.owner)
-            self.checkpoints.close()
+            await self.checkpoints.close()
 
     async def flush(self) -> None:
         """Return once the goal state is in the checkpoint store (before answering a client)."""

@@ -25,6 +25,7 @@ adds little to an instance's start-up.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import select
@@ -74,11 +75,10 @@ def report(fd: int, line: str) -> None:
     """Write one line to the starter's ready pipe and close it."""
     if fd < 0:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.write(fd, (line.replace("\n", "\\n") + "\n").encode())
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass
 
 
 def become_subreaper() -> None:
@@ -168,6 +168,8 @@ class Supervisor:
             self.head = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
         finally:
             os.close(ready_w)
+        if self.stopping:
+            self.stop()  # SIGTERM came while this head was being started: pass it on
         return ready_r
 
     def wait_first_head(self, ready_r: int) -> str:
