@@ -98,17 +98,13 @@ class Head:
     def open_checkpoints(self) -> CheckpointStore:
         """The checkpoint store (``--checkpoint-path``; default: in the session directory),
         claimed for this instance (see :mod:`schooner.controller.ownership`)."""
-        uri = self.args.checkpoint_path or f"file://{self.session.root / 'checkpoint'}"
-        store = open_store(uri)
+        store = open_store(self.checkpoint_uri)
         try:
             ownership.claim(store, self.owner)
         except ownership.CheckpointInUse as exc:
-            raise RayServeException(f"Checkpoint path {uri}: {exc}") from exc
+            raise RayServeException(f"Checkpoint path {self.checkpoint_uri}: {exc}") from exc
         except Exception as exc:
-            raise RayServeException(
-                f"Cannot use the checkpoint store {uri}: {exc!r}. Check that it is reachable "
-                "(or start with another --checkpoint-path)."
-            ) from exc
+            raise self._unusable_store(exc) from exc
         self.claim_task = asyncio.get_running_loop().create_task(
             ownership.keep_claim(store, self.owner)
         )
@@ -116,16 +112,22 @@ class Head:
         self.controller.after_tick.append(self.checkpoints.note)
         return store
 
+    @property
+    def checkpoint_uri(self) -> str:
+        return self.args.checkpoint_path or f"file://{self.session.root / 'checkpoint'}"
+
+    def _unusable_store(self, exc: Exception) -> RayServeException:
+        return RayServeException(
+            f"Cannot use the checkpoint store {self.checkpoint_uri}: {exc!r}. Check that it is "
+            "reachable (or start with another --checkpoint-path)."
+        )
+
     def recover(self, store: CheckpointStore) -> bool:
         """Load the goal state a previous head left, if any; True if there was one."""
         try:
             recovered = checkpoint.load(store)
         except Exception as exc:
-            raise RayServeException(
-                f"Cannot read the checkpoint store {self.args.checkpoint_path or 'in the session'}"
-                f": {exc!r}. Check that it is reachable (or start with another "
-                "--checkpoint-path)."
-            ) from exc
+            raise self._unusable_store(exc) from exc
         if recovered is None:
             return False
         rebuild = checkpoint.restore(recovered, self.controller, self.declarative)

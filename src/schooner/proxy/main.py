@@ -33,7 +33,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--root-path", default="")
     parser.add_argument("--keep-alive-s", type=int, default=90)
     parser.add_argument("--request-timeout-s", type=float, default=None)
-    parser.add_argument("--max-request-body-bytes", type=int, default=None)
+    parser.add_argument(
+        "--max-request-body-bytes", type=int, default=http_server.DEFAULT_MAX_REQUEST_BODY_BYTES
+    )
     return parser.parse_args(argv)
 
 
@@ -52,17 +54,12 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
     # Take connections only once the route table is known (a restarted instance may already
     # have applications running: an early request must not get a 404).
     await core.registry.wait_for_snapshot("routes", 10)
-    limit = (
-        {}
-        if args.max_request_body_bytes is None
-        else {"max_body_bytes": args.max_request_body_bytes}
-    )
     server = await http_server.serve(
         app.handle,
         sock,
         keep_alive_s=args.keep_alive_s,
+        max_body_bytes=args.max_request_body_bytes,
         too_large_hint="Raise it with http_options.max_request_body_bytes.",
-        **limit,
     )
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
