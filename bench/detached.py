@@ -4,12 +4,15 @@ fault-injection scenarios."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +75,18 @@ class Detached:
             for replica in dep["replicas"]
             if replica["state"] == "RUNNING"
         ]
+
+
+@contextlib.contextmanager
+def running_instance(prefix: str, files: dict[str, str]) -> Iterator[Detached]:
+    """A started instance in a temporary directory holding ``files`` (name -> text);
+    shut down afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        inst = Detached(Path(tmp))
+        for name, text in files.items():
+            (inst.dir / name).write_text(text)
+        inst.start()
+        try:
+            yield inst
+        finally:
+            inst.shutdown()

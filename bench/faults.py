@@ -23,15 +23,13 @@ import asyncio
 import os
 import random
 import signal
-import tempfile
 import textwrap
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.context import Context, log
-from bench.detached import Detached
+from bench.detached import Detached, running_instance
 from bench.load import LoadResult, read_response, run_load
 from bench.systems import SCHOONER
 
@@ -75,36 +73,24 @@ def faults(ctx: Context) -> None:
     """Replica kills and overload (see the module docstring)."""
     if SCHOONER not in ctx.available(SCHOONER):
         return
-    with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
-        inst = Detached(Path(tmp))
-        (inst.dir / "faultapp.py").write_text(APP)
-        inst.start()
-        try:
-            inst.deploy(CONFIG)
-            inst.wait_running("workers", "slow")
-            scenarios = (
-                ("replica kills", _kills),
-                ("head kills", _head_kills),
-                ("delete another app", _delete_other),
-                ("overload", _overload),
-            )
-            for name, run in scenarios:
-                try:
-                    run(ctx, inst)
-                except Exception as exc:
-                    ctx.fail(name, SCHOONER, exc)
-        finally:
-            inst.shutdown()
+    with running_instance("bench-faults-", {"faultapp.py": APP}) as inst:
+        inst.deploy(CONFIG)
+        inst.wait_running("workers", "slow")
+        scenarios = (
+            ("replica kills", _kills),
+            ("head kills", _head_kills),
+            ("delete another app", _delete_other),
+            ("overload", _overload),
+        )
+        for name, run in scenarios:
+            try:
+                run(ctx, inst)
+            except Exception as exc:
+                ctx.fail(name, SCHOONER, exc)
 
 
 def _kills(ctx: Context, inst: Detached) -> None:
-    result: dict[str, LoadResult] = {}
-    duration = KILL_FOR_S + 3
-    thread = threading.Thread(
-        target=lambda: result.setdefault("load", run_load(inst.http_port, 8, duration))
-    )
-    thread.start()
-    time.sleep(1.5)
+    thread, result = _under_load(inst, KILL_FOR_S + 3, warmup_s=1.5)
     killed = 0
     end = time.monotonic() + KILL_FOR_S
     while time.monotonic() < end:
@@ -127,13 +113,17 @@ def _kills(ctx: Context, inst: Detached) -> None:
     )
 
 
-def _under_load(inst: Detached, duration_s: float) -> tuple[threading.Thread, dict[str, Any]]:
+def _under_load(
+    inst: Detached, duration_s: float, warmup_s: float = 1.0
+) -> tuple[threading.Thread, dict[str, LoadResult]]:
+    """Start ``duration_s`` of load (8 connections) in a thread; return after ``warmup_s``.
+    The thread puts its result under ``"load"``."""
     result: dict[str, LoadResult] = {}
     thread = threading.Thread(
         target=lambda: result.setdefault("load", run_load(inst.http_port, 8, duration_s))
     )
     thread.start()
-    time.sleep(1.0)
+    time.sleep(warmup_s)
     return thread, result
 
 

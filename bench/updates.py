@@ -7,16 +7,14 @@ one way per run, and every non-200 answer or socket error counts as failed.
 
 from __future__ import annotations
 
-import tempfile
 import textwrap
 import threading
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from bench.context import Context, log
-from bench.detached import Detached
+from bench.detached import Detached, running_instance
 from bench.load import LoadResult, run_load
 from bench.systems import SCHOONER
 
@@ -86,18 +84,12 @@ def live_updates(ctx: Context) -> None:
     """Failed requests during each kind of live update, at a steady HTTP load."""
     if SCHOONER not in ctx.available(SCHOONER):
         return
-    with tempfile.TemporaryDirectory(prefix="bench-updates-") as tmp:
-        inst = Detached(Path(tmp))
-        (inst.dir / "upd.py").write_text(APP)
-        inst.start()
-        try:
-            for kind, overrides, code in UPDATES:
-                try:
-                    _one(ctx, inst, kind, overrides, code)
-                except Exception as exc:
-                    ctx.fail(f"live update: {kind}", SCHOONER, exc)
-        finally:
-            inst.shutdown()
+    with running_instance("bench-updates-", {"upd.py": APP}) as inst:
+        for kind, overrides, code in UPDATES:
+            try:
+                _one(ctx, inst, kind, overrides, code)
+            except Exception as exc:
+                ctx.fail(f"live update: {kind}", SCHOONER, exc)
 
 
 def _one(
