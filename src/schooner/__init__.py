@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -98,6 +99,12 @@ class _Package(types.ModuleType):
         if name in _EXPORTS and isinstance(value, types.ModuleType):
             return
         super().__setattr__(name, value)
+
+    def __reduce__(self) -> tuple[Callable[[str], types.ModuleType], tuple[str]]:
+        # Code pickled by value in a driver's ``__main__`` (cloudpickle) refers to
+        # this package through its globals (``serve.batch``...): it must travel by
+        # reference, as plain modules do, and be imported again where it lands.
+        return importlib.import_module, (self.__name__,)
 
 
 sys.modules[__name__].__class__ = _Package

@@ -14,11 +14,17 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 import cloudpickle
+
+# Ray Serve's package loads these, and programs written for it lean on that:
+# after a bare ``import starlette``, ``starlette.requests.Request`` must resolve.
+import starlette.requests
+import starlette.responses  # noqa: F401
 
 from schooner.config import DEPLOYMENT_OPTION_NAMES, DeploymentConfig
 from schooner.exceptions import DeploymentOptionError, ServeConfigError
@@ -29,6 +35,8 @@ from schooner.rpc.messages import AppSpec, CodeRef, DeploymentSpec
 __all__ = ["Application", "Deployment", "build_app", "deployment"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("schooner.deployment")
 
 
 class Deployment:
@@ -225,16 +233,11 @@ def build_app(
         if id(node) in seen:
             return seen[id(node)]
         dep = node.deployment
-        dep_name = dep.name
-        if dep_name in specs:
-            raise ServeConfigError(
-                f"Application '{name}' has two different deployments named '{dep_name}'. "
-                f"Give one of them another name with `.options(name=...)`."
-            )
-        seen[id(node)] = dep_name
-        specs[dep_name] = None  # type: ignore[assignment]  # reserve the name (cycles)
+        # Children first, then this node's name: the order Ray names them in.
         args = _replace_apps(node._args, visit, name)
         kwargs = _replace_apps(node._kwargs, visit, name)
+        dep_name = _unique_name(dep.name, specs)
+        seen[id(node)] = dep_name
         init_blob = cloudpickle.dumps((args, kwargs))
         code = code_ref(dep.func_or_class)
         digest = hashlib.sha1()
@@ -261,6 +264,22 @@ def build_app(
         source=source,
         sys_path=[p for p in sys.path if p],
     )
+
+
+def _unique_name(base: str, taken: dict[str, DeploymentSpec]) -> str:
+    """``base``, or the first free ``base_1``, ``base_2``... (as Ray names repeated binds)."""
+    candidate, index = base, 1
+    while candidate in taken:
+        candidate = f"{base}_{index}"
+        index += 1
+    if candidate != base:
+        logger.warning(
+            "There are multiple deployments named '%s' in one application; "
+            "renaming one of them to '%s'.",
+            base,
+            candidate,
+        )
+    return candidate
 
 
 def _replace_apps(value: Any, visit: Callable[[Application], str], app_name: str) -> Any:

@@ -61,6 +61,7 @@ DictSend = Callable[[dict[str, Any]], Awaitable[None]]
 SERVABLE_SCOPE_KEY = "schooner.servable"
 _SPEC_ATTR = "__schooner_ingress__"
 _BOUND_ATTR = "__schooner_bound_class__"
+_LATE_BUILDER = "__serve_build_asgi_app__"  # Ray's name: builds the app from the instance
 _LIFESPAN_EXIT_WAIT_S = 1.0
 _FUNCTION_ATTRS = (
     "__qualname__",
@@ -82,23 +83,37 @@ class _IngressSpec:
     is_builder: bool
 
 
-def ingress(app: Any) -> Callable[[C], C]:
+def ingress(app: Any = None) -> Callable[..., Any]:
     """Mark a deployment class as served over HTTP by ``app`` (Ray's ``serve.ingress``).
+
+    Without ``app``, the class must define ``__serve_build_asgi_app__``, called
+    in the replica after the constructor to make the app. The returned
+    decorator, called without a class (``serve.ingress(app)()``), makes a plain
+    class named ``ASGIIngressDeployment`` whose constructor keeps its arguments
+    as ``self.args`` and ``self.kwargs``.
 
     Raises ``TypeError`` when ``app`` is neither an ASGI app nor a zero-argument
     builder; the returned decorator raises ``ValueError`` when given something
-    other than a class, or a class defining ``__call__``.
+    other than a class, a class defining ``__call__``, or (without ``app``) a
+    class without ``__serve_build_asgi_app__``.
     """
-    is_builder = _classify_app(app)
+    is_builder = app is not None and _classify_app(app)
     _make_starlette_state_picklable()
 
-    def decorator(cls: C) -> C:
+    def decorator(cls: type | None = None) -> type:
+        if cls is None:
+            cls = _default_ingress_class()
         if not inspect.isclass(cls):
             raise ValueError(f"@serve.ingress must be used with a class, not {cls!r}.")
         if issubclass(cls, collections.abc.Callable):  # type: ignore[arg-type]
             raise ValueError(
                 f"Class {cls.__qualname__} passed to @serve.ingress may not have a "
                 "__call__ method: HTTP requests go to the ASGI app, not to __call__."
+            )
+        if app is None and not hasattr(cls, _LATE_BUILDER):
+            raise ValueError(
+                f"serve.ingress() was called without an app, so {cls.__qualname__} must "
+                f"define `{_LATE_BUILDER}(self)` returning the ASGI app to serve."
             )
         setattr(cls, _SPEC_ATTR, _IngressSpec(app, is_builder))
         if isinstance(app, FastAPI | APIRouter):
@@ -108,6 +123,17 @@ def ingress(app: Any) -> Callable[[C], C]:
         return cls
 
     return decorator
+
+
+def _default_ingress_class() -> type:
+    """A fresh class for ``serve.ingress(app)()``: it only keeps what it is bound with."""
+
+    class ASGIIngressDeployment:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.args = args
+            self.kwargs = kwargs
+
+    return ASGIIngressDeployment
 
 
 def _classify_app(app: Any) -> bool:
@@ -181,13 +207,14 @@ async def build_asgi_app(instance: object) -> IngressApp:
     if not isinstance(spec, _IngressSpec):
         raise TypeError(f"{cls.__qualname__} is not decorated with @serve.ingress.")
     app: Any = spec.app
-    if spec.is_builder:
-        app = app()
+    if app is None or spec.is_builder:
+        builder = getattr(instance, _LATE_BUILDER) if app is None else app
+        app = builder()
         if inspect.isawaitable(app):
             app = await app
         if not callable(app):
             raise TypeError(
-                f"The @serve.ingress builder {spec.app!r} returned {app!r}, not an ASGI app."
+                f"The @serve.ingress builder {builder!r} returned {app!r}, not an ASGI app."
             )
     if isinstance(app, FastAPI | APIRouter):
         _bind_class_routes(app, cls, seen=set())

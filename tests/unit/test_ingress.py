@@ -347,6 +347,24 @@ def test_bad_arguments_are_refused() -> None:
         ingress(FastAPI())(len)  # type: ignore[type-var]
 
 
+def test_without_an_app_the_class_must_build_one() -> None:
+    class Plain:
+        pass
+
+    with pytest.raises(ValueError, match="__serve_build_asgi_app__"):
+        ingress()(Plain)
+
+
+def test_without_a_class_a_default_one_keeps_its_arguments() -> None:
+    app = FastAPI()
+    cls = ingress(app)()
+    assert cls.__name__ == "ASGIIngressDeployment" and is_ingress_class(cls)
+    instance = cls(1, key="v")
+    assert (instance.args, instance.kwargs) == ((1,), {"key": "v"})
+    # Each call makes its own class, so two apps never share one.
+    assert ingress(FastAPI())() is not cls
+
+
 def test_builder_function() -> None:
     calls: list[int] = []
 

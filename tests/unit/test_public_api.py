@@ -281,18 +281,29 @@ def test_changing_init_args_changes_the_code_version() -> None:
     assert v1 == v1_again != v2
 
 
-def test_duplicate_deployment_names_in_one_app_raise() -> None:
+def test_a_deployment_bound_twice_gets_numbered_names_as_in_ray() -> None:
+    h = serve.deployment(Helper)
+    spec = build_app(serve.deployment(Model).bind(h.bind(), h.bind(), extra=h.bind()))
+    # Children are named before their parent, in argument order, then keyword order.
+    assert [d.name for d in spec.deployments] == ["Helper", "Helper_1", "Helper_2", "Model"]
+    assert spec.ingress == "Model"
+    # Each handle given to the parent points at its own deployment.
+    model = next(d for d in spec.deployments if d.name == "Model")
+    args, kwargs = init_args(model.init_blob)
+    assert [a.deployment_name for a in args] == ["Helper", "Helper_1"]
+    assert kwargs["extra"].deployment_name == "Helper_2"
+
+
+def test_a_name_given_twice_with_options_is_numbered_too() -> None:
     a = serve.deployment(Helper).bind()
     b = serve.deployment(Other).options(name="Helper").bind()
-    with pytest.raises(ServeConfigError, match="Helper"):
-        build_app(serve.deployment(Model).bind(a, b))
-    # Two bindings of the same deployment are two deployments with one name, too.
-    h = serve.deployment(Helper)
-    with pytest.raises(ServeConfigError, match="Helper"):
-        build_app(serve.deployment(Model).bind(h.bind(), h.bind()))
-    # Renaming one resolves it.
-    spec = build_app(serve.deployment(Model).bind(h.bind(), h.options(name="Helper2").bind()))
-    assert {d.name for d in spec.deployments} == {"Model", "Helper", "Helper2"}
+    spec = build_app(serve.deployment(Model).bind(a, b))
+    assert [d.name for d in spec.deployments] == ["Helper", "Helper_1", "Model"]
+    # A nested repeat: the inner one is named first, as in Ray.
+    m = serve.deployment(Model)
+    spec = build_app(m.bind(m.bind()))
+    assert [d.name for d in spec.deployments] == ["Model", "Model_1"]
+    assert spec.ingress == "Model_1"
 
 
 @pytest.mark.parametrize("prefix", ["api", "/api/", "/a{b}", "", "/x/{id}"])

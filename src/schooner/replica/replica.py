@@ -73,16 +73,25 @@ class _Serving:
 
 
 class _MethodInfo:
-    __slots__ = ("fn", "is_async", "is_generator")
+    __slots__ = ("fn", "is_async", "is_generator", "takes_args")
 
-    def __init__(self, fn: Any, is_async: bool, is_generator: bool) -> None:
+    def __init__(self, fn: Any) -> None:
         self.fn = fn
-        self.is_async = is_async
-        self.is_generator = is_generator
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_generator = _is_generator_fn(fn)
+        #: An HTTP handler without parameters is called without the request (as in Ray).
+        self.takes_args = _takes_args(fn)
 
 
 def _is_generator_fn(fn: Any) -> bool:
     return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+def _takes_args(fn: Any) -> bool:
+    try:
+        return len(inspect.signature(fn).parameters) > 0
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        return True
 
 
 class Replica:
@@ -262,8 +271,7 @@ class Replica:
         """The method and what kind of callable it is (inspected once per name)."""
         info = self._methods.get(name)
         if info is None:
-            fn = self._method(name)
-            info = _MethodInfo(fn, inspect.iscoroutinefunction(fn), _is_generator_fn(fn))
+            info = _MethodInfo(self._method(name))
             self._methods[name] = info
         return info
 
@@ -425,12 +433,12 @@ class Replica:
                 if not tracker.started:
                     await http.error_response(exc)(scope, http.make_receive(b""), send)
             return None
-        fn = self._method("__call__")
+        info = self._method_info("__call__")
         receive = http.make_receive(body)
         request = Request(scope, receive)
         try:
-            result = await self._invoke(fn, (request,), {})
-            if _is_generator_fn(fn):
+            result = await self._invoke(info.fn, (request,) if info.takes_args else (), {})
+            if info.is_generator:
                 result = StreamingResponse(
                     self._iterate(result), media_type="text/plain; charset=utf-8"
                 )
