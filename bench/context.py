@@ -48,9 +48,13 @@ class Context:
         self.warnings: list[str] = []
 
     def available(self, *wanted: str) -> list[str]:
-        """Those of ``wanted`` this run compares (Ray only with ``--ray-python``)."""
+        """Those of ``wanted`` this run compares (Ray and baseline only given their Python)."""
         found = [s for s in wanted if s in self.options.systems]
-        return [s for s in found if s != systems.RAY or self.options.ray_python]
+        needs = {
+            systems.RAY: self.options.ray_python,
+            systems.BASELINE: self.options.baseline_python,
+        }
+        return [s for s in found if needs.get(s, True)]
 
     def record(
         self,

@@ -18,6 +18,8 @@ class Options:
     loadgen: str
     #: A Python with ``ray[serve]``; None: no Ray columns.
     ray_python: str | None
+    #: Another Schooner install's Python (the ``baseline`` system); None: no baseline.
+    baseline_python: str | None
     #: The systems compared: some of ``schooner``, ``bare``, ``ray``.
     systems: tuple[str, ...]
     #: ``max_ongoing_requests`` of every bench deployment; None: the default (5).

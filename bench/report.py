@@ -7,9 +7,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.context import Record
-from bench.systems import BARE, RAY, SCHOONER
+from bench.systems import BARE, BASELINE, RAY, SCHOONER
 
 COLUMNS = ("scenario", "metric", "Schooner", "bare", "S/bare", "Ray", "S/Ray")
+#: Added when a baseline Schooner was measured (``--baseline-python``).
+BASELINE_COLUMNS = ("baseline", "S/baseline")
 
 
 @dataclass
@@ -77,6 +79,8 @@ def _cell(row: Row, system: str) -> str:
 
 
 def table_lines(rows: Sequence[Row], markdown: bool = False) -> list[str]:
+    with_baseline = any(BASELINE in row.values or BASELINE in row.errors for row in rows)
+    columns = COLUMNS + BASELINE_COLUMNS if with_baseline else COLUMNS
     body = [
         (
             row.scenario,
@@ -87,19 +91,20 @@ def table_lines(rows: Sequence[Row], markdown: bool = False) -> list[str]:
             _cell(row, RAY),
             _ratio(row.ratio(RAY)),
         )
+        + ((_cell(row, BASELINE), _ratio(row.ratio(BASELINE))) if with_baseline else ())
         for row in rows
     ]
     if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * 5]
+        lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
         return lines + ["| " + " | ".join(cells) + " |" for cells in body]
-    widths = [max(len(c[i]) for c in [COLUMNS, *body]) for i in range(len(COLUMNS))]
+    widths = [max(len(c[i]) for c in [columns, *body]) for i in range(len(columns))]
 
     def fmt(cells: Sequence[str]) -> str:
         left = [cells[i].ljust(widths[i]) for i in (0, 1)]
         right = [cells[i].rjust(widths[i]) for i in range(2, len(cells))]
         return "  ".join(left + right)
 
-    return [fmt(COLUMNS), "  ".join("-" * w for w in widths)] + [fmt(c) for c in body]
+    return [fmt(columns), "  ".join("-" * w for w in widths)] + [fmt(c) for c in body]
 
 
 @dataclass

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-python", metavar="PATH", help="a Python with ray[serve] (adds the Ray columns)"
     )
     parser.add_argument(
+        "--baseline-python",
+        metavar="PATH",
+        help="the Python of another Schooner install, e.g. a venv of the previous commit "
+        "(adds the baseline columns: an A/B in one run)",
+    )
+    parser.add_argument(
         "--only",
         metavar="SCENARIO[,...]",
         help=f"scenarios to run (default all): {','.join(SCENARIOS)}",
@@ -56,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--systems",
         metavar="SYSTEM[,...]",
         default=",".join(ALL_SYSTEMS),
-        help="systems to compare (default schooner,bare,ray)",
+        help="systems to compare (default schooner,bare,ray,baseline)",
     )
     parser.add_argument(
         "--duration", type=float, metavar="S", help="seconds per measurement (default 10)"
@@ -126,6 +132,7 @@ def options_from(args: argparse.Namespace) -> Options:
         settle_s=2.0 if quick else 5.0,
         loadgen=args.loadgen,
         ray_python=args.ray_python,
+        baseline_python=args.baseline_python,
         systems=_split(args.systems, ALL_SYSTEMS, "system"),
         max_ongoing=args.max_ongoing,
         driver_loop=args.driver_loop,

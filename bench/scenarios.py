@@ -13,7 +13,7 @@ from bench.context import Context, log
 from bench.faults import faults
 from bench.load import LoadResult
 from bench.procs import free_port
-from bench.systems import BARE, LABELS, RAY, SCHOONER
+from bench.systems import BARE, BASELINE, LABELS, RAY, SCHOONER
 from bench.updates import live_updates
 
 MIB = 1024 * 1024
@@ -42,7 +42,7 @@ def _record_load(ctx: Context, scenario: str, system: str, tag: str, result: Loa
 
 def hello(ctx: Context) -> None:
     """HTTP hello world, one replica: req/s, p50, p99 at 1 and at 32 connections."""
-    for system in ctx.available(SCHOONER, BARE, RAY):
+    for system in ctx.available(SCHOONER, BASELINE, BARE, RAY):
         try:
             with ctx.serving(system, "hello") as (server, port):
                 _check_body(port, b"hello")
@@ -57,7 +57,7 @@ def hello(ctx: Context) -> None:
 
 def chain(ctx: Context) -> None:
     """Ingress -> model through a handle, over HTTP at 32 connections; bare = uvicorn hello."""
-    for system in ctx.available(SCHOONER, BARE, RAY):
+    for system in ctx.available(SCHOONER, BASELINE, BARE, RAY):
         try:
             if system == BARE:
                 result = ctx.cache.get("bare_hello_32")
@@ -77,7 +77,7 @@ def handle(ctx: Context) -> None:
     """Handle calls from an asyncio driver: calls/s with 1 and with 100 in flight."""
     opts = ctx.options
     budget_s = 2 * (opts.repeat * opts.duration_s + opts.warmup_s) + 60
-    for system in ctx.available(SCHOONER, RAY):
+    for system in ctx.available(SCHOONER, BASELINE, RAY):
         try:
             result = ctx.run_driver(system, "calls", budget_s)
         except Exception as exc:
@@ -94,7 +94,7 @@ def handle(ctx: Context) -> None:
 def echo(ctx: Context) -> None:
     """1 MiB request echoed back over HTTP, 4 connections: MB/s of payload echoed."""
     payload = b"b" * MIB
-    for system in ctx.available(SCHOONER, BARE, RAY):
+    for system in ctx.available(SCHOONER, BASELINE, BARE, RAY):
         try:
             with ctx.serving(system, "echo") as (server, port):
                 _check_body(port, payload, payload)
@@ -113,7 +113,7 @@ def array(ctx: Context) -> None:
     """A 4 MiB float32 numpy array there and back through a handle, one call at a time."""
     opts = ctx.options
     budget_s = opts.repeat * opts.duration_s + opts.warmup_s + 60
-    for system in ctx.available(SCHOONER, RAY):
+    for system in ctx.available(SCHOONER, BASELINE, RAY):
         try:
             r = ctx.run_driver(system, "array", budget_s)
         except Exception as exc:
@@ -126,7 +126,7 @@ def array(ctx: Context) -> None:
 
 def cold(ctx: Context) -> None:
     """Wall time from launching the run command to the first 200 OK (polled every 5 ms)."""
-    for system in ctx.available(SCHOONER, BARE, RAY):
+    for system in ctx.available(SCHOONER, BASELINE, BARE, RAY):
         times: list[float] = []
         try:
             for _ in range(ctx.options.cold_runs):
@@ -153,7 +153,7 @@ def _cold_once(ctx: Context, system: str) -> float:
 def memory(ctx: Context) -> None:
     """Total RSS (and PSS) of an idle instance serving hello with one replica, and
     the CPU it burns while idle."""
-    for system in ctx.available(SCHOONER, BARE, RAY):
+    for system in ctx.available(SCHOONER, BASELINE, BARE, RAY):
         try:
             with ctx.serving(system, "hello", cli=True) as (server, _port):
                 deadline = time.perf_counter() + ctx.options.settle_s

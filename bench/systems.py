@@ -6,6 +6,8 @@
   ``serve.run``); for cold start and memory: ``serve run CONFIG`` with a config
   file that sets the port, the counterpart of ``schooner run``.
 - handle drivers: ``handle_driver.py`` run by the system's own Python.
+- baseline (``--baseline-python``): another Schooner install, e.g. a venv of
+  the previous commit, started exactly as Schooner is: an A/B in one run.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ APPS_DIR = Path(__file__).resolve().parent / "apps"
 SCHOONER = "schooner"
 BARE = "bare"
 RAY = "ray"
-ALL_SYSTEMS = (SCHOONER, BARE, RAY)
-LABELS = {SCHOONER: "Schooner", BARE: "bare", RAY: "Ray"}
+BASELINE = "baseline"
+ALL_SYSTEMS = (SCHOONER, BARE, RAY, BASELINE)
+LABELS = {SCHOONER: "Schooner", BARE: "bare", RAY: "Ray", BASELINE: "baseline"}
 #: How long each system may take to answer its first request.
-READY_TIMEOUT_S = {SCHOONER: 60.0, BARE: 30.0, RAY: 300.0}
+READY_TIMEOUT_S = {SCHOONER: 60.0, BARE: 30.0, RAY: 300.0, BASELINE: 60.0}
 
 
 def _env(system: str, max_ongoing: int | None) -> dict[str, str]:
@@ -42,9 +45,15 @@ def _env(system: str, max_ongoing: int | None) -> dict[str, str]:
     return env
 
 
-def schooner_argv() -> list[str]:
-    script = Path(sys.executable).with_name("schooner")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "schooner.cli.main"]
+def schooner_argv(python: str = sys.executable) -> list[str]:
+    script = Path(python).with_name("schooner")
+    return [str(script)] if script.exists() else [python, "-m", "schooner.cli.main"]
+
+
+def _python(options: Options, system: str) -> str:
+    """The interpreter that runs ``system``'s processes."""
+    chosen = {RAY: options.ray_python, BASELINE: options.baseline_python}.get(system)
+    return chosen or sys.executable
 
 
 def start_http(
@@ -56,9 +65,10 @@ def start_http(
     script (Schooner and bare are always started by their command line).
     """
     env = _env(system, options.max_ongoing)
-    if system == SCHOONER:
-        argv = [*schooner_argv(), "run", f"bench_apps:{app}", "--port", str(port)]
-        return servers.start(f"schooner-{app}", [*argv, "--app-dir", str(APPS_DIR)], env=env)
+    if system in (SCHOONER, BASELINE):
+        argv = [*schooner_argv(_python(options, system)), "run", f"bench_apps:{app}"]
+        argv += ["--port", str(port), "--app-dir", str(APPS_DIR)]
+        return servers.start(f"{system}-{app}", argv, env=env)
     if system == BARE:
         argv = [sys.executable, "-m", "uvicorn", "bare_app:app", "--app-dir", str(APPS_DIR)]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--http", "httptools"]
@@ -83,9 +93,7 @@ def start_http(
 
 def start_driver(servers: ServerSet, options: Options, system: str, mode: str) -> Server:
     """Start ``handle_driver.py MODE`` with the system's Python; it exits when done."""
-    python = options.ray_python if system == RAY else sys.executable
-    assert python is not None
-    argv = [python, str(APPS_DIR / "handle_driver.py"), mode, str(free_port())]
+    argv = [_python(options, system), str(APPS_DIR / "handle_driver.py"), mode, str(free_port())]
     argv += [str(options.duration_s), str(options.warmup_s), str(options.repeat)]
     env = _env(system, options.max_ongoing)
     env["BENCH_DRIVER_LOOP"] = options.driver_loop
