@@ -65,15 +65,26 @@ class Head:
     """The head process's state: controller, admin API, proxy process, checkpoints."""
 
     def __init__(
-        self, args: argparse.Namespace, session: Session, ssl_keyfile_password: str | None = None
+        self,
+        args: argparse.Namespace,
+        session: Session,
+        ssl_keyfile_password: str | None = None,
+        cuda_visible_devices: str | None = None,
     ) -> None:
+        """``ssl_keyfile_password`` and ``cuda_visible_devices`` come from the environment
+        the head was started with, read once at start-up (see :func:`main`)."""
         self.args = args
         self.session = session
         self.launcher = SubprocessLauncher()
         self.controller = Controller(
             session,
             self.launcher,
-            ResourcePool.detect(args.num_cpus, args.num_gpus, json.loads(args.resources)),
+            ResourcePool.detect(
+                args.num_cpus,
+                args.num_gpus,
+                json.loads(args.resources),
+                cuda_visible_devices=cuda_visible_devices,
+            ),
             args.lifeline_fd,
         )
         self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
@@ -496,10 +507,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 async def _run(
-    args: argparse.Namespace, session: Session, ssl_keyfile_password: str | None = None
+    args: argparse.Namespace,
+    session: Session,
+    ssl_keyfile_password: str | None = None,
+    cuda_visible_devices: str | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
-    head = Head(args, session, ssl_keyfile_password)
+    try:
+        head = Head(args, session, ssl_keyfile_password, cuda_visible_devices)
+    except RayServeException as exc:
+        logger.error("%s", exc)
+        report(args.ready_fd, f"ERROR {exc}")
+        return 1
 
     def request_stop(fast: bool) -> None:
         head.fast_stop = head.fast_stop or fast
@@ -559,8 +578,10 @@ def main(argv: list[str] | None = None) -> None:
     setup_process_logging(session.logs, "controller", "controller", replica="-")
     # Taken out of the environment at once: replicas (user code) must not inherit it.
     password = os.environ.pop(tls.PASSWORD_ENV, None)
+    # The node's GPUs: replicas get devices from this list (see runtime.resources).
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     loop = new_event_loop()
-    code = loop.run_until_complete(_run(args, session, password))
+    code = loop.run_until_complete(_run(args, session, password, visible))
     logging.shutdown()
     os._exit(code)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from schooner.exceptions import RayServeException
 from schooner.runtime.lifeline import Lifeline
+from schooner.runtime.resources import check_num_gpus
 from schooner.runtime.session import Session
 from schooner.runtime.supervisor import HEAD_START_TIMEOUT_S, read_line
 
@@ -144,6 +145,8 @@ def launch_head(
         tls.ssl_context_for(http_options)
         scheme = "https"
     password = http_options.pop("ssl_keyfile_password", None)
+    # The head inherits this environment; a --num-gpus it cannot honour fails here already.
+    check_num_gpus(num_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     session = Session.create()
     ready_r, ready_w = os.pipe()
     lifeline = None if detached else Lifeline()
