@@ -118,7 +118,9 @@ def start(
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
             _atexit_registered = True
-        logger.info("Schooner started; HTTP on http://%s:%s", head.http_host, head.http_port)
+        logger.info(
+            "Schooner started; HTTP on %s://%s:%s", head.http_scheme, head.http_host, head.http_port
+        )
 
 
 def _abandon_pending_head() -> None:
@@ -150,13 +152,13 @@ def _attach(instance: dict[str, Any]) -> None:
 
 
 def http_address() -> str | None:
-    """``http://host:port`` of the instance this process started or uses, if any."""
+    """``http(s)://host:port`` of the instance this process started or uses, if any."""
     if _head is not None:
-        return f"http://{_head.http_host}:{_head.http_port}"
+        return f"{_head.http_scheme}://{_head.http_host}:{_head.http_port}"
     if _attached is not None and _attached.get("http_port"):
         host = _attached["http_host"]
         host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        return f"http://{host}:{_attached['http_port']}"
+        return f"{_attached.get('http_scheme', 'http')}://{host}:{_attached['http_port']}"
     return None
 
 

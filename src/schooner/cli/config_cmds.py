@@ -117,11 +117,43 @@ def config_from_target(target: str, kv_args: dict[str, str], base: Path) -> dict
     return doc
 
 
+def unapplied_http_options(doc: dict[str, Any], running: dict[str, Any]) -> str | None:
+    """A warning if ``doc`` sets ``http_options`` that differ from those of the running
+    instance (``running``: its details' ``http_options``): they take effect only when an
+    instance starts, so deploying them changes nothing (as in Ray, where this warns too)."""
+    from schooner.schema import parse_config_document
+
+    parsed = parse_config_document(doc)
+    if "http_options" not in parsed.model_fields_set:
+        return None
+    given = parsed.http_options.model_dump(mode="json", exclude_unset=True, exclude={"location"})
+    differ = []
+    for key, value in given.items():
+        current = running.get(key)
+        if key in ("ssl_certfile", "ssl_keyfile", "ssl_ca_certs") and value:
+            value = os.path.abspath(os.path.expanduser(value))  # as an instance start does
+        if key == "ssl_keyfile_password":  # the instance shows only whether it has one
+            value, current = bool(value), bool(current)
+        if value != current:
+            differ.append(key)
+    if not differ:
+        return None
+    return (
+        f"http_options {', '.join(differ)} differ from the running instance's and are not "
+        "applied: http_options take effect only when an instance starts. To apply them, "
+        "stop the instance (`schooner shutdown`) and start it again with them."
+    )
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from schooner.importing import parse_kv_args
 
     doc = config_from_target(args.config_or_import_path, parse_kv_args(args.args), Path.cwd())
     client = AdminClient(args.address)
+    if {"http_options", "host", "port"} & doc.keys():
+        warning = unapplied_http_options(doc, client.details().get("http_options") or {})
+        if warning:
+            print(f"Warning: {warning}", file=sys.stderr)
     client.put_config(doc)
     hint = f" -a {client.url}" if args.address else ""
     print(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 from schooner.admin.client import AdminClient, AdminError, AdminUnreachable
 from schooner.exceptions import RayServeException
@@ -36,6 +38,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     head = launch_head(
         http_host=args.http_host,
         http_port=args.http_port,
+        http_options=_tls_options(args),
         detached=True,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
@@ -50,7 +53,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     admin = head.admin_url or address
     hint = "" if admin == "http://127.0.0.1:8265" else f" -a {admin}"
     http = (
-        f"http://{head.http_host}:{head.http_port}"
+        f"{head.http_scheme}://{head.http_host}:{head.http_port}"
         if args.proxy_location != "Disabled"
         else "(no HTTP proxy)"
     )
@@ -66,6 +69,21 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.block:
         return _block(head.process)
     return 0
+
+
+def _tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``http_options``' ``ssl_*`` fields from the ``--ssl-*`` flags (none: plain HTTP)."""
+    if not (args.ssl_certfile or args.ssl_keyfile):
+        return {}
+    from schooner.proxy.tls import PASSWORD_ENV
+
+    password = args.ssl_keyfile_password or os.environ.get(PASSWORD_ENV)
+    return {
+        "ssl_certfile": args.ssl_certfile,
+        "ssl_keyfile": args.ssl_keyfile,
+        "ssl_keyfile_password": password,
+        "ssl_ca_certs": args.ssl_ca_certs,
+    }
 
 
 def _block(process: subprocess.Popen[bytes]) -> int:

@@ -136,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
         "redis://HOST:PORT/DB, s3://BUCKET/PREFIX or custom://module.Class/ARG "
         "(default: the session directory, which only survives a head crash)",
     )
+    p.add_argument("--ssl-certfile", default=None, help="serve HTTPS with this certificate (PEM)")
+    p.add_argument("--ssl-keyfile", default=None, help="the certificate's private key (PEM)")
+    p.add_argument(
+        "--ssl-keyfile-password",
+        default=None,
+        help="password of an encrypted key (or set $SCHOONER_SSL_KEYFILE_PASSWORD, which "
+        "keeps it off the command line)",
+    )
+    p.add_argument(
+        "--ssl-ca-certs", default=None, help="CA certificates to load (PEM), as uvicorn's"
+    )
     _add_resources(p)
     p.set_defaults(handler="schooner.cli.instance:cmd_start")
 

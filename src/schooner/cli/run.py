@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         document = _document(args, kv_args, from_config)
     if instance is not None:
         api._attach(instance)
+        if from_config and document is not None:
+            _warn_unapplied_http_options(document)
     elif pending is None:
         api._pending_head = _launch(args, document if from_config else None)
     stop = threading.Event()
@@ -81,6 +84,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             api._abandon_pending_head()
             api.shutdown()
     return 0
+
+
+def _warn_unapplied_http_options(document: dict[str, Any]) -> None:
+    """A config's http_options do not change an instance that already runs: say so."""
+    from schooner import api
+    from schooner.cli.config_cmds import unapplied_http_options
+
+    running = api._controller_call("details").get("http_options") or {}
+    warning = unapplied_http_options(document, running)
+    if warning:
+        print(f"Warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _watch_instance(stop: threading.Event, lost: threading.Event) -> None:

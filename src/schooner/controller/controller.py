@@ -391,8 +391,8 @@ class Controller:
         env = {**process_env.env_vars, "SCHOONER_SYS_PATH": os.pathsep.join(sys_path)}
         if process_env.cwd is not None:
             env["SCHOONER_CWD"] = process_env.cwd
-        if allocation.cuda_visible_devices is not None:
-            env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
+        # Always set: a replica without a GPU must not see the node's GPUs (as in Ray).
+        env["CUDA_VISIBLE_DEVICES"] = self.resources.cuda_visible_devices(allocation)
         # A spare process was started without the runtime_env's variables: only plain ones.
         spare = self._take_spare() if not process_env.env_vars else None
         if spare is not None:

@@ -35,6 +35,7 @@ from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import app_info, instance_details, serve_status
 from schooner.exceptions import RayServeException
 from schooner.logs import setup_process_logging
+from schooner.proxy import tls
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import AppSpec
 from schooner.runtime.launcher import (
@@ -63,14 +64,27 @@ _PROXY_MODULE = "schooner.proxy.main"
 class Head:
     """The head process's state: controller, admin API, proxy process, checkpoints."""
 
-    def __init__(self, args: argparse.Namespace, session: Session) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        session: Session,
+        ssl_keyfile_password: str | None = None,
+        cuda_visible_devices: str | None = None,
+    ) -> None:
+        """``ssl_keyfile_password`` and ``cuda_visible_devices`` come from the environment
+        the head was started with, read once at start-up (see :func:`main`)."""
         self.args = args
         self.session = session
         self.launcher = SubprocessLauncher()
         self.controller = Controller(
             session,
             self.launcher,
-            ResourcePool.detect(args.num_cpus, args.num_gpus, json.loads(args.resources)),
+            ResourcePool.detect(
+                args.num_cpus,
+                args.num_gpus,
+                json.loads(args.resources),
+                cuda_visible_devices=cuda_visible_devices,
+            ),
             args.lifeline_fd,
         )
         self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
@@ -83,6 +97,8 @@ class Head:
             "port": args.http_port,
             "root_path": args.root_path,
         }
+        if ssl_keyfile_password:  # comes in the environment, not on the command line
+            self.http_options["ssl_keyfile_password"] = ssl_keyfile_password
         self.http_socket: socket.socket | None = None
         self.admin: AdminServer | None = None
         self.probes: AdminServer | None = None
@@ -179,6 +195,7 @@ class Head:
                     self.args.root_path,
                     *self._proxy_options(),
                 ],
+                env=self._proxy_env(),
                 pass_fds=(fd, self.args.lifeline_fd),
             )
         )
@@ -196,7 +213,20 @@ class Head:
         body_limit = self.http_options.get("max_request_body_bytes")
         if body_limit is not None:
             options += ["--max-request-body-bytes", str(int(body_limit))]
+        for field in tls.TLS_FIELDS:
+            path = self.http_options.get(field)
+            if path:
+                options += [f"--{field.replace('_', '-')}", str(path)]
         return options
+
+    def _proxy_env(self) -> dict[str, str]:
+        password = self.http_options.get("ssl_keyfile_password")
+        return {tls.PASSWORD_ENV: str(password)} if password else {}
+
+    def check_tls(self) -> None:
+        """Fail start-up (ServeConfigError) if the HTTPS files cannot be used, before the
+        proxy tries them."""
+        tls.ssl_context_for(self.http_options)
 
     async def watch_proxy(self) -> None:
         """Restart the proxy if it dies (the listening socket stays open meanwhile)."""
@@ -214,6 +244,8 @@ class Head:
     def details(self, api_type: str | None = None) -> dict[str, Any]:
         options = {k: v for k, v in self.http_options.items() if k != "location"}
         options["port"] = self.args.http_port
+        if options.get("ssl_keyfile_password"):
+            options["ssl_keyfile_password"] = "********"  # the REST API does not hand it out
         return instance_details(
             self.controller,
             self.declarative,
@@ -234,6 +266,7 @@ class Head:
             "detached": self.args.detached,
             "http_host": self.args.http_host,
             "http_port": self.args.http_port if self.serves_http else None,
+            "http_scheme": "https" if self.http_options.get("ssl_certfile") else "http",
             "admin_url": self.admin_url,
             "node_id": self.controller.node_id,
         }
@@ -473,9 +506,19 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def _run(args: argparse.Namespace, session: Session) -> int:
+async def _run(
+    args: argparse.Namespace,
+    session: Session,
+    ssl_keyfile_password: str | None = None,
+    cuda_visible_devices: str | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
-    head = Head(args, session)
+    try:
+        head = Head(args, session, ssl_keyfile_password, cuda_visible_devices)
+    except RayServeException as exc:
+        logger.error("%s", exc)
+        report(args.ready_fd, f"ERROR {exc}")
+        return 1
 
     def request_stop(fast: bool) -> None:
         head.fast_stop = head.fast_stop or fast
@@ -487,6 +530,7 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
         loop.add_signal_handler(sig, request_stop, False)
     try:
         if head.serves_http:
+            head.check_tls()
             head.take_http_socket()
         recovered = head.recover(head.open_checkpoints())
         await head.start_admin()
@@ -532,8 +576,12 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     session = Session.open(Path(args.session))
     setup_process_logging(session.logs, "controller", "controller", replica="-")
+    # Taken out of the environment at once: replicas (user code) must not inherit it.
+    password = os.environ.pop(tls.PASSWORD_ENV, None)
+    # The node's GPUs: replicas get devices from this list (see runtime.resources).
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     loop = new_event_loop()
-    code = loop.run_until_complete(_run(args, session))
+    code = loop.run_until_complete(_run(args, session, password, visible))
     logging.shutdown()
     os._exit(code)
 

@@ -54,8 +54,10 @@ class ProxyApp:
         root_path: str = "",
         server: tuple[str, int] | None = None,
         request_timeout_s: float | None = None,
+        scheme: str = "http",
     ) -> None:
         self.core = core
+        self.scheme = scheme
         self.root_path = root_path
         self.request_timeout_s = request_timeout_s
         self.server = server
@@ -115,7 +117,8 @@ class ProxyApp:
                 request,
                 404,
                 (
-                    f"Path '{path}' not found. Ping http://{host}/-/routes for available routes."
+                    f"Path '{path}' not found. "
+                    f"Ping {self.scheme}://{host}/-/routes for available routes."
                 ).encode(),
                 request_id,
             )
@@ -202,6 +205,7 @@ class ProxyApp:
             request.client,
             self.server,
             self.root_path + prefix,
+            self.scheme,
         )
         return meta, http_request
 

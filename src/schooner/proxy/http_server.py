@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 import uuid
 from collections import deque
@@ -438,11 +439,12 @@ async def serve(
     keep_alive_s: float = 90.0,
     max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
     too_large_hint: str = "",
+    ssl_context: ssl.SSLContext | None = None,
 ) -> asyncio.Server:
     """Serve HTTP on the listening socket ``sock``; ``handler(request)`` must answer it.
 
     Request bodies over ``max_body_bytes`` get 413; ``too_large_hint`` is added to
-    its text to say how to raise the limit.
+    its text to say how to raise the limit. With ``ssl_context``, HTTPS.
     """
     loop = asyncio.get_running_loop()
     return await loop.create_server(
@@ -454,4 +456,5 @@ async def serve(
         ),
         sock=sock,
         backlog=2048,
+        ssl=ssl_context,
     )

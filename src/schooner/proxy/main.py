@@ -1,28 +1,34 @@
 """Entry point of a proxy process: ``python -m schooner.proxy.main``.
 
-Serves HTTP (:mod:`schooner.proxy.http_server`, on uvloop) on a listening socket inherited
-from the head, so several proxy processes can share one port and a restarted
-proxy takes over without the port ever closing. It keeps serving while the
-head restarts, and registers again with the next head.
+Serves HTTP or HTTPS (:mod:`schooner.proxy.http_server`, on uvloop; TLS from
+:mod:`schooner.proxy.tls`) on a listening socket inherited from the head, so
+several proxy processes can share one port and a restarted proxy takes over
+without the port ever closing. It keeps serving while the head restarts, and
+registers again with the next head.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
 from schooner import _core
+from schooner.exceptions import ServeConfigError
 from schooner.logs import setup_process_logging
-from schooner.proxy import http_server
+from schooner.proxy import http_server, tls
 from schooner.proxy.app import ProxyApp
 from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.session import Session
+
+logger = logging.getLogger("schooner.proxy")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -36,10 +42,27 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--max-request-body-bytes", type=int, default=http_server.DEFAULT_MAX_REQUEST_BODY_BYTES
     )
+    parser.add_argument("--ssl-certfile", default=None)
+    parser.add_argument("--ssl-keyfile", default=None)
+    parser.add_argument("--ssl-ca-certs", default=None)
+    # ssl_keyfile_password comes in the environment (tls.PASSWORD_ENV), not on the command line.
     return parser.parse_args(argv)
 
 
-async def _serve(args: argparse.Namespace, session: Session) -> None:
+def _ssl_context(args: argparse.Namespace, password: str | None) -> ssl.SSLContext | None:
+    """The TLS context for ``--ssl-*`` (the head checked the files; they may have changed)."""
+    options = {
+        "ssl_certfile": args.ssl_certfile,
+        "ssl_keyfile": args.ssl_keyfile,
+        "ssl_keyfile_password": password,
+        "ssl_ca_certs": args.ssl_ca_certs,
+    }
+    return tls.ssl_context_for(options)
+
+
+async def _serve(
+    args: argparse.Namespace, session: Session, ssl_context: ssl.SSLContext | None
+) -> None:
     loop = asyncio.get_running_loop()
     core = await _core.Core.connect(session)
     _core.set_core(core)
@@ -50,6 +73,7 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
         root_path=args.root_path,
         server=(str(host), int(port)),
         request_timeout_s=args.request_timeout_s,
+        scheme="http" if ssl_context is None else "https",
     )
     # Take connections only once the route table is known (a restarted instance may already
     # have applications running: an early request must not get a 404).
@@ -60,6 +84,7 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
         keep_alive_s=args.keep_alive_s,
         max_body_bytes=args.max_request_body_bytes,
         too_large_hint="Raise it with http_options.max_request_body_bytes.",
+        ssl_context=ssl_context,
     )
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
@@ -77,8 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     session = Session.open(Path(args.session))
     setup_process_logging(session.logs, "proxy", "proxy")
+    try:
+        ssl_context = _ssl_context(args, os.environ.pop(tls.PASSWORD_ENV, None))
+    except ServeConfigError as exc:
+        logger.error("%s", exc)
+        logging.shutdown()
+        os._exit(1)
     loop = new_event_loop()
-    loop.run_until_complete(_serve(args, session))
+    loop.run_until_complete(_serve(args, session, ssl_context))
     os._exit(0)
 
 

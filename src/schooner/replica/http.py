@@ -27,16 +27,16 @@ def make_scope(request: tuple[Any, ...]) -> dict[str, Any]:
     """The ASGI scope of a request forwarded by the proxy.
 
     ``request`` is (method, path, raw_path, query_string, headers,
-    http_version, client, server, root_path); ``path`` is the full path and
-    ``root_path`` the application's route prefix.
+    http_version, client, server, root_path, scheme); ``path`` is the full path,
+    ``root_path`` the application's route prefix and ``scheme`` ``http`` or ``https``.
     """
-    method, path, raw_path, query, headers, version, client, server, root_path = request
+    method, path, raw_path, query, headers, version, client, server, root_path, scheme = request
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": version,
         "method": method,
-        "scheme": "http",
+        "scheme": scheme,
         "path": path,
         "raw_path": raw_path,
         "query_string": query,

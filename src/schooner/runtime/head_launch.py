@@ -18,6 +18,7 @@ from typing import Any
 
 from schooner.exceptions import RayServeException
 from schooner.runtime.lifeline import Lifeline
+from schooner.runtime.resources import check_num_gpus
 from schooner.runtime.session import Session
 from schooner.runtime.supervisor import HEAD_START_TIMEOUT_S, read_line
 
@@ -32,6 +33,7 @@ class HeadHandle:
     http_host: str
     http_port: int
     admin_url: str | None = None
+    http_scheme: str = "http"
 
     def wait(self, timeout_s: float) -> bool:
         try:
@@ -60,6 +62,7 @@ class PendingHead:
     lifeline: Lifeline | None
     http_host: str
     ready_fd: int
+    http_scheme: str = "http"
 
     def abandon(self) -> None:
         """Stop the head without waiting for it to be ready (the caller gave up)."""
@@ -93,7 +96,15 @@ class PendingHead:
             )
         fields = line.split()
         admin_url = fields[2] if len(fields) > 2 and fields[2] != "-" else None
-        return HeadHandle(process, session, lifeline, self.http_host, int(fields[1]), admin_url)
+        return HeadHandle(
+            process,
+            session,
+            lifeline,
+            self.http_host,
+            int(fields[1]),
+            admin_url,
+            self.http_scheme,
+        )
 
 
 def launch_head(
@@ -118,7 +129,24 @@ def launch_head(
     to ``logs/head.out`` in the session). ``admin_port``: serve the admin REST
     API there (``None``: no admin API; ``0``: any free port). ``checkpoint_path``: the
     checkpoint store's URI (default: a directory in the session).
+
+    HTTPS (``http_options``' ``ssl_*``): the files are checked first (ServeConfigError
+    naming the field, the file and the cause); ``ssl_keyfile_password`` goes to the head
+    in its environment, not on its command line.
     """
+    http_options = dict(http_options or {})
+    scheme = "http"
+    if http_options.get("ssl_certfile") or http_options.get("ssl_keyfile"):
+        from schooner.proxy import tls  # ssl is imported only for HTTPS
+
+        # Checked here, before anything starts, so a bad file fails where the user started
+        # the instance; the head and the proxy check again.
+        http_options = tls.absolute_tls_paths(http_options)
+        tls.ssl_context_for(http_options)
+        scheme = "https"
+    password = http_options.pop("ssl_keyfile_password", None)
+    # The head inherits this environment; a --num-gpus it cannot honour fails here already.
+    check_num_gpus(num_gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     session = Session.create()
     ready_r, ready_w = os.pipe()
     lifeline = None if detached else Lifeline()
@@ -136,7 +164,7 @@ def launch_head(
         "--proxy-location",
         proxy_location,
         "--http-options",
-        json.dumps(http_options or {}),
+        json.dumps(http_options),
         "--admin-host",
         admin_host,
         "--admin-port",
@@ -160,6 +188,10 @@ def launch_head(
     args += ["--", *head_args]
     env = dict(os.environ)
     env["SCHOONER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
+    if scheme == "https":
+        env.pop(tls.PASSWORD_ENV, None)
+        if password:
+            env[tls.PASSWORD_ENV] = str(password)
     output = open(session.logs / "head.out", "ab") if detached else None  # noqa: SIM115
     try:
         process = subprocess.Popen(
@@ -177,4 +209,4 @@ def launch_head(
     os.close(ready_w)
     if lifeline is not None:
         lifeline.close_read_end()
-    return PendingHead(process, session, lifeline, http_host, ready_r)
+    return PendingHead(process, session, lifeline, http_host, ready_r, scheme)

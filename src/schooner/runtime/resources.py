@@ -10,8 +10,10 @@ or releases the GIL). A machine whose operator wants hard CPU limits passes
 GPUs, memory (the machine's physical memory, in bytes) and custom resources
 (including ``accelerator_type:<name>``, which a node must declare) are *hard*
 limits: a replica that does not fit waits, and its status says what it is waiting
-for. GPUs are assigned by
-index (fractions share a device) and exposed through ``CUDA_VISIBLE_DEVICES``.
+for. GPUs are assigned by slot (fractions share a device) and exposed through
+``CUDA_VISIBLE_DEVICES``: slot n is the n-th device of the node's own
+``CUDA_VISIBLE_DEVICES`` when that is set (``"3,5"``: slot 0 is device 3), else
+device n; a replica that asks for no GPU gets ``CUDA_VISIBLE_DEVICES=""``.
 """
 
 from __future__ import annotations
@@ -20,18 +22,49 @@ import math
 import os
 from dataclasses import dataclass, field
 
+from schooner.exceptions import RayServeException
+
 _EPS = 1e-9
 
 
-def detect_gpus() -> int:
-    """Number of GPUs visible to this process (``CUDA_VISIBLE_DEVICES`` or /dev/nvidia*)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([v for v in visible.split(",") if v.strip() and v.strip() != "-1"])
+def visible_gpu_ids(cuda_visible_devices: str | None) -> list[str] | None:
+    """The device ids a ``CUDA_VISIBLE_DEVICES`` value lists, in order (indices such as
+    ``"3"`` or UUIDs such as ``"GPU-8f2c..."``); None when it is unset. As CUDA does, an
+    id ``-1`` hides itself and every id after it; ``""`` lists none."""
+    if cuda_visible_devices is None:
+        return None
+    ids = []
+    for item in cuda_visible_devices.split(","):
+        item = item.strip()
+        if item == "-1":
+            break
+        if item:
+            ids.append(item)
+    return ids
+
+
+def detect_gpus(cuda_visible_devices: str | None = None) -> int:
+    """Number of GPUs of this node: those ``cuda_visible_devices`` (the value of the head's
+    ``CUDA_VISIBLE_DEVICES``, read at start-up) lists when set, else /dev/nvidia*."""
+    ids = visible_gpu_ids(cuda_visible_devices)
+    if ids is not None:
+        return len(ids)
     try:
         return len([d for d in os.listdir("/dev") if d.startswith("nvidia") and d[6:].isdigit()])
     except OSError:
         return 0
+
+
+def check_num_gpus(num_gpus: float | None, cuda_visible_devices: str | None) -> None:
+    """Raise RayServeException if ``num_gpus`` asks for more GPUs than
+    ``CUDA_VISIBLE_DEVICES`` lists (there would be no device to give the others)."""
+    ids = visible_gpu_ids(cuda_visible_devices)
+    if num_gpus is not None and ids is not None and int(num_gpus) > len(ids):
+        raise RayServeException(
+            f"num_gpus is {num_gpus:g}, but CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} "
+            f"lists {len(ids)} GPU{'' if len(ids) == 1 else 's'}: give at most {len(ids)}, "
+            "or list more devices."
+        )
 
 
 @dataclass
@@ -41,21 +74,26 @@ class Allocation:
     request: dict[str, float]
     gpus: list[tuple[int, float]] = field(default_factory=list)
 
-    @property
-    def cuda_visible_devices(self) -> str | None:
-        if not self.gpus:
-            return None
-        return ",".join(str(i) for i, _ in self.gpus)
-
 
 class ResourcePool:
     """Capacity of one node and what is allocated from it."""
 
-    def __init__(self, capacity: dict[str, float], *, hard_cpu: bool = False) -> None:
+    def __init__(
+        self,
+        capacity: dict[str, float],
+        *,
+        hard_cpu: bool = False,
+        gpu_ids: list[str] | None = None,
+    ) -> None:
+        """``gpu_ids``: the device id of each GPU slot (by default ``"0"``, ``"1"``, ...);
+        the node's own ``CUDA_VISIBLE_DEVICES`` when that is set."""
         self.capacity = dict(capacity)
         self.hard_cpu = hard_cpu
         self.used: dict[str, float] = {k: 0.0 for k in capacity}
-        self._gpu_free = [1.0] * int(capacity.get("GPU", 0))
+        slots = int(capacity.get("GPU", 0))
+        self._gpu_free = [1.0] * slots
+        ids = list(gpu_ids or [])[:slots]
+        self.gpu_ids = ids + [str(i) for i in range(len(ids), slots)]
 
     @classmethod
     def detect(
@@ -63,17 +101,31 @@ class ResourcePool:
         num_cpus: float | None = None,
         num_gpus: float | None = None,
         resources: dict[str, float] | None = None,
+        cuda_visible_devices: str | None = None,
     ) -> ResourcePool:
+        """This node's pool. ``cuda_visible_devices``: the head's ``CUDA_VISIBLE_DEVICES``
+        (None: unset); when set, it decides how many GPUs there are and which device each
+        slot is. Raises RayServeException if ``num_gpus`` is more than it lists."""
+        check_num_gpus(num_gpus, cuda_visible_devices)
         capacity: dict[str, float] = {
             "CPU": float(num_cpus if num_cpus is not None else (os.cpu_count() or 1)),
-            "GPU": float(num_gpus if num_gpus is not None else detect_gpus()),
+            "GPU": float(num_gpus if num_gpus is not None else detect_gpus(cuda_visible_devices)),
         }
         try:
             capacity["memory"] = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
         except (ValueError, OSError, AttributeError):
             pass
         capacity.update(resources or {})
-        return cls(capacity, hard_cpu=num_cpus is not None)
+        return cls(
+            capacity,
+            hard_cpu=num_cpus is not None,
+            gpu_ids=visible_gpu_ids(cuda_visible_devices),
+        )
+
+    def cuda_visible_devices(self, allocation: Allocation) -> str:
+        """``CUDA_VISIBLE_DEVICES`` for a replica holding ``allocation``: the ids of its GPU
+        slots, or ``""`` (no GPU visible, as Ray does) when it asked for none."""
+        return ",".join(self.gpu_ids[i] for i, _ in allocation.gpus if i < len(self.gpu_ids))
 
     def available(self) -> dict[str, float]:
         return {k: self.capacity[k] - self.used.get(k, 0.0) for k in self.capacity}
