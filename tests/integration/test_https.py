@@ -20,9 +20,8 @@ from starlette.requests import Request
 from tls_certs import Certs, make_certs
 
 import schooner as serve
-from schooner import api
+from schooner import api, tls
 from schooner.exceptions import RayServeException, ServeConfigError
-from schooner.proxy import tls
 
 APP = textwrap.dedent(
     """

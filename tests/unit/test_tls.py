@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from tls_certs import Certs, make_certs
 
+from schooner import tls
 from schooner.cli.config_cmds import unapplied_http_options
 from schooner.exceptions import ServeConfigError
-from schooner.proxy import tls
 from schooner.runtime.head_launch import launch_head
 
 

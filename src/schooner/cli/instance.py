@@ -75,7 +75,7 @@ def _tls_options(args: argparse.Namespace) -> dict[str, Any]:
     """``http_options``' ``ssl_*`` fields from the ``--ssl-*`` flags (none: plain HTTP)."""
     if not (args.ssl_certfile or args.ssl_keyfile):
         return {}
-    from schooner.proxy.tls import PASSWORD_ENV
+    from schooner.tls import PASSWORD_ENV
 
     password = args.ssl_keyfile_password or os.environ.get(PASSWORD_ENV)
     return {

@@ -27,6 +27,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from schooner import tls
 from schooner.admin.server import AdminServer, ScaleNotFound, ScaleRejected
 from schooner.checkpoint import CheckpointStore, open_store
 from schooner.controller import checkpoint, ownership
@@ -35,7 +36,6 @@ from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import app_info, instance_details, serve_status
 from schooner.exceptions import RayServeException
 from schooner.logs import setup_process_logging
-from schooner.proxy import tls
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import AppSpec
 from schooner.runtime.launcher import (

@@ -1,7 +1,7 @@
 """Entry point of a proxy process: ``python -m schooner.proxy.main``.
 
 Serves HTTP or HTTPS (:mod:`schooner.proxy.http_server`, on uvloop; TLS from
-:mod:`schooner.proxy.tls`) on a listening socket inherited from the head, so
+:mod:`schooner.tls`) on a listening socket inherited from the head, so
 several proxy processes can share one port and a restarted proxy takes over
 without the port ever closing. It keeps serving while the head restarts, and
 registers again with the next head.
@@ -19,10 +19,10 @@ import ssl
 import sys
 from pathlib import Path
 
-from schooner import _core
+from schooner import _core, tls
 from schooner.exceptions import ServeConfigError
 from schooner.logs import setup_process_logging
-from schooner.proxy import http_server, tls
+from schooner.proxy import http_server
 from schooner.proxy.app import ProxyApp
 from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop

@@ -137,7 +137,7 @@ def launch_head(
     http_options = dict(http_options or {})
     scheme = "http"
     if http_options.get("ssl_certfile") or http_options.get("ssl_keyfile"):
-        from schooner.proxy import tls  # ssl is imported only for HTTPS
+        from schooner import tls  # ssl is imported only for HTTPS
 
         # Checked here, before anything starts, so a bad file fails where the user started
         # the instance; the head and the proxy check again.
