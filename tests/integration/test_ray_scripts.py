@@ -184,3 +184,27 @@ def test_starlette_submodules_resolve_after_a_bare_import(tmp_path: Path) -> Non
         """,
     )
     assert out == ["annotated"]
+
+
+def test_http_answers_with_the_new_arguments_as_soon_as_serve_run_returns(
+    tmp_path: Path,
+) -> None:
+    # Redeploying the same class with other constructor arguments replaces its replica;
+    # the very next request must not reach the old one while it drains.
+    out = _run_script(
+        tmp_path,
+        """
+        @serve.deployment
+        class Say:
+            def __init__(self, word):
+                self.word = word
+
+            def __call__(self, request):
+                return self.word
+
+        for word in ["one", "two", "three"]:
+            serve.run(Say.bind(word))
+            print(http.get("/").text)
+        """,
+    )
+    assert out == ["one", "two", "three"]
