@@ -49,7 +49,16 @@ _EXPORTS = {
     "start": "schooner.api",
     "status": "schooner.api",
 }
-_SUBMODULES = {"config", "context", "exceptions", "handle", "schema", "deployment", "api"}
+_SUBMODULES = {
+    "config",
+    "context",
+    "exceptions",
+    "handle",
+    "metrics",
+    "schema",
+    "deployment",
+    "api",
+}
 
 __all__ = [
     "Application",

@@ -63,6 +63,9 @@ __all__ = [
     "ControllerOptions",
     "DeploymentConfig",
     "EncodingType",
+    "GangPlacementStrategy",
+    "GangRuntimeFailurePolicy",
+    "GangSchedulingConfig",
     "HTTPOptions",
     "LoggingConfig",
     "ProxyLocation",
@@ -273,6 +276,36 @@ class BackpressureConfig(BaseModel):
     retry_after_s: NonNegativeFloat | None = Field(default=None, allow_inf_nan=False)
 
 
+class GangPlacementStrategy(StrEnum):
+    """Where the replicas of one gang are placed (``GangSchedulingConfig``)."""
+
+    PACK = "PACK"  # as few nodes as possible, best effort
+    SPREAD = "SPREAD"  # as many nodes as possible, best effort
+    STRICT_PACK = "STRICT_PACK"  # one node
+    STRICT_SPREAD = "STRICT_SPREAD"  # one replica per node
+
+
+class GangRuntimeFailurePolicy(StrEnum):
+    """What happens to a running gang when one of its replicas fails."""
+
+    RESTART_GANG = "RESTART_GANG"
+    RESTART_REPLICA = "RESTART_REPLICA"
+
+
+class GangSchedulingConfig(BaseModel):
+    """Replicas started and placed in groups of ``gang_size`` (``num_replicas`` is a
+    multiple of it). Accepted and validated as in Ray Serve; on one machine a gang is
+    placed like any ``gang_size`` replicas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gang_size: PositiveInt
+    gang_timeout_s: PositiveFloat = 300.0
+    gang_placement_strategy: GangPlacementStrategy = GangPlacementStrategy.PACK
+    max_retries: NonNegativeInt = 3
+    runtime_failure_policy: GangRuntimeFailurePolicy = GangRuntimeFailurePolicy.RESTART_GANG
+
+
 class RequestRouterConfig(BaseModel):
     """Which router picks replicas for a deployment, and its retry backoff."""
 
@@ -445,7 +478,7 @@ class DeploymentConfig(BaseModel):
     max_constructor_retry_count: Annotated[NoBoolInt, Field(gt=0)] = _option(
         20, "light", "an integer greater than 0"
     )
-    gang_scheduling_config: dict[str, Any] | None = _option(None, "restart")
+    gang_scheduling_config: GangSchedulingConfig | None = _option(None, "restart")
     deployment_actors: list[dict[str, Any]] | None = _option(None, "restart")
     rolling_update_percentage: Annotated[NoBoolFloat, Field(gt=0, le=1)] = _option(
         0.2, "light", "a number in (0, 1]"
@@ -581,10 +614,16 @@ def option_combination_problems(config: BaseModel, *, complete: bool) -> list[st
             problems.append(f"{option} requires placement_group_bundles.")
     if get("max_replicas_per_node") is not None and bundles is not None:
         problems.append("max_replicas_per_node cannot be used with placement_group_bundles.")
-    if get("gang_scheduling_config") is not None:
+    gang = get("gang_scheduling_config")
+    if gang is not None:
         for option in ("max_replicas_per_node", "placement_group_strategy"):
             if get(option) is not None:
                 problems.append(f"{option} cannot be used with gang_scheduling_config.")
+        replicas = get("num_replicas")
+        if isinstance(replicas, int) and replicas % gang.gang_size:
+            problems.append(
+                f"num_replicas ({replicas}) must be a multiple of gang_size ({gang.gang_size})."
+            )
     selector = get("placement_group_bundle_label_selector")
     if selector is not None and bundles is not None and len(selector) not in (1, len(bundles)):
         problems.append(

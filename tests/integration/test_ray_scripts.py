@@ -184,3 +184,61 @@ def test_starlette_submodules_resolve_after_a_bare_import(tmp_path: Path) -> Non
         """,
     )
     assert out == ["annotated"]
+
+
+def test_http_answers_with_the_new_arguments_as_soon_as_serve_run_returns(
+    tmp_path: Path,
+) -> None:
+    # Redeploying the same class with other constructor arguments replaces its replica;
+    # the very next request must not reach the old one while it drains.
+    out = _run_script(
+        tmp_path,
+        """
+        @serve.deployment
+        class Say:
+            def __init__(self, word):
+                self.word = word
+
+            def __call__(self, request):
+                return self.word
+
+        for word in ["one", "two", "three"]:
+            serve.run(Say.bind(word))
+            print(http.get("/").text)
+        """,
+    )
+    assert out == ["one", "two", "three"]
+
+
+def test_a_sync_constructor_runs_on_the_replica_event_loop(tmp_path: Path) -> None:
+    # Constructors start background tasks and tune the loop's default executor.
+    out = _run_script(
+        tmp_path,
+        """
+        import asyncio
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        @serve.deployment
+        class Ticker:
+            def __init__(self):
+                self.ticks = 0
+                loop = asyncio.get_running_loop()
+                loop.set_default_executor(ThreadPoolExecutor(2, thread_name_prefix="mine"))
+                self.task = loop.create_task(self.tick())
+
+            async def tick(self):
+                while True:
+                    self.ticks += 1
+                    await asyncio.sleep(0.01)
+
+            async def __call__(self):
+                while self.ticks < 3:
+                    await asyncio.sleep(0.01)
+                name = await asyncio.to_thread(lambda: threading.current_thread().name)
+                return name.startswith("mine")
+
+        print(serve.run(Ticker.bind()).remote().result())
+        """,
+    )
+    assert out == ["True"]

@@ -216,6 +216,27 @@ def test_combinations() -> None:
     )
 
 
+def test_gang_scheduling_config_is_validated_as_in_ray() -> None:
+    from schooner.config import GangPlacementStrategy, GangSchedulingConfig
+
+    config = DeploymentConfig.from_options(
+        num_replicas=4,
+        gang_scheduling_config=GangSchedulingConfig(
+            gang_size=2, gang_placement_strategy=GangPlacementStrategy.SPREAD
+        ),
+    )
+    gang = config.gang_scheduling_config
+    assert gang is not None
+    assert (gang.gang_size, gang.gang_placement_strategy, gang.max_retries) == (2, "SPREAD", 3)
+    # A plain dict (as in a config file) is the same thing.
+    as_dict = DeploymentConfig.from_options(num_replicas=4, gang_scheduling_config={"gang_size": 2})
+    assert as_dict.gang_scheduling_config == GangSchedulingConfig(gang_size=2)
+    assert "must be a multiple of gang_size" in option_error(
+        num_replicas=3, gang_scheduling_config={"gang_size": 2}
+    )
+    assert "gang_scheduling_config" in option_error(gang_scheduling_config={"gang_size": 0})
+
+
 def test_replica_must_fit_first_bundle() -> None:
     # As in Ray, the replica needs 1 CPU unless num_cpus says otherwise.
     assert "needs CPU=1" in option_error(placement_group_bundles=[{"GPU": 1}])

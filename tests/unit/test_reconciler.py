@@ -344,6 +344,32 @@ def test_new_code_version_rolls_over_replicas_one_at_a_time(tmp_path: Path) -> N
     run(tmp_path, body)
 
 
+def test_a_new_version_is_not_running_until_the_old_replica_has_exited(tmp_path: Path) -> None:
+    # serve.run returns once the app is RUNNING; a proxy that has not yet heard of the new
+    # replica set could still reach a draining old replica and answer with the old code.
+    async def body(h: Harness) -> None:
+        h.launcher.exit_on_terminate = False
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", "foo")))
+        h.ctl.tick()
+        await h.all_ready()
+        h.ctl.tick()
+        (old,) = h.ids()
+        h.ctl.deploy_app(app_spec("app", "/", dep_spec("Model", "bar")))
+        h.ctl.tick()
+        await h.ready(*h.ids(state=ReplicaState.STARTING))
+        h.ctl.tick()
+        assert h.dep().replicas[old].state == ReplicaState.STOPPING
+        assert h.dep().status == DeploymentStatus.UPDATING
+        assert h.ctl.apps["app"].status == ApplicationStatus.DEPLOYING
+        await h.settle()
+        h.launcher.by_id(old).exit(0)
+        h.ctl.tick()
+        assert h.dep().status == DeploymentStatus.HEALTHY
+        assert h.ctl.apps["app"].status == ApplicationStatus.RUNNING
+
+    run(tmp_path, body)
+
+
 def test_rollout_that_does_not_fit_replaces_one_old_replica_at_a_time(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         gpu = {"ray_actor_options": {"num_gpus": 1}, "num_replicas": 2}

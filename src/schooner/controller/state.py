@@ -172,7 +172,15 @@ class DeploymentState:
             return
         current = self.current()
         running = [r for r in current if r.state == ReplicaState.RUNNING]
-        settled = len(running) == self.target_num_replicas == len(current) and not self.outdated()
+        # As in Ray, a deployment is not settled while a replica it stopped is still
+        # draining: until that replica is gone, a router that has not yet heard of the
+        # change may send it a request, and it would answer with the old code.
+        stopping = any(r.state == ReplicaState.STOPPING for r in self.replicas.values())
+        settled = (
+            len(running) == self.target_num_replicas == len(current)
+            and not self.outdated()
+            and not stopping
+        )
         if self.unhealthy_reason is not None:
             if not settled:
                 self.status = DeploymentStatus.UNHEALTHY

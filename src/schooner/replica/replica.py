@@ -165,7 +165,10 @@ class Replica:
                 instance = target.__new__(target)
                 await init(instance, *args, **kwargs)
             else:
-                instance = await self._in_thread(target, *args, **kwargs)
+                # On the event loop's thread, as Ray Serve runs it: constructors call
+                # asyncio.get_running_loop() to start background tasks or to set the
+                # loop's default executor. Nothing else is served until it returns.
+                instance = target(*args, **kwargs)
             self._callable = instance
             # Only ingress deployments pay for importing FastAPI.
             if getattr(type(instance), "__schooner_ingress__", None) is not None:
