@@ -115,7 +115,7 @@ def start(
     with _lock:
         if _core.get_core_or_none() is not None:
             if options.given:
-                start_options.warn_ignored(options, _controller_call("details"))
+                start_options.warn_ignored(options, _running_details())
             return
         if _pending_head is not None:
             pending, _pending_head = _pending_head, None
@@ -124,7 +124,7 @@ def start(
         elif (instance := find_instance(detached_only=True)) is not None:
             _attach(instance)
             if options.given:
-                start_options.warn_ignored(options, _controller_call("details"))
+                start_options.warn_ignored(options, _running_details())
             return
         else:
             http = options.http
@@ -162,6 +162,16 @@ def start(
             logger.info("Schooner started; HTTP on http://%s:%s", head.http_host, head.http_port)
         else:
             logger.info("Schooner started without an HTTP proxy (proxy_location=Disabled)")
+
+
+def _running_details() -> dict[str, Any]:
+    """The running instance's details, to compare options with; empty if they cannot be
+    fetched here (on a replica's own loop, say): then every given option is reported."""
+    try:
+        details: dict[str, Any] = _controller_call("details")
+    except (RuntimeError, RayServeException):
+        return {}
+    return details
 
 
 def _abandon_pending_head() -> None:

@@ -154,10 +154,13 @@ def ignored_options(options: StartOptions, details: dict[str, Any]) -> list[str]
     ignored: list[str] = []
     if "proxy_location" in options.given:
         running = details.get("proxy_location")
-        if running is not None and ProxyLocation(running) != options.proxy_location:
+        if running is None:
+            ignored.append("proxy_location")
+        elif ProxyLocation(running) != options.proxy_location:
             ignored.append(f"proxy_location ({options.proxy_location.value} != {running})")
     if "http_options" in options.given:
-        diff = _http_differences(options.http, details.get("http_options") or {})
+        running_http = details.get("http_options")
+        diff = _http_differences(options.http, running_http) if running_http else ["?"]
         if diff:
             ignored.append(f"http_options {diff}")
     for name in ("logging_config", "tracing_config", "controller_options"):
