@@ -29,23 +29,33 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Application": "schooner.deployment",
     "AutoscalingConfig": "schooner.config",
+    "ControllerOptions": "schooner.config",
     "Deployment": "schooner.deployment",
     "DeploymentHandle": "schooner.handle",
     "DeploymentResponse": "schooner.handle",
     "DeploymentResponseGenerator": "schooner.handle",
     "HTTPOptions": "schooner.config",
+    "RunTarget": "schooner.api",
+    "TracingConfig": "schooner.config",
+    "_run": "schooner.api",
+    "_run_many": "schooner.api",
     "batch": "schooner.batching",
     "delete": "schooner.api",
     "deployment": "schooner.deployment",
     "gRPCOptions": "schooner.config",
     "get_app_handle": "schooner.api",
+    "get_deployment_actor": "schooner.context",
+    "get_deployment_actor_context": "schooner.context",
     "get_deployment_handle": "schooner.api",
     "get_multiplexed_model_id": "schooner.multiplex",
     "get_replica_context": "schooner.context",
+    "get_trace_context": "schooner.tracing",
     "ingress": "schooner.ingress",
     "multiplexed": "schooner.multiplex",
     "run": "schooner.api",
+    "run_many": "schooner.api",
     "shutdown": "schooner.api",
+    "shutdown_async": "schooner.api",
     "start": "schooner.api",
     "status": "schooner.api",
 }
@@ -58,28 +68,39 @@ _SUBMODULES = {
     "schema",
     "deployment",
     "api",
+    "tracing",
 }
 
 __all__ = [
     "Application",
     "AutoscalingConfig",
+    "ControllerOptions",
     "Deployment",
     "DeploymentHandle",
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "HTTPOptions",
+    "RunTarget",
+    "TracingConfig",
+    "_run",
+    "_run_many",
     "batch",
     "delete",
     "deployment",
     "gRPCOptions",
     "get_app_handle",
+    "get_deployment_actor",
+    "get_deployment_actor_context",
     "get_deployment_handle",
     "get_multiplexed_model_id",
     "get_replica_context",
+    "get_trace_context",
     "ingress",
     "multiplexed",
     "run",
+    "run_many",
     "shutdown",
+    "shutdown_async",
     "start",
     "status",
 ]
@@ -125,18 +146,34 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from schooner.api import (
+        RunTarget,
+        _run,
+        _run_many,
         delete,
         get_app_handle,
         get_deployment_handle,
         run,
+        run_many,
         shutdown,
+        shutdown_async,
         start,
         status,
     )
     from schooner.batching import batch
-    from schooner.config import AutoscalingConfig, HTTPOptions, gRPCOptions
-    from schooner.context import get_replica_context
+    from schooner.config import (
+        AutoscalingConfig,
+        ControllerOptions,
+        HTTPOptions,
+        TracingConfig,
+        gRPCOptions,
+    )
+    from schooner.context import (
+        get_deployment_actor,
+        get_deployment_actor_context,
+        get_replica_context,
+    )
     from schooner.deployment import Application, Deployment, deployment
     from schooner.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
     from schooner.ingress import ingress
     from schooner.multiplex import get_multiplexed_model_id, multiplexed
+    from schooner.tracing import get_trace_context

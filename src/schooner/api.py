@@ -8,20 +8,24 @@ the head noticing through its lifeline.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import logging
 import signal
+import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from schooner import _core, context
+from schooner import _core, context, start_options
 from schooner.admin.client import find_instance
-from schooner.config import HTTPOptions
+from schooner.config import HTTPOptions, LoggingConfig
 from schooner.deployment import Application, build_app
-from schooner.exceptions import DeployFailedError, RayServeException
+from schooner.exceptions import DeployFailedError, RayServeException, ServeConfigError
 from schooner.handle import DeploymentHandle, _user_exception
 from schooner.rpc.connection import RemoteCallError
 from schooner.rpc.messages import AppSpec
@@ -33,11 +37,14 @@ from schooner.schema import ServeStatus
 logger = logging.getLogger("schooner")
 
 __all__ = [
+    "RunTarget",
     "delete",
     "get_app_handle",
     "get_deployment_handle",
     "run",
+    "run_many",
     "shutdown",
+    "shutdown_async",
     "start",
     "status",
 ]
@@ -49,6 +56,10 @@ _pending_head: PendingHead | None = None
 _attached: dict[str, Any] | None = None
 #: Applications this process deployed (on a shared instance, only these are its to clean up).
 _deployed_here: set[str] = set()
+#: Whether the instance this process started serves HTTP (``proxy_location`` not Disabled).
+_serves_http = True
+#: Keyword arguments of :func:`start` beyond Ray's (this node's capacity, the checkpoint store).
+_START_EXTRAS = frozenset({"num_cpus", "num_gpus", "resources", "checkpoint_path"})
 _lock = threading.RLock()
 _atexit_registered = False
 #: How long serve.run waits for an application to become RUNNING.
@@ -68,41 +79,70 @@ def start(
     http_options: HTTPOptions | dict[str, Any] | None = None,
     grpc_options: Any = None,
     logging_config: Any = None,
+    tracing_config: Any = None,
+    controller_options: Any = None,
     **kwargs: Any,
 ) -> None:
     """Start an instance owned by this process, unless one is already connected.
 
-    ``http_options`` (host, port, root_path, ...) take effect only when the
-    instance starts. Extra keyword arguments ``num_cpus``, ``num_gpus`` and
-    ``resources`` set this node's capacity (by default: detected), and
-    ``checkpoint_path`` the checkpoint store's URI (``file://``, ``redis://``,
-    ``s3://``, ``custom://``; by default a directory in the session) from which
-    the instance recovers its applications when it starts.
+    The options (see :mod:`schooner.start_options`) take effect only when the
+    instance starts; given for an instance already running, those that differ
+    are logged as ignored (as Ray does). ``proxy_location="Disabled"`` starts no
+    HTTP proxy (handles still work). Extra keyword arguments ``num_cpus``,
+    ``num_gpus`` and ``resources`` set this node's capacity (by default:
+    detected), and ``checkpoint_path`` the checkpoint store's URI (``file://``,
+    ``redis://``, ``s3://``, ``custom://``; by default a directory in the
+    session) from which the instance recovers its applications when it starts.
     """
-    global _head, _atexit_registered, _pending_head
+    global _head, _atexit_registered, _pending_head, _serves_http
+    for key in ("http_host", "http_port", "http_middlewares"):
+        if key in kwargs:
+            raise ValueError(
+                f"{key} is deprecated, please use serve.start(http_options="
+                f'{{"{key}": {kwargs[key]!r}}}) instead.'
+            )
+    unknown = set(kwargs) - _START_EXTRAS
+    if unknown:
+        raise TypeError(f"serve.start() got unexpected keyword arguments {sorted(unknown)}")
+    options = start_options.normalize(
+        proxy_location,
+        http_options,
+        grpc_options,
+        logging_config,
+        tracing_config,
+        controller_options,
+    )
     with _lock:
         if _core.get_core_or_none() is not None:
+            if options.given:
+                start_options.warn_ignored(options, _running_details())
             return
         if _pending_head is not None:
             pending, _pending_head = _pending_head, None
             head = pending.wait_ready()
+            _serves_http = True
         elif (instance := find_instance(detached_only=True)) is not None:
             _attach(instance)
+            if options.given:
+                start_options.warn_ignored(options, _running_details())
             return
         else:
-            if isinstance(http_options, dict):
-                http_options = HTTPOptions(**http_options)
-            http = http_options or HTTPOptions()
+            http = options.http
             head = launch_head(
                 http_host=http.host or "127.0.0.1",
                 http_port=http.port,
                 root_path=http.root_path,
+                proxy_location=(
+                    options.proxy_location.value if options.serves_http else "Disabled"
+                ),
                 http_options=http.model_dump(mode="json", exclude={"location"}),
                 num_cpus=kwargs.get("num_cpus"),
                 num_gpus=kwargs.get("num_gpus"),
                 resources=kwargs.get("resources"),
                 checkpoint_path=kwargs.get("checkpoint_path"),
+                env=options.head_env(),
             ).wait_ready()
+            _serves_http = options.serves_http
         try:
             core = _core.Core.start_background(head.session)
         except BaseException:
@@ -118,9 +158,25 @@ def start(
         if not _atexit_registered:
             atexit.register(_shutdown_at_exit)
             _atexit_registered = True
-        logger.info(
-            "Schooner started; HTTP on %s://%s:%s", head.http_scheme, head.http_host, head.http_port
-        )
+        if _serves_http:
+            logger.info(
+                "Schooner started; HTTP on %s://%s:%s",
+                head.http_scheme,
+                head.http_host,
+                head.http_port,
+            )
+        else:
+            logger.info("Schooner started without an HTTP proxy (proxy_location=Disabled)")
+
+
+def _running_details() -> dict[str, Any]:
+    """The running instance's details, to compare options with; empty if they cannot be
+    fetched here (on a replica's own loop, say): then every given option is reported."""
+    try:
+        details: dict[str, Any] = _controller_call("details")
+    except (RuntimeError, RayServeException):
+        return {}
+    return details
 
 
 def _abandon_pending_head() -> None:
@@ -154,6 +210,8 @@ def _attach(instance: dict[str, Any]) -> None:
 def http_address() -> str | None:
     """``http(s)://host:port`` of the instance this process started or uses, if any."""
     if _head is not None:
+        if not _serves_http:
+            return None
         return f"{_head.http_scheme}://{_head.http_host}:{_head.http_port}"
     if _attached is not None and _attached.get("http_port"):
         host = _attached["http_host"]
@@ -167,14 +225,26 @@ def attached_instance() -> dict[str, Any] | None:
     return _attached
 
 
+@dataclass(frozen=True)
+class RunTarget:
+    """One application for :func:`run_many` (Ray's ``serve.RunTarget``)."""
+
+    target: Application
+    name: str = "default"
+    route_prefix: str | None = "/"
+    logging_config: LoggingConfig | dict[str, Any] | None = None
+    external_scaler_enabled: bool = False
+
+
 def run(
     target: Application,
     blocking: bool = False,
     name: str = "default",
     route_prefix: str | None = "/",
-    logging_config: Any = None,
+    logging_config: LoggingConfig | dict[str, Any] | None = None,
+    _local_testing_mode: bool = False,
     external_scaler_enabled: bool = False,
-    **kwargs: Any,
+    controller_options: Any = None,
 ) -> DeploymentHandle:
     """Deploy ``target`` as application ``name`` and wait until it is RUNNING.
 
@@ -182,12 +252,110 @@ def run(
     :class:`~schooner.exceptions.DeployFailedError` (with the cause) if the
     application fails to deploy. With ``blocking=True`` it then serves until
     interrupted (Ctrl-C or SIGTERM) and shuts the instance down.
+    ``logging_config`` applies to the deployments that set none.
+    ``_local_testing_mode=True`` runs the application inside this process, with
+    no instance (see :mod:`schooner.local_testing`).
     """
-    spec = build_app(target, name, route_prefix)
-    _resolve_deployment_envs(spec)
-    start()
-    _controller_call("deploy_app", spec)
-    _deployed_here.add(name)
+    return run_many(
+        [RunTarget(target, name, route_prefix, logging_config, external_scaler_enabled)],
+        blocking=blocking,
+        _local_testing_mode=_local_testing_mode,
+        controller_options=controller_options,
+    )[0]
+
+
+def _run(
+    target: Application,
+    *,
+    _blocking: bool = True,
+    name: str = "default",
+    route_prefix: str | None = "/",
+    logging_config: LoggingConfig | dict[str, Any] | None = None,
+    _local_testing_mode: bool = False,
+    external_scaler_enabled: bool = False,
+    controller_options: Any = None,
+) -> DeploymentHandle:
+    """Ray's internal ``serve._run``: deploy without blocking; ``_blocking`` waits for RUNNING."""
+    return _run_many(
+        [RunTarget(target, name, route_prefix, logging_config, external_scaler_enabled)],
+        wait_for_applications_running=_blocking,
+        _local_testing_mode=_local_testing_mode,
+        controller_options=controller_options,
+    )[0]
+
+
+def run_many(
+    targets: Sequence[RunTarget],
+    blocking: bool = False,
+    wait_for_ingress_deployment_creation: bool = True,
+    wait_for_applications_running: bool = True,
+    _local_testing_mode: bool = False,
+    controller_options: Any = None,
+) -> list[DeploymentHandle]:
+    """Deploy several applications at once; returns their ingress handles, in order.
+
+    Every target is validated before anything is deployed. With
+    ``wait_for_applications_running`` (the default) it returns once all of them
+    are RUNNING (raising :class:`~schooner.exceptions.DeployFailedError` for the
+    first that fails); with ``blocking=True`` it then serves until interrupted.
+    """
+    handles = _run_many(
+        targets,
+        wait_for_ingress_deployment_creation=wait_for_ingress_deployment_creation,
+        wait_for_applications_running=wait_for_applications_running,
+        _local_testing_mode=_local_testing_mode,
+        controller_options=controller_options,
+    )
+    if blocking:
+        _block_until_interrupted()
+    return handles
+
+
+def _run_many(
+    targets: Sequence[RunTarget],
+    wait_for_ingress_deployment_creation: bool = True,
+    wait_for_applications_running: bool = True,
+    _local_testing_mode: bool = False,
+    controller_options: Any = None,
+) -> list[DeploymentHandle]:
+    if not targets:
+        raise ValueError("No applications provided.")
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise ServeConfigError(f"Application names must be unique, got {names}.")
+    if _local_testing_mode:
+        from schooner import local_testing
+
+        return [local_testing.run(t.target, t.name, t.route_prefix) for t in targets]
+    specs = [_spec_of(t) for t in targets]
+    for spec in specs:
+        _resolve_deployment_envs(spec)
+    start(controller_options=controller_options)
+    for spec in specs:
+        _controller_call("deploy_app", spec)
+        _deployed_here.add(spec.name)
+    if wait_for_applications_running:
+        for spec in specs:
+            _wait_running(spec.name)
+    return [DeploymentHandle(spec.ingress, spec.name) for spec in specs]
+
+
+def _spec_of(target: RunTarget) -> AppSpec:
+    spec = build_app(target.target, target.name, target.route_prefix)
+    spec.external_scaler_enabled = bool(target.external_scaler_enabled)
+    if target.logging_config is not None:
+        app_logging = (
+            target.logging_config
+            if isinstance(target.logging_config, LoggingConfig)
+            else LoggingConfig.model_validate(target.logging_config)
+        )
+        for dep in spec.deployments:
+            if dep.config.logging_config is None:
+                dep.config = dep.config.merge({"logging_config": app_logging})
+    return spec
+
+
+def _wait_running(name: str) -> None:
     deadline = time.monotonic() + RUN_TIMEOUT_S
     state = "DEPLOYING"
     while time.monotonic() < deadline:
@@ -201,10 +369,6 @@ def run(
         message = app_status.message if app_status is not None else "it was deleted"
         raise DeployFailedError(f"Deploying application '{name}' failed ({state}): {message}")
     logger.info("Deployed app '%s' successfully.", name)
-    handle = DeploymentHandle(spec.ingress, name)
-    if blocking:
-        _block_until_interrupted()
-    return handle
 
 
 def _resolve_deployment_envs(spec: AppSpec) -> None:
@@ -270,13 +434,22 @@ def delete(name: str, _blocking: bool = True) -> None:
             pass
 
 
+async def shutdown_async() -> None:
+    """:func:`shutdown` for async code: the blocking part runs in a worker thread."""
+    await asyncio.to_thread(shutdown)
+
+
 def shutdown() -> None:
     """Delete every application and stop the instance this process started.
 
     In a process that attached to a running instance (``schooner start``),
     every application is deleted and the instance keeps running, as Ray
-    Serve's ``shutdown`` leaves a long-running cluster up.
+    Serve's ``shutdown`` leaves a long-running cluster up. Applications run in
+    local testing mode are stopped too.
     """
+    local = sys.modules.get("schooner.local_testing")
+    if local is not None:
+        local.shutdown()
     _disconnect(stop=True)
 
 

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from schooner.exceptions import RayServeException
 from schooner.rpc.messages import DeploymentID
 
-__all__ = ["ReplicaContext", "ReplicaID", "RequestContext", "get_replica_context"]
+if TYPE_CHECKING:
+    from schooner.schema import ReplicaRank
+
+__all__ = [
+    "ReplicaContext",
+    "ReplicaID",
+    "RequestContext",
+    "get_deployment_actor",
+    "get_deployment_actor_context",
+    "get_replica_context",
+]
 
 
 @dataclass(frozen=True)
@@ -28,10 +38,17 @@ class ReplicaID:
 
 @dataclass
 class ReplicaContext:
-    """What :func:`get_replica_context` returns inside a replica."""
+    """What :func:`get_replica_context` returns inside a replica.
+
+    ``rank`` is the replica's :class:`~schooner.schema.ReplicaRank` (``None`` until
+    the controller assigned one) and ``world_size`` the deployment's target number
+    of replicas; both are kept up to date as the deployment scales.
+    """
 
     replica_id: ReplicaID
     servable_object: Any = None
+    rank: ReplicaRank | None = None
+    world_size: int = 0
     _extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -49,6 +66,11 @@ class ReplicaContext:
 
 
 _replica_context: ReplicaContext | None = None
+#: The replica context of code running in a local-testing-mode replica (several run in
+#: one process, each on its own loop: see :mod:`schooner.local_testing`).
+_local_replica_context: contextvars.ContextVar[ReplicaContext | None] = contextvars.ContextVar(
+    "schooner_local_replica_context", default=None
+)
 
 
 def _set_replica_context(context: ReplicaContext | None) -> None:
@@ -62,11 +84,35 @@ def get_replica_context() -> ReplicaContext:
     Raises :class:`~schooner.exceptions.RayServeException` when called outside
     a replica (for example in the driver script).
     """
-    if _replica_context is None:
+    replica = _local_replica_context.get() or _replica_context
+    if replica is None:
         raise RayServeException(
             "`serve.get_replica_context()` may only be called from within a deployment replica."
         )
-    return _replica_context
+    return replica
+
+
+def get_deployment_actor_context() -> Any:
+    """Ray's context of a deployment-scoped actor; Schooner has no deployment actors yet,
+    so this raises :class:`~schooner.exceptions.RayServeException` (as Ray does outside one).
+    """
+    raise RayServeException(
+        "`serve.get_deployment_actor_context()` may only be called from within a deployment "
+        "actor, and Schooner does not run deployment actors (`deployment_actors`) yet."
+    )
+
+
+def get_deployment_actor(actor_name: str) -> Any:
+    """A handle to a deployment-scoped actor (Ray's ``deployment_actors``).
+
+    Raises :class:`~schooner.exceptions.RayServeException`: outside a replica (as in
+    Ray), and inside one because Schooner does not run deployment actors yet.
+    """
+    get_replica_context()
+    raise RayServeException(
+        f"Cannot get deployment actor {actor_name!r}: Schooner does not run deployment-scoped "
+        "actors (`deployment_actors`) yet."
+    )
 
 
 class RequestContext(NamedTuple):

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import itertools
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -109,9 +110,31 @@ class DeploymentHandle:
         session_id: str | None = None,
         use_new_handle_api: bool | None = None,
         _prefer_local_routing: bool | None = None,
-        **_unsupported: Any,
+        _by_reference: bool | None = None,
+        request_serialization: str | None = None,
+        response_serialization: str | None = None,
     ) -> DeploymentHandle:
-        """A copy of this handle with some call options changed."""
+        """A copy of this handle with some call options changed.
+
+        Unknown keywords raise ``TypeError``, as in Ray. ``use_new_handle_api`` (Ray
+        2.7-2.9) and ``_prefer_local_routing`` are accepted for old programs and do
+        nothing; ``_by_reference`` and the serialization options are accepted for
+        compatibility (Schooner always pickles, with cloudpickle for code).
+        """
+        for name, value in (
+            ("request_serialization", request_serialization),
+            ("response_serialization", response_serialization),
+        ):
+            if value is not None and value not in _SERIALIZATIONS:
+                raise ValueError(
+                    f"Unsupported {name} {value!r}; use one of {sorted(_SERIALIZATIONS)}."
+                )
+        if _prefer_local_routing is not None:
+            warnings.warn(
+                "Modifying `_prefer_local_routing` with `options()` is deprecated.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         changes: dict[str, Any] = {}
         if method_name is not None:
             changes["method_name"] = method_name
@@ -121,9 +144,10 @@ class DeploymentHandle:
             changes["stream"] = bool(stream)
         if session_id is not None:
             changes["session_id"] = session_id
-        return DeploymentHandle(
-            self.deployment_name, self.app_name, _options=replace(self._options, **changes)
-        )
+        return self._with_options(replace(self._options, **changes))
+
+    def _with_options(self, options: _HandleOptions) -> DeploymentHandle:
+        return DeploymentHandle(self.deployment_name, self.app_name, _options=options)
 
     def __getattr__(self, name: str) -> DeploymentHandle:
         if name.startswith("__") and name.endswith("__"):
@@ -171,6 +195,8 @@ class DeploymentHandle:
         return DeploymentResponse(core, task, loop)
 
 
+#: Values Ray accepts for ``request_serialization`` / ``response_serialization``.
+_SERIALIZATIONS = frozenset({"cloudpickle", "pickle", "msgpack", "orjson"})
 _ID_PREFIX = uuid.uuid4().hex[:12]
 _id_counter = itertools.count(1)
 

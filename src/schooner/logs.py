@@ -13,6 +13,7 @@ the process that started the instance, prefixed with
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,48 @@ LINE_FORMAT = (
     "%(levelname)s %(asctime)s %(component)s %(replica)s "
     "req=%(request_id)s %(filename)s:%(lineno)d - %(message)s"
 )
+
+
+#: Environment variable holding the instance-wide ``LoggingConfig`` as JSON (set when the
+#: instance is started with ``serve.start(logging_config=...)``; read once per process).
+LOGGING_CONFIG_ENV = "SCHOONER_LOGGING_CONFIG"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line (``LoggingConfig(encoding="JSON")``), with Ray's field names."""
+
+    def __init__(self, extra_attrs: list[str] | None = None) -> None:
+        super().__init__()
+        self.extra_attrs = extra_attrs or []
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "asctime": self.formatTime(record),
+            "levelname": record.levelname,
+            "message": record.getMessage(),
+            "filename": record.filename,
+            "lineno": record.lineno,
+            "component_name": getattr(record, "component", ""),
+            "replica": getattr(record, "replica", "-"),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        for attr in self.extra_attrs:
+            entry[attr] = getattr(record, attr, None)
+        if record.exc_info:
+            entry["exc_text"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def instance_logging_config() -> dict[str, Any]:
+    """The instance-wide logging config given to ``serve.start`` (empty: the defaults)."""
+    raw = os.environ.get(LOGGING_CONFIG_ENV)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class _ContextFilter(logging.Filter):
@@ -88,12 +131,16 @@ def setup_process_logging(
     replica: str = "-",
     echo_prefix: str | None = None,
     request_id: Callable[[], str] | None = None,
-    level: str | int = "INFO",
+    level: str | int | None = None,
 ) -> Path:
     """Send this process's logging (and, with ``echo_prefix``, stdout/stderr) to its log file.
 
-    Returns the log file's path.
+    The level and encoding (TEXT or JSON) come from the instance-wide logging config
+    (:func:`instance_logging_config`) unless ``level`` is given. Returns the log file's path.
     """
+    config = instance_logging_config()
+    if level is None:
+        level = str(config.get("log_level") or "INFO")
     logs_dir.mkdir(parents=True, exist_ok=True)
     path = logs_dir / f"{file_stem}.log"
     logfile = open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives with the process
@@ -108,7 +155,10 @@ def setup_process_logging(
     else:
         stream = logfile
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter(LINE_FORMAT))
+    if config.get("encoding") == "JSON":
+        handler.setFormatter(JSONFormatter(config.get("additional_log_standard_attrs")))
+    else:
+        handler.setFormatter(logging.Formatter(LINE_FORMAT))
     handler.addFilter(_ContextFilter(component, replica, request_id))
     root.addHandler(handler)
     root.setLevel(level)

@@ -58,6 +58,7 @@ __all__ = [
     "HTTPOptionsSchema",
     "LoggingConfig",
     "ProxyStatus",
+    "ReplicaRank",
     "ReplicaState",
     "ServeApplicationSchema",
     "ServeDeploySchema",
@@ -114,6 +115,18 @@ class ReplicaState(StrEnum):
     STOPPING = "STOPPING"
     STOPPED = "STOPPED"
     PENDING_MIGRATION = "PENDING_MIGRATION"
+
+
+class ReplicaRank(BaseModel):
+    """A replica's place in its deployment (``serve.get_replica_context().rank``).
+
+    ``rank`` runs 0..n-1 over the deployment's replicas, ``node_rank`` numbers the
+    nodes the deployment runs on, ``local_rank`` the deployment's replicas on one node.
+    """
+
+    rank: int = Field(description="Rank of the replica within its deployment.")
+    node_rank: int = Field(description="Rank of the replica's node within the deployment.")
+    local_rank: int = Field(description="Rank of the replica among those on its node.")
 
 
 class ProxyStatus(StrEnum):

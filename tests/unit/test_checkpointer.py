@@ -760,7 +760,9 @@ def test_a_rejoined_replica_stays_running_and_published(tmp_path: Path, live: Li
         assert live.signals == [] and new.launcher.processes == []
         assert [r.replica_id for r in new.replica_set().replicas] == [old.replica_id]
         assert new.replica_set().replicas[0].address == old.address
-        assert [m for m, _ in conn.calls] == ["check_health"] * 3  # health-checked again
+        # Health-checked again, and told the rank it had (the new head cannot know it knows).
+        assert [m for m, _ in conn.calls if m != "set_rank"] == ["check_health"] * 3
+        assert [a for m, a in conn.calls if m == "set_rank"] == [((0, 0, 0), 1)]
         assert new.dep().status == DeploymentStatus.HEALTHY
 
     run(tmp_path, body)
@@ -813,7 +815,9 @@ def test_a_replica_saved_while_being_reconfigured_is_reconfigured_once_it_rejoin
         new.ctl.replica_rejoined(old.replica_id, conn, initialized=True)  # type: ignore[arg-type]
         new.ctl.tick()
         await new.settle()
-        assert [c for c in conn.calls if c[0] != "check_health"] == [("update", ({"x": 2}, 5))]
+        assert [c for c in conn.calls if c[0] not in ("check_health", "set_rank")] == [
+            ("update", ({"x": 2}, 5))
+        ]
         assert replica.state == ReplicaState.RUNNING
         assert replica.reconfig_version == new.dep().reconfig_version
 
@@ -954,5 +958,24 @@ def test_a_restored_controller_checkpoints_the_same_goal_state(
             (r.replica_id, r.pid, r.version) for r in dep_b.replicas
         )
         assert dep_a.target_num_replicas == dep_b.target_num_replicas == 2
+
+    run(tmp_path, body)
+
+
+def test_replica_ranks_survive_a_head_restart(tmp_path: Path, live: LivePids) -> None:
+    async def body(h: Harness) -> None:
+        store = file_store(tmp_path)
+        await deploy_ready(h, app_spec("app", "/", dep_spec("Model", num_replicas=3)))
+        ranks = {r.replica_id: h.dep().ranks.get(r.replica_id) for r in h.replicas()}
+        await Checkpointer(store, h.ctl).flush()
+        live.pids.update(r.pid for r in h.replicas())
+        new = restarted(h, store, tmp_path / "new")
+        assert {r.replica_id: new.dep().ranks.get(r.replica_id) for r in new.replicas()} == ranks
+        # A replica started after the restart takes a free rank, not one already held.
+        (gone,) = [rid for rid, rank in ranks.items() if rank.rank == 0]
+        new.dep().replicas[gone].process.kill()  # it dies: reaped, its rank freed
+        new.ctl.tick()
+        (started,) = new.ids(state=ReplicaState.STARTING)
+        assert new.dep().ranks.get(started).rank == 0
 
     run(tmp_path, body)

@@ -55,6 +55,9 @@ class ReplicaCheckpoint:
     address: str
     log_file: str
     start_time_s: float
+    #: ``(rank, node_rank, local_rank)`` and the node it counts on (absent in older checkpoints).
+    rank: tuple[int, int, int] | None = None
+    node_id: str = ""
 
 
 @dataclass
@@ -162,6 +165,10 @@ def snapshot(
                             address=r.address,
                             log_file=r.log_file,
                             start_time_s=r.start_time_s,
+                            rank=(
+                                dep.ranks.get(r.replica_id) if dep.ranks.has(r.replica_id) else None
+                            ),
+                            node_id=dep.ranks.node_of.get(r.replica_id, ""),
                         )
                         for r in dep.replicas.values()
                     ],

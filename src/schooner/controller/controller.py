@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
+from schooner.controller.ranks import Rank, deliver_rank, sync_ranks
 from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
 from schooner.exceptions import ServeConfigError
 from schooner.router.router import DELETED
@@ -188,6 +189,7 @@ class Controller:
                 self._enforce_deadlines(dep, replica, now)
                 continue
             del dep.replicas[replica.replica_id]
+            dep.ranks.release(replica.replica_id)
             self._replica_index.pop(replica.replica_id, None)
             self.resources.release(replica.allocation)
             if replica.state == ReplicaState.STARTING:
@@ -247,8 +249,9 @@ class Controller:
             )
             for replica in extra[: len(current) - target]:
                 self._stop_replica(dep, replica)
-        # 5. Status.
+        # 5. Status, then ranks (dense again once settled; replicas told of changes).
         dep.update_status()
+        sync_ranks(dep, lambda r, rank, size: self.spawn(deliver_rank(r, rank, size)))
 
     def _make_room_for_rollout(
         self, dep: DeploymentState, outdated: list[ReplicaRecord], current: list[ReplicaRecord]
@@ -433,6 +436,7 @@ class Controller:
             started_monotonic=self.clock(),
         )
         dep.replicas[replica_id] = replica
+        dep.ranks.assign(replica_id, self.node_id)
         self._replica_index[replica_id] = dep
         return replica
 
@@ -497,7 +501,10 @@ class Controller:
             rejoin_deadline=now + REJOIN_TIMEOUT_S,
         )
         self.resources.restore(saved.allocation)
+        if saved.rank is not None:
+            dep.ranks.recover(saved.replica_id, saved.node_id or self.node_id, Rank(*saved.rank))
         dep.replicas[replica.replica_id] = replica
+        dep.ranks.assign(replica.replica_id, self.node_id)  # (a checkpoint from before ranks)
         self._replica_index[replica.replica_id] = dep
         self._sweep_at = now + REJOIN_TIMEOUT_S
         return True
@@ -584,6 +591,7 @@ class Controller:
     ) -> None:
         spec = dep.spec
         reconfig_version = dep.reconfig_version
+        rank, world_size = dep.ranks.get(replica.replica_id), dep.target_num_replicas
         try:
             await conn.call(
                 "initialize",
@@ -592,6 +600,8 @@ class Controller:
                 spec.is_function,
                 spec.config.user_config,
                 int(spec.config.max_ongoing_requests),
+                tuple(rank),
+                world_size,
             )
         except RemoteCallError as exc:
             replica.error = exc.error.traceback or f"{exc.error.type_name}: {exc.error.message}"
@@ -602,6 +612,7 @@ class Controller:
             return  # the process died; reaping counts the failure
         if replica.state == ReplicaState.STARTING:
             replica.state = ReplicaState.RUNNING
+            replica.rank_delivered = (rank, world_size)
             replica.reconfig_version = reconfig_version
             dep.consecutive_failures = 0
             logger.info("replica %s of %s is running", replica.replica_id, dep.id)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schooner.config import UPDATE_TYPES
+from schooner.controller.ranks import DeploymentRanks, Rank
 from schooner.rpc.connection import Connection
 from schooner.rpc.messages import AppSpec, DeploymentID, DeploymentSpec
 from schooner.runtime.launcher import ProcessHandle
@@ -79,6 +80,10 @@ class ReplicaRecord:
     #: A replica re-adopted from a checkpoint (after a head restart) must reconnect
     #: before this (clock time) or it is replaced.
     rejoin_deadline: float | None = None
+    #: The rank and world size the replica was last told (None: not yet), and whether a
+    #: message telling it is under way (see :mod:`schooner.controller.ranks`).
+    rank_delivered: tuple[Rank, int] | None = None
+    rank_sending: bool = False
 
     @property
     def pid(self) -> int:
@@ -108,6 +113,7 @@ class DeploymentState:
     #: Set when a replica failed its health checks and is being replaced; cleared once the
     #: deployment is back at its target. The deployment is UNHEALTHY meanwhile.
     unhealthy_reason: str | None = None
+    ranks: DeploymentRanks = field(default_factory=DeploymentRanks)
 
     @classmethod
     def new(cls, app: str, spec: DeploymentSpec) -> DeploymentState:

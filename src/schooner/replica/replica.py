@@ -21,7 +21,7 @@ import logging
 import pickle
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 from starlette.requests import Request
@@ -32,6 +32,9 @@ from schooner.replica import http
 from schooner.replica.executor import SyncExecutor
 from schooner.rpc.connection import Connection
 from schooner.rpc.messages import CodeRef, DeploymentID
+
+if TYPE_CHECKING:
+    from schooner.schema import ReplicaRank
 
 logger = logging.getLogger("schooner.replica")
 
@@ -83,6 +86,14 @@ class _MethodInfo:
         self.takes_args = _takes_args(fn)
 
 
+def _replica_rank(rank: tuple[int, int, int] | None) -> ReplicaRank | None:
+    if rank is None:
+        return None
+    from schooner.schema import ReplicaRank
+
+    return ReplicaRank(rank=rank[0], node_rank=rank[1], local_rank=rank[2])
+
+
 def _is_generator_fn(fn: Any) -> bool:
     return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
@@ -113,6 +124,8 @@ class Replica:
         self._slot_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.stopped = asyncio.Event()
         self._initializing: asyncio.Future[float] | None = None
+        self._rank: ReplicaRank | None = None
+        self._world_size = 0
 
     @property
     def initialized(self) -> bool:
@@ -128,12 +141,16 @@ class Replica:
         is_function: bool,
         user_config: Any,
         max_ongoing_requests: int,
+        rank: tuple[int, int, int] | None = None,
+        world_size: int = 0,
     ) -> float:
         """Construct the user's object and apply ``user_config``; returns seconds taken.
 
+        ``rank`` and ``world_size`` are in the replica context from the constructor on.
         Runs once: a second call (from a head that replaced a crashed one) waits for
         the first, which goes on even if the call that started it was cut off."""
         if self._initializing is None:
+            self._rank, self._world_size = _replica_rank(rank), world_size
             self._initializing = asyncio.ensure_future(
                 self._initialize(code, init_blob, is_function, user_config, max_ongoing_requests)
             )
@@ -153,7 +170,9 @@ class Replica:
         target = await self._in_thread(load_code, code)
         args, kwargs = pickle.loads(init_blob)
         replica_ctx = context.ReplicaContext(
-            replica_id=context.ReplicaID(self.replica_id, self.deployment)
+            replica_id=context.ReplicaID(self.replica_id, self.deployment),
+            rank=self._rank,
+            world_size=self._world_size,
         )
         context._set_replica_context(replica_ctx)
         self._is_function = is_function
@@ -177,9 +196,32 @@ class Replica:
                     self._asgi_app = await ingress.build_asgi_app(instance)
                     self._lifespan_shutdown = await ingress.start_lifespan(self._asgi_app)
         replica_ctx.servable_object = self._callable
-        if user_config is not None:
+        if user_config is not None or self._reconfigure_takes_rank():
             await self.rpc_reconfigure(user_config)
         return time.monotonic() - started
+
+    def _reconfigure_takes_rank(self) -> bool:
+        """Whether the user's ``reconfigure`` has a ``rank`` parameter (then, as in Ray, it
+        is called with ``rank=`` at start and whenever the rank changes)."""
+        reconfigure = None if self._is_function else getattr(self._callable, "reconfigure", None)
+        if reconfigure is None:
+            return False
+        try:
+            return "rank" in inspect.signature(reconfigure).parameters
+        except (TypeError, ValueError):
+            return False
+
+    async def rpc_set_rank(self, rank: tuple[int, int, int], world_size: int) -> None:
+        """The controller assigned this replica a (new) rank, or the deployment's target
+        size changed: update the replica context; ``reconfigure`` if the rank changed."""
+        new_rank = _replica_rank(rank)
+        changed = new_rank != self._rank
+        self._rank, self._world_size = new_rank, world_size
+        replica_ctx = context._replica_context
+        if replica_ctx is not None:
+            replica_ctx.rank, replica_ctx.world_size = new_rank, world_size
+        if changed and self.initialized and self._reconfigure_takes_rank():
+            await self.rpc_reconfigure(self._user_config)
 
     async def rpc_update(self, user_config: Any, max_ongoing_requests: int) -> None:
         """Apply a live config change: ``reconfigure()`` if user_config changed, pool size."""
@@ -201,7 +243,8 @@ class Replica:
                     "defines no `reconfigure(self, config)` method to receive it."
                 )
             return
-        await self._invoke(reconfigure, (user_config,), {})
+        kwargs = {"rank": self._rank} if self._reconfigure_takes_rank() else {}
+        await self._invoke(reconfigure, (user_config,), kwargs)
 
     async def rpc_prepare_shutdown(self, wait_loop_s: float, timeout_s: float) -> None:
         """Drain (see :meth:`_drain`, at most ``timeout_s``), then end the ASGI lifespan

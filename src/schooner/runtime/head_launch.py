@@ -122,13 +122,15 @@ def launch_head(
     http_options: dict[str, Any] | None = None,
     probe_port: int | None = None,
     checkpoint_path: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> PendingHead:
     """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`).
 
     ``detached``: the head outlives this process (no lifeline; its output goes
     to ``logs/head.out`` in the session). ``admin_port``: serve the admin REST
     API there (``None``: no admin API; ``0``: any free port). ``checkpoint_path``: the
-    checkpoint store's URI (default: a directory in the session).
+    checkpoint store's URI (default: a directory in the session). ``env``: extra
+    environment of the instance's processes (head, proxy, replicas).
 
     HTTPS (``http_options``' ``ssl_*``): the files are checked first (ServeConfigError
     naming the field, the file and the cause); ``ssl_keyfile_password`` goes to the head
@@ -186,7 +188,7 @@ def launch_head(
         args += ["--lifeline-fd", str(lifeline.read_fd)]
         pass_fds.append(lifeline.read_fd)
     args += ["--", *head_args]
-    env = dict(os.environ)
+    env = {**os.environ, **(env or {})}
     env["SCHOONER_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
     if scheme == "https":
         env.pop(tls.PASSWORD_ENV, None)

@@ -1,0 +1,89 @@
+"""serve.start()'s options: validated, refused or warned about, compared with a running instance."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+import schooner as serve
+from schooner.instance_config import ProxyLocation
+from schooner.logs import LOGGING_CONFIG_ENV
+from schooner.start_options import GRPCNotSupportedError, ignored_options, normalize
+
+
+def test_defaults_serve_http_on_every_node() -> None:
+    options = normalize()
+    assert options.proxy_location == ProxyLocation.EveryNode
+    assert options.serves_http and options.given == frozenset()
+    assert options.head_env() == {}
+
+
+@pytest.mark.parametrize(
+    ("location", "serves_http"),
+    [("HeadOnly", True), ("EveryNode", True), ("Disabled", False), ("NoServer", False)],
+)
+def test_proxy_locations(location: str, serves_http: bool) -> None:
+    assert normalize(proxy_location=location).serves_http is serves_http
+
+
+def test_unknown_proxy_location_is_refused() -> None:
+    with pytest.raises(ValueError):
+        normalize(proxy_location="Nowhere")
+
+
+def test_http_host_none_disables_the_proxy() -> None:
+    assert not normalize(http_options={"host": None}).serves_http
+
+
+def test_grpc_servicers_are_refused_before_anything_starts() -> None:
+    with pytest.raises(GRPCNotSupportedError, match="gRPC ingress is not supported"):
+        serve.start(grpc_options={"grpc_servicer_functions": ["my_pb2_grpc.add_Servicer"]})
+
+
+def test_a_grpc_port_alone_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="schooner"):
+        normalize(grpc_options={"port": 9001})
+    assert "no gRPC ingress" in caplog.text
+
+
+def test_logging_config_reaches_the_instance_environment() -> None:
+    options = normalize(logging_config={"encoding": "json", "log_level": "DEBUG"})
+    config = json.loads(options.head_env()[LOGGING_CONFIG_ENV])
+    assert config["encoding"] == "JSON" and config["log_level"] == "DEBUG"
+
+
+def test_controller_env_vars_reach_the_instance_environment() -> None:
+    options = normalize(controller_options={"runtime_env": {"env_vars": {"A": "1"}}})
+    assert options.head_env() == {"A": "1"}
+    with pytest.raises(ValueError, match="env_vars"):
+        normalize(controller_options={"runtime_env": {"working_dir": {}}})
+
+
+def test_enabled_tracing_and_logs_dir_warn(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="schooner"):
+        normalize(tracing_config={"enabled": True}, logging_config={"logs_dir": "/tmp/x"})
+    assert "does not export traces" in caplog.text
+    assert "logs_dir" in caplog.text
+
+
+def test_options_that_differ_from_the_running_instance_are_named() -> None:
+    running = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "127.0.0.1", "port": 8000, "root_path": ""},
+    }
+    same = normalize(proxy_location="EveryNode", http_options={})
+    assert ignored_options(same, running) == []
+    other = normalize(proxy_location="Disabled", http_options={"port": 8123})
+    assert ignored_options(other, running) == [
+        "proxy_location (Disabled != EveryNode)",
+        "http_options ['port']",
+    ]
+
+
+def test_unknown_and_deprecated_start_arguments_are_refused() -> None:
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        serve.start(detached=True)
+    with pytest.raises(ValueError, match="http_options"):
+        serve.start(http_port=8001)
