@@ -60,6 +60,7 @@ async def _serve(args: argparse.Namespace, session: Session) -> None:
         keep_alive_s=args.keep_alive_s,
         max_body_bytes=args.max_request_body_bytes,
         too_large_hint="Raise it with http_options.max_request_body_bytes.",
+        on_websocket=app.handle_websocket,
     )
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
