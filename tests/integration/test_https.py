@@ -13,8 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
+import websockets.sync.client
 import yaml
 from detached import Foreground, cli
+from fastapi import FastAPI, WebSocket
 from helpers import free_port, schooner_processes, wait_for, wait_until_no_processes
 from starlette.requests import Request
 from tls_certs import Certs, make_certs
@@ -76,6 +79,37 @@ class Where:
             "scheme": request.url.scheme,
             "password_env": os.environ.get("SCHOONER_SSL_KEYFILE_PASSWORD"),
         }
+
+
+wss_api = FastAPI()
+
+
+@serve.deployment
+@serve.ingress(wss_api)
+class SecureEcho:
+    @wss_api.websocket("/echo")
+    async def echo(self, ws: WebSocket) -> None:
+        await ws.accept()
+        text = await ws.receive_text()
+        await ws.send_text(f"{ws.url.scheme}:{text}")
+        await ws.close(code=4001)
+
+
+def test_websockets_are_served_over_tls(certs: Certs) -> None:
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port, **_tls_options(certs)})
+    try:
+        serve.run(SecureEcho.bind(), route_prefix="/secure")
+        trusted = ssl.create_default_context(cafile=str(certs.ca))
+        url = f"wss://127.0.0.1:{port}/secure/echo"
+        with websockets.sync.client.connect(url, ssl=trusted, open_timeout=30) as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=30) == "wss:hello"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4001
+    finally:
+        serve.shutdown()
 
 
 def test_serve_start_serves_https(certs: Certs) -> None:

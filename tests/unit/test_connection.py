@@ -530,3 +530,80 @@ def test_large_frames_interleave_in_order_with_small_calls() -> None:
                 assert result == i
 
     run(test)
+
+
+# -- duplex calls ------------------------------------------------------------------------
+
+
+class Collect(rpc.StreamSink):
+    """A StreamSink that queues what arrives (items, then "END" or the error)."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_item(self, item: Any) -> None:
+        self.queue.put_nowait(item)
+
+    def on_end(self, last: Any) -> None:
+        self.queue.put_nowait(("END", last))
+
+    def on_error(self, error: BaseException) -> None:
+        self.queue.put_nowait(error)
+
+
+class DuplexHandler:
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.inboxes: list[rpc.Inbox] = []
+
+    async def rpc_upper(self, emit: Callable[[Any], None], inbox: rpc.Inbox, stop: str) -> str:
+        """Emits each pushed string upper-cased; returns once ``stop`` is pushed."""
+        done = asyncio.get_running_loop().create_future()
+        self.inboxes.append(inbox)
+
+        def pushed(item: Any) -> None:
+            if item == stop:
+                done.set_result(None)
+            else:
+                emit(item.upper())
+
+        inbox.listen(pushed)
+        try:
+            await done
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return "bye"
+
+
+def test_duplex_call_carries_pushes_and_items_both_ways() -> None:
+    async def body() -> None:
+        handler = DuplexHandler()
+        client, server = await wire(handler)
+        sink = Collect()
+        req_id = client.open_duplex("upper", ("stop",), sink)
+        client.push(req_id, "a")  # may arrive with the call itself, before the handler runs
+        client.push(req_id, "b")
+        assert await sink.queue.get() == "A"
+        assert await sink.queue.get() == "B"
+        client.push(req_id, "stop")
+        assert await sink.queue.get() == ("END", "bye")
+        client.push(req_id, "late")  # the call has ended: dropped, nothing breaks
+        assert not server._inboxes
+
+    run(body)
+
+
+def test_cancelling_a_duplex_call_cancels_its_handler() -> None:
+    async def body() -> None:
+        handler = DuplexHandler()
+        client, _ = await wire(handler)
+        sink = Collect()
+        req_id = client.open_duplex("upper", ("stop",), sink)
+        client.push(req_id, "x")
+        assert await sink.queue.get() == "X"
+        client.cancel_request(req_id)
+        await handler.cancelled.wait()
+        assert sink.queue.empty()
+
+    run(body)

@@ -5,7 +5,8 @@ route prefix matching the path wins. The request body is read whole and sent
 with the request line and headers to a replica of the application's ingress deployment
 (chosen by that deployment's router); the replica streams back the ASGI
 messages of its response, which are relayed as they come. Every response
-carries ``x-request-id``.
+carries ``x-request-id``. WebSocket upgrade requests are routed the same way
+and relayed by :mod:`schooner.proxy.ws_relay`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 from schooner._core import Core
 from schooner.exceptions import BackPressureError, ReplicaUnavailableError, http_status_for
+from schooner.proxy import websocket
 from schooner.proxy.http_server import Request
+from schooner.proxy.ws_relay import WebSocketRelay
 from schooner.router.router import Router
 from schooner.rpc.connection import ConnectionLost, RemoteCallError, StreamSink
 from schooner.rpc.messages import ReplicaInfo, Route
@@ -159,6 +162,53 @@ class ProxyApp:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         request.on_disconnect = task.cancel  # type: ignore[assignment]
+
+    def handle_websocket(self, request: Request) -> None:
+        """Answer a WebSocket upgrade request: route it as :meth:`handle` does, then relay the
+        connection to a replica (see :mod:`schooner.proxy.ws_relay`). No time limit applies."""
+        rid = request.header(b"x-request-id")
+        request_id = rid.decode("latin-1") if rid else _new_request_id()
+        path = request.path
+        if self.root_path and path.startswith(self.root_path):
+            path = path[len(self.root_path) :] or "/"
+        route = self.match(path) if self.routes else None
+        if route is None:
+            _text(request, 404, f"Path '{path}' not found.".encode(), request_id)
+            return
+        refusal = websocket.handshake_error(request.method, request.headers)
+        if refusal is not None:
+            status, text = refusal
+            extra = [(b"sec-websocket-version", b"13")] if status == 426 else None
+            _text(request, status, text.encode(), request_id, extra)
+            return
+        meta, http_request = self._request_parts(request, route, request_id)
+        task = self._loop.create_task(
+            self._open_websocket(request, route, meta, http_request, request_id)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        request.on_disconnect = task.cancel  # type: ignore[assignment]
+
+    async def _open_websocket(
+        self,
+        request: Request,
+        route: Route,
+        meta: tuple[str, ...],
+        http_request: tuple[Any, ...],
+        request_id: str,
+    ) -> None:
+        """Wait for a replica slot (queueing, backpressure), then start relaying."""
+        router = self.core.registry.router(route.ingress)
+        try:
+            replica, conn = await router.connect()
+        except asyncio.CancelledError:
+            logger.info("WebSocket %s: the client left while waiting for a replica", request_id)
+            raise
+        except Exception as exc:
+            _Responder(request, request_id, None).fail(exc)
+            return
+        relay = WebSocketRelay(request, request_id, conn, lambda: router.release(replica))
+        relay.start(meta, http_request)
 
     def _timeout_for(self, request: Request) -> float | None:
         """The request's time limit: its ``x-request-timeout-seconds`` header, else

@@ -13,6 +13,14 @@ backpressure on slow readers, a request body size limit (413), and malformed
 requests (400). When a client disconnects, the request's ``disconnected``
 callback runs so the work behind it can be cancelled.
 
+Upgrades: a request with ``Upgrade: websocket`` goes, in its turn, to the
+``on_websocket`` handler instead, which answers it with an HTTP response
+(a refusal) or takes the connection over with :meth:`Request.detach` (after
+writing ``101 Switching Protocols``). Nothing after it is parsed as HTTP;
+bytes that arrive meanwhile are kept for the new protocol. Other upgrades
+(``h2c``...) are answered over HTTP/1.1, then the connection closes. Only
+requests the parser flags as upgrades take this path.
+
 A body over the limit is refused as soon as that is known: at the headers
 when ``content-length`` announces it (before any ``100 Continue``), else when
 the chunks received pass the limit. Nothing more of that connection is
@@ -44,6 +52,10 @@ DEFAULT_MAX_REQUEST_BODY_BYTES = 100 * 1024 * 1024
 Headers = list[tuple[bytes, bytes]]
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+#: Bytes kept (for the new protocol) from a client that goes on sending after an upgrade
+#: request before it is answered; past this, reading pauses.
+_MAX_BYTES_AFTER_UPGRADE = 1024 * 1024
 
 #: After a 413, how long the client may go on sending (discarded) before the connection
 #: closes. Closing a socket that still has unread data resets the connection, and a
@@ -203,6 +215,18 @@ class Request:
         self._finished = True
         self._conn.finish(self, data)
 
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """Take this upgrade request's connection over from the HTTP server.
+
+        Returns the transport (give it a new protocol at once with
+        ``transport.set_protocol``; reading may be paused: resume it) and the
+        bytes the client already sent after the request. The HTTP server no
+        longer touches the connection. Raises ``ConnectionError`` if the client
+        has gone.
+        """
+        self._started = self._finished = True
+        return self._conn.detach()
+
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
@@ -214,8 +238,10 @@ class HttpProtocol(asyncio.Protocol):
         keep_alive_s: float = 90.0,
         max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
         too_large_hint: str = "",
+        on_websocket: Callable[[Request], Any] | None = None,
     ) -> None:
         self._handler = handler
+        self._on_websocket = on_websocket
         self._keep_alive_s = keep_alive_s
         self._max_body = max_body_bytes
         self._too_large_hint = too_large_hint
@@ -234,6 +260,11 @@ class HttpProtocol(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._too_large = False  # set by the parser callbacks before they stop the parser
         self._refused: Request | None = None  # the 413 owed; nothing is parsed after it
+        #: Where received bytes go instead of the parser, once nothing more is HTTP.
+        self._diverted: Callable[[bytes], None] | None = None
+        self._upgrade: Request | None = None  # parsed, waiting for the parser's upgrade signal
+        self._websocket: Request | None = None  # the WebSocket upgrade, for on_websocket
+        self._after_upgrade = bytearray()  # what the client sent after its upgrade request
 
     # -- connection --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -255,17 +286,57 @@ class HttpProtocol(asyncio.Protocol):
                 waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused is not None:
-            return  # the rest of a refused body, or whatever follows it: discarded
+        diverted = self._diverted
+        if diverted is not None:
+            diverted(data)  # after a refused body or an upgrade request: not HTTP
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(501, b"Protocol upgrades (WebSockets) are not supported by this proxy.")
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0] :] if exc.args else b"")
         except httptools.HttpParserError as exc:
             if self._too_large:
                 self._refuse_body()
             else:
                 self._reject(400, f"Malformed HTTP request: {exc}".encode())
+
+    def _upgraded(self, rest: bytes) -> None:
+        """The parser stopped after an upgrade request; ``rest`` is what followed it."""
+        request, self._upgrade = self._upgrade, None
+        self._after_upgrade += rest
+        self._diverted = self._keep_after_upgrade
+        if request is None:
+            self._reject(400, b"Unsupported upgrade request.")
+            return
+        upgrade = (request.header(b"upgrade") or b"").lower()
+        if self._on_websocket is not None and b"websocket" in upgrade.split(b","):
+            self._websocket = request
+        # else another protocol (h2c...): answered over HTTP/1.1, then the connection closes
+        self._pipeline.append(request)
+        if self._current is None:
+            self._next()
+
+    def _keep_after_upgrade(self, data: bytes) -> None:
+        self._after_upgrade += data
+        if len(self._after_upgrade) > _MAX_BYTES_AFTER_UPGRADE and self._transport is not None:
+            self._transport.pause_reading()
+
+    def _discard(self, data: bytes) -> None:
+        pass
+
+    def detach(self) -> tuple[asyncio.Transport, bytes]:
+        """See :meth:`Request.detach`."""
+        transport = self._transport
+        if transport is None:
+            raise ConnectionError("The client disconnected before the upgrade completed.")
+        self._transport = None
+        self._current = None
+        self._pipeline.clear()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        rest, self._after_upgrade = bytes(self._after_upgrade), bytearray()
+        return transport, rest
 
     def _reject(self, status: int, text: bytes) -> None:
         if self._transport is None:
@@ -333,6 +404,10 @@ class HttpProtocol(asyncio.Protocol):
             parser.should_keep_alive(),
         )
         request.body = b"".join(self._body) if len(self._body) != 1 else self._body[0]
+        if parser.should_upgrade():  # dispatched once the parser signals the upgrade
+            request.keep_alive = False
+            self._upgrade = request
+            return
         self._pipeline.append(request)
         self._body = []
         if self._current is None:
@@ -350,6 +425,7 @@ class HttpProtocol(asyncio.Protocol):
             keep_alive=False,
         )
         self._refused = request
+        self._diverted = self._discard  # the rest of the refused body, or whatever follows
         self._body = []
         self._pipeline.append(request)
         if self._current is None:
@@ -378,7 +454,12 @@ class HttpProtocol(asyncio.Protocol):
             )
             return
         try:
-            self._handler(request)
+            if request is self._websocket:
+                self._websocket = None
+                assert self._on_websocket is not None
+                self._on_websocket(request)
+            else:
+                self._handler(request)
         except Exception:
             logger.exception("request handler failed")
             if not request.started:
@@ -440,11 +521,14 @@ async def serve(
     max_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
     too_large_hint: str = "",
     ssl_context: ssl.SSLContext | None = None,
+    on_websocket: Callable[[Request], Any] | None = None,
 ) -> asyncio.Server:
     """Serve HTTP on the listening socket ``sock``; ``handler(request)`` must answer it.
 
     Request bodies over ``max_body_bytes`` get 413; ``too_large_hint`` is added to
     its text to say how to raise the limit. With ``ssl_context``, HTTPS.
+    ``on_websocket(request)`` answers WebSocket upgrade requests (see the module
+    docstring); without it they are answered by ``handler`` as plain HTTP requests.
     """
     loop = asyncio.get_running_loop()
     return await loop.create_server(
@@ -453,6 +537,7 @@ async def serve(
             keep_alive_s=keep_alive_s,
             max_body_bytes=max_body_bytes,
             too_large_hint=too_large_hint,
+            on_websocket=on_websocket,
         ),
         sock=sock,
         backlog=2048,

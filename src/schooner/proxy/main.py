@@ -85,6 +85,7 @@ async def _serve(
         max_body_bytes=args.max_request_body_bytes,
         too_large_hint="Raise it with http_options.max_request_body_bytes.",
         ssl_context=ssl_context,
+        on_websocket=app.handle_websocket,
     )
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))

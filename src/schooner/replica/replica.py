@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from schooner import context
-from schooner.replica import http
+from schooner.replica import http, websocket
 from schooner.replica.executor import SyncExecutor
-from schooner.rpc.connection import Connection
+from schooner.rpc.connection import Connection, Inbox
 from schooner.rpc.messages import CodeRef, DeploymentID
 
 if TYPE_CHECKING:
@@ -462,13 +462,46 @@ class Replica:
             whole = await self._serve_http(scope, body, send)
         return whole if whole is not None else pending
 
+    async def rpc_websocket(
+        self,
+        emit: Callable[[Any], None],
+        inbox: Inbox,
+        meta: tuple[str, ...],
+        request: tuple[Any, ...],
+    ) -> None:
+        """Serve one WebSocket connection (a duplex RPC; see :mod:`schooner.replica.websocket`).
+
+        It holds one of the replica's slots while open. An exception before the app
+        answered the handshake fails the call (the proxy answers 500); after it, the
+        connection is closed with 1011.
+        """
+        session = websocket.WebSocketSession(emit, inbox)
+        async with _Serving(self, meta):
+            if self._asgi_app is None:  # only @serve.ingress apps take WebSockets: 403
+                await session.send({"type": "websocket.close", "code": 1000})
+                return
+            scope = _app_scope(websocket.make_scope(request))
+            try:
+                await self._asgi_app(scope, session.receive, session.send)
+            except websocket.ClientDisconnected:
+                return
+            except Exception:
+                if not session.handshake_done:
+                    raise
+                logger.exception("WebSocket handler raised")
+                if not session.closed:
+                    emit({"type": "websocket.close", "code": 1011, "reason": ""})
+                return
+            if not session.handshake_done:
+                raise RuntimeError(
+                    "The ASGI app returned without answering the WebSocket handshake."
+                )
+
     async def _serve_http(
         self, scope: dict[str, Any], body: bytes, send: http.Send
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         if self._asgi_app is not None:
-            if scope["path"] == scope.get("root_path") and scope["path"] not in ("", "/"):
-                # A request for exactly the route prefix is the app's "/" (not a redirect).
-                scope = {**scope, "path": scope["path"] + "/"}
+            scope = _app_scope(scope)
             tracker = http.ResponseTracker(send)
             try:
                 from schooner.ingress import call_asgi
@@ -497,3 +530,11 @@ class Replica:
             response = http.error_response(exc)
         await response(scope, receive, send)
         return None
+
+
+def _app_scope(scope: dict[str, Any]) -> dict[str, Any]:
+    """The scope as the ingress app sees it: a request for exactly the route prefix is
+    the app's "/" (not a redirect)."""
+    if scope["path"] == scope.get("root_path") and scope["path"] not in ("", "/"):
+        return {**scope, "path": scope["path"] + "/"}
+    return scope

@@ -222,6 +222,14 @@ class Router:
                 self._release(replica)
                 raise
 
+    async def connect(self) -> tuple[ReplicaInfo, Any]:
+        """Take a slot on a replica (queueing as a request would) and its connection.
+
+        For a call made on the connection directly (a long-lived duplex call); give the
+        slot back with :meth:`release`. Raises like :meth:`call` before sending.
+        """
+        return await self._connect()
+
     async def call(self, method: str, *args: Any) -> Any:
         """Send ``rpc_<method>(*args)`` to a chosen replica and return the result."""
         replica, conn = await self._connect()

@@ -10,11 +10,17 @@ one connection at once. Each frame has a kind and a request id (see
 - ``ITEM`` / ``END``: for a streaming call (``stream=True``), each item, then
   the end. ``END`` may carry a last item.
 - ``CANCEL``: the caller gave up; the handler's task is cancelled.
+- ``PUSH``: for a duplex call (see :meth:`Connection.open_duplex`), an item
+  the caller sends into the open call; the handler gets it through its
+  :class:`Inbox`. Pushes for a call that has ended are dropped.
 
 A streaming handler is either an async generator (each yielded value is an
 ``ITEM``) or a coroutine function taking an ``emit`` callable as its first
 argument (each ``emit(x)`` sends an ``ITEM``; the return value, unless None,
-rides on ``END``), so a short stream costs one frame.
+rides on ``END``), so a short stream costs one frame. A duplex handler is a
+coroutine function taking ``emit`` and an :class:`Inbox`. The RPC layer does
+no flow control on pushes: a duplex protocol bounds what is in flight itself
+(for instance with acknowledgements riding on its items).
 
 Writes are coalesced: everything sent during one event-loop iteration goes out
 in one ``writelines``. A handler method that returns a plain value (not an
@@ -41,7 +47,9 @@ from schooner.rpc import codec
 
 logger = logging.getLogger("schooner.rpc")
 
-REQ, OK, ERR, ITEM, END, CANCEL = range(6)
+REQ, OK, ERR, ITEM, END, CANCEL, PUSH = range(7)
+#: The ``stream`` field of a REQ: an ordinary call, a streaming call, a duplex call.
+_UNARY, _STREAM, _DUPLEX = 0, 1, 2
 _LEN = struct.Struct("!I")
 _END_OF_STREAM = object()
 
@@ -136,6 +144,33 @@ class _Stream(StreamSink):
         self.queue.put_nowait(error)
 
 
+class Inbox:
+    """The items a caller pushes into a duplex call, as its handler receives them.
+
+    Items that arrive before the handler calls :meth:`listen` are kept and handed
+    over then, in order (a push can arrive in the same read as the call itself).
+    """
+
+    __slots__ = ("_early", "_listener")
+
+    def __init__(self) -> None:
+        self._early: list[Any] = []
+        self._listener: Callable[[Any], None] | None = None
+
+    def listen(self, listener: Callable[[Any], None]) -> None:
+        """Call ``listener(item)`` for each pushed item from now on (and for those kept)."""
+        self._listener = listener
+        early, self._early = self._early, []
+        for item in early:
+            listener(item)
+
+    def put(self, item: Any) -> None:
+        if self._listener is None:
+            self._early.append(item)
+        else:
+            self._listener(item)
+
+
 #: Data is written at most this much at a time while the peer keeps up.
 _WRITE_SLICE_BYTES = 256 * 1024
 
@@ -158,6 +193,7 @@ class Connection(asyncio.BufferedProtocol):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any] | StreamSink] = {}
         self._tasks: dict[int, asyncio.Task[Any]] = {}
+        self._inboxes: dict[int, Inbox] = {}  # duplex calls served here, by request id
         self._notifications: set[asyncio.Task[Any]] = set()
         self._out: list[bytes | memoryview] = []
         self._flush_scheduled = False
@@ -242,6 +278,7 @@ class Connection(asyncio.BufferedProtocol):
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
+        self._inboxes.clear()
         if not self.closed.done():
             self.closed.set_result(None)
         for callback in self.on_close:
@@ -323,7 +360,7 @@ class Connection(asyncio.BufferedProtocol):
     def notify(self, method: str, *args: Any) -> None:
         """Call ``rpc_<method>`` on the peer without waiting for (or getting) an answer."""
         if self.is_open:
-            self._send(REQ, 0, (method, args, {}, False))
+            self._send(REQ, 0, (method, args, {}, _UNARY))
 
     def call_future(
         self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -332,7 +369,7 @@ class Connection(asyncio.BufferedProtocol):
         req_id = next(self._ids)
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending[req_id] = fut
-        self._send(REQ, req_id, (method, args, kwargs, False))
+        self._send(REQ, req_id, (method, args, kwargs, _UNARY))
         return req_id, fut
 
     async def stream(self, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
@@ -340,7 +377,7 @@ class Connection(asyncio.BufferedProtocol):
         req_id = next(self._ids)
         stream = _Stream()
         self._pending[req_id] = stream
-        self._send(REQ, req_id, (method, args, kwargs, True))
+        self._send(REQ, req_id, (method, args, kwargs, _STREAM))
         finished = False
         try:
             while True:
@@ -360,8 +397,24 @@ class Connection(asyncio.BufferedProtocol):
         """Start a streaming call whose items go to ``sink`` by callback; returns its id."""
         req_id = next(self._ids)
         self._pending[req_id] = sink
-        self._send(REQ, req_id, (method, args, {}, True))
+        self._send(REQ, req_id, (method, args, {}, _STREAM))
         return req_id
+
+    def open_duplex(self, method: str, args: tuple[Any, ...], sink: StreamSink) -> int:
+        """Start a duplex call: like :meth:`stream_to`, and :meth:`push` sends items into it.
+
+        The peer's ``rpc_<method>(emit, inbox, *args)`` receives the pushed items
+        through ``inbox`` (an :class:`Inbox`). Returns the call's id.
+        """
+        req_id = next(self._ids)
+        self._pending[req_id] = sink
+        self._send(REQ, req_id, (method, args, {}, _DUPLEX))
+        return req_id
+
+    def push(self, req_id: int, item: Any) -> None:
+        """Send ``item`` into the open duplex call ``req_id`` (nothing if it has ended)."""
+        if req_id in self._pending and self.is_open:
+            self._send(PUSH, req_id, item)
 
     def _cancel(self, req_id: int) -> None:
         if self._pending.pop(req_id, None) is not None and self.is_open:
@@ -390,6 +443,10 @@ class Connection(asyncio.BufferedProtocol):
                 entry.on_end(payload)
         elif kind == ERR:
             self._fail(req_id, RemoteCallError(payload))
+        elif kind == PUSH:
+            inbox = self._inboxes.get(req_id)
+            if inbox is not None:
+                inbox.put(payload)
         elif kind == CANCEL:
             task = self._tasks.pop(req_id, None)
             if task is not None:
@@ -405,16 +462,21 @@ class Connection(asyncio.BufferedProtocol):
     def _undecodable(self, kind: int, req_id: int, exc: BaseException) -> None:
         if kind == REQ:
             self._reply(ERR, req_id, _decode_error(exc))
-        elif kind in (OK, ITEM, END, ERR):
+        elif kind in (OK, ITEM, END, ERR):  # an undecodable PUSH is dropped
             self._fail(req_id, RemoteCallError(_decode_error(exc)))
 
     def _handle_request(
-        self, req_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], stream: bool
+        self, req_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], stream: int
     ) -> None:
         fn = getattr(self._handler, "rpc_" + method, None)
         if fn is None:
             error = AttributeError(f"peer has no RPC method {method!r}")
             self._reply(ERR, req_id, RemoteError.from_exception(error))
+            return
+        if stream == _DUPLEX and req_id:
+            inbox = Inbox()
+            self._inboxes[req_id] = inbox
+            self._start_task(req_id, self._run_stream(req_id, fn, (inbox, *args), kwargs))
             return
         if stream:
             self._start_task(req_id, self._run_stream(req_id, fn, args, kwargs))
@@ -436,7 +498,11 @@ class Connection(asyncio.BufferedProtocol):
             task.add_done_callback(self._notifications.discard)
             return
         self._tasks[req_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(req_id, None))
+        task.add_done_callback(lambda _t: self._call_ended(req_id))
+
+    def _call_ended(self, req_id: int) -> None:
+        self._tasks.pop(req_id, None)
+        self._inboxes.pop(req_id, None)
 
     async def _run_call(self, req_id: int, awaitable: Awaitable[Any]) -> None:
         try:
