@@ -9,11 +9,13 @@ the head noticing through its lifeline.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +186,26 @@ def run(
     spec = build_app(target, name, route_prefix)
     _resolve_deployment_envs(spec)
     start()
+    handle = DeploymentHandle(spec.ingress, name)
+    if not blocking:
+        _deploy(spec, name)
+        return handle
+    # Serving starts before the controller's reply that the app is RUNNING reaches this
+    # process (the proxy may already answer), so an interrupt while deploying also means
+    # "stop serving" rather than a KeyboardInterrupt out of run().
+    with _sigterm_interrupts():
+        try:
+            _deploy(spec, name)
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+    _stop_serving()
+    return handle
+
+
+def _deploy(spec: AppSpec, name: str) -> None:
+    """Deploy ``spec`` as app ``name`` and wait until it is RUNNING (or raise)."""
     _controller_call("deploy_app", spec)
     _deployed_here.add(name)
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -199,10 +221,6 @@ def run(
         message = app_status.message if app_status is not None else "it was deleted"
         raise DeployFailedError(f"Deploying application '{name}' failed ({state}): {message}")
     logger.info("Deployed app '%s' successfully.", name)
-    handle = DeploymentHandle(spec.ingress, name)
-    if blocking:
-        _block_until_interrupted()
-    return handle
 
 
 def _resolve_deployment_envs(spec: AppSpec) -> None:
@@ -215,25 +233,32 @@ def _resolve_deployment_envs(spec: AppSpec) -> None:
     attach_process_envs(spec, {}, ResolvedRuntimeEnv(), default_cache_dir(), Path.cwd())
 
 
-def _block_until_interrupted() -> None:
-    stop = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM interrupts the main thread as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
+        yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if _attached is not None:  # a shared instance: remove only what this process added
-            for name in sorted(_deployed_here):
-                delete(name)
-            _disconnect(stop=False)
-        else:
-            shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_serving() -> None:
+    """The end of a blocking run: shut down this process's instance, or, on an instance it
+    attached to, delete only the applications it deployed."""
+    if _attached is not None:
+        for name in sorted(_deployed_here):
+            delete(name)
+        _disconnect(stop=False)
+    else:
+        shutdown()
 
 
 def _connect_to_running() -> bool:
