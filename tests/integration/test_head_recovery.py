@@ -240,8 +240,10 @@ def checkpoint_path(request: pytest.FixtureRequest, workdir: Path) -> str:
     ids=["file-sigkill", "file-sigterm", "redis-sigkill", "s3-sigterm", "custom-sigkill"],
 )
 def test_restart_with_the_same_checkpoint_path_brings_every_app_back(
-    inst: Detached, checkpoint_path: str, how: signal.Signals
+    checkpoint_path: str, inst: Detached, how: signal.Signals
 ) -> None:
+    # checkpoint_path first: a store server that is not installed skips the test before
+    # an instance is set up.
     inst.start("--checkpoint-path", checkpoint_path)
     inst.deploy(two_apps())
     inst.wait_running("fruit", "market")
