@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,15 +300,28 @@ def run_many(
     are RUNNING (raising :class:`~schooner.exceptions.DeployFailedError` for the
     first that fails); with ``blocking=True`` it then serves until interrupted.
     """
-    handles = _run_many(
+    deploy = functools.partial(
+        _run_many,
         targets,
         wait_for_ingress_deployment_creation=wait_for_ingress_deployment_creation,
         wait_for_applications_running=wait_for_applications_running,
         _local_testing_mode=_local_testing_mode,
         controller_options=controller_options,
     )
-    if blocking:
-        _block_until_interrupted()
+    if not blocking:
+        return deploy()
+    # Serving starts before the controller's reply that the apps are RUNNING reaches this
+    # process (the proxy may already answer), so an interrupt while deploying also means
+    # "stop serving" rather than a KeyboardInterrupt out of run().
+    handles: list[DeploymentHandle] = []
+    with _sigterm_interrupts():
+        try:
+            handles = deploy()
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+    _stop_serving()
     return handles
 
 
@@ -381,25 +395,32 @@ def _resolve_deployment_envs(spec: AppSpec) -> None:
     attach_process_envs(spec, {}, ResolvedRuntimeEnv(), default_cache_dir(), Path.cwd())
 
 
-def _block_until_interrupted() -> None:
-    stop = threading.Event()
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM interrupts the main thread as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        while not stop.wait(1.0):
-            pass
-    except KeyboardInterrupt:
-        pass
+        yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        if _attached is not None:  # a shared instance: remove only what this process added
-            for name in sorted(_deployed_here):
-                delete(name)
-            _disconnect(stop=False)
-        else:
-            shutdown()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_serving() -> None:
+    """The end of a blocking run: shut down this process's instance, or, on an instance it
+    attached to, delete only the applications it deployed."""
+    if _attached is not None:
+        for name in sorted(_deployed_here):
+            delete(name)
+        _disconnect(stop=False)
+    else:
+        shutdown()
 
 
 def _connect_to_running() -> bool:

@@ -40,6 +40,8 @@ class Detached:
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=30)
         self.api = httpx.Client(base_url=self.admin, timeout=30)
+        #: The instance info once started (``GET /api/schooner/instance``); None before.
+        self.info: dict[str, Any] | None = None
 
     def cli(self, *args: str, check: bool = True) -> Any:
         return cli(*args, cwd=self.dir, env={"SCHOONER_ADDRESS": self.admin}, check=check)
@@ -87,14 +89,19 @@ class Detached:
             *extra,
             cwd=self.dir,
         )
-        self.info: dict[str, Any] = self.api.get("/api/schooner/instance").json()
+        self.info = self.api.get("/api/schooner/instance").json()
         return out
 
     def stop(self) -> None:
-        """``schooner shutdown``; fails the test if any of its processes is left."""
+        """``schooner shutdown``; fails the test if any of its processes is left.
+
+        Without instance info (never started, or ``schooner start`` failed) there is no
+        session to check."""
         self.http.close()
         self.api.close()
         cli("shutdown", "-y", "-a", self.admin, cwd=self.dir, check=False)
+        if self.info is None:
+            return
         session = self.info["session"]
         left = [p for p in schooner_processes() if session in p[1]]
         for pid, _ in left:

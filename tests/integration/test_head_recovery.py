@@ -159,6 +159,9 @@ def test_a_driver_owned_instance_survives_its_head_crashing() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         handle = serve.run(echo.bind(), name="echo", route_prefix="/echo")
+        # The handle's router is made on first use: use it now, so that it knows the
+        # replicas before the head goes (else its first call waits for the next head).
+        assert handle.remote(0).result(timeout_s=10) == 0
         head = api._controller_call("instance_info")["pid"]
         os.kill(head, signal.SIGKILL)
         # Handles keep calling the replicas they know while the head is replaced...
@@ -240,8 +243,10 @@ def checkpoint_path(request: pytest.FixtureRequest, workdir: Path) -> str:
     ids=["file-sigkill", "file-sigterm", "redis-sigkill", "s3-sigterm", "custom-sigkill"],
 )
 def test_restart_with_the_same_checkpoint_path_brings_every_app_back(
-    inst: Detached, checkpoint_path: str, how: signal.Signals
+    checkpoint_path: str, inst: Detached, how: signal.Signals
 ) -> None:
+    # checkpoint_path first: a store server that is not installed skips the test before
+    # an instance is set up.
     inst.start("--checkpoint-path", checkpoint_path)
     inst.deploy(two_apps())
     inst.wait_running("fruit", "market")

@@ -184,7 +184,12 @@ def test_script_with_blocking_run_shuts_down_on_sigint(tmp_path: Path) -> None:
     port = free_port()
     script.write_text(
         textwrap.dedent(f"""
+        import signal
         import schooner as serve
+
+        # Ctrl-C as in a terminal: a test run started in the background (`&`, nohup)
+        # hands its children SIGINT ignored, and Python then leaves it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         @serve.deployment
         class Main:

@@ -134,10 +134,11 @@ FAKE_CHILD = textwrap.dedent(
     """
 )
 
-#: Runs the real supervisor, with some of its module constants replaced first.
+#: Runs the real supervisor, with some of its module constants replaced first (and, with
+#: HOLD_RESTART, a crashed head restarted only once that file exists).
 WRAPPER = textwrap.dedent(
     """
-    import json, os, signal
+    import json, os, signal, time
     from schooner.runtime import supervisor
 
     for name, value in json.loads(os.environ.get("SUPERVISOR_PATCH", "{}")).items():
@@ -151,6 +152,15 @@ WRAPPER = textwrap.dedent(
             return socket_args
 
         supervisor.Supervisor.bind = bind_then_sigterm
+    if os.environ.get("HOLD_RESTART"):
+        spawn_head = supervisor.Supervisor.spawn_head
+
+        def spawn_head_when_released(self, socket_args, recovering):
+            while recovering and not os.path.exists(os.environ["HOLD_RESTART"]):
+                time.sleep(0.01)  # the test creates the file to let the restart go on
+            return spawn_head(self, socket_args, recovering)
+
+        supervisor.Supervisor.spawn_head = spawn_head_when_released
     supervisor.main()
     """
 )
@@ -339,7 +349,8 @@ def test_a_head_that_ran_long_enough_resets_the_backoff(start: Start) -> None:
     assert sup.backoffs() == [0.05, 0.10, 0.05, 0.10]
 
 
-def test_a_restarted_head_gets_the_same_listening_sockets(start: Start) -> None:
+def test_a_restarted_head_gets_the_same_listening_sockets(start: Start, tmp_path: Path) -> None:
+    release = tmp_path / "release-restart"
     sup = start(
         "crash accept",
         "--proxy-location",
@@ -350,17 +361,19 @@ def test_a_restarted_head_gets_the_same_listening_sockets(start: Start) -> None:
         "0",
         "--probe-port",
         "0",
-        patch={"FIRST_BACKOFF_S": 1.0},
+        env={"HOLD_RESTART": str(release)},
     )
     assert read_to_eof(sup.ready_fd) == b"READY 1234 -\n"
     (first,) = wait_for(sup.runs, "the first head")
     wait_for(lambda: not alive(first["pid"]), "the first head to crash")
     http, admin, probe = first["ports"]
     assert len({http, admin, probe}) == 3 and 0 not in (http, admin, probe)
-    # No head runs (the restart waits 1 s), yet the port takes the connection...
+    # No head runs (the restart is held until the test lets it go), yet the port takes
+    # the connection...
     with socket.create_connection(("127.0.0.1", http), timeout=5) as client:
         client.sendall(b"hello")
         assert len(sup.runs()) == 1
+        release.write_text("")
         # ...and the next head, handed the same listening sockets, accepts it.
         assert sup.wait() == 0
     first, second = sup.runs()

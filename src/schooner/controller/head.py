@@ -438,7 +438,11 @@ class ControllerSession:
         await self.head.flush()
 
     async def rpc_wait_app(self, name: str, timeout_s: float, until: str) -> str:
-        return await self.controller.wait_app(name, timeout_s, until)
+        status = await self.controller.wait_app(name, timeout_s, until)
+        # What the client is told (RUNNING, deleted) is in the checkpoint first: a head
+        # that crashes right after recovers that, not an older state (still deploying).
+        await self.head.flush()
+        return status
 
     def rpc_status(self) -> dict[str, Any]:
         return serve_status(self.controller)

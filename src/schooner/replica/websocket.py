@@ -57,9 +57,7 @@ def make_scope(request: tuple[Any, ...]) -> dict[str, Any]:
     ``request`` has the fields of :func:`schooner.replica.http.make_scope`'s; the
     scheme is ``wss`` behind an HTTPS proxy, else ``ws``.
     """
-    _method, path, raw_path, query, headers, _version, client, server, root_path, scheme = (
-        request
-    )
+    _method, path, raw_path, query, headers, _version, client, server, root_path, scheme = request
     subprotocols: list[str] = []
     for name, value in headers:
         if name == b"sec-websocket-protocol":
