@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -300,28 +300,25 @@ def run_many(
     are RUNNING (raising :class:`~schooner.exceptions.DeployFailedError` for the
     first that fails); with ``blocking=True`` it then serves until interrupted.
     """
+    _check_targets(targets)
+    if _local_testing_mode:
+        from schooner import local_testing
+
+        handles = [local_testing.run(t.target, t.name, t.route_prefix) for t in targets]
+        if blocking:
+            _serve_until_interrupted(lambda: None)
+        return handles
+    specs = [_spec_of(t) for t in targets]
+    for spec in specs:
+        _resolve_deployment_envs(spec)
+    handles = [DeploymentHandle(spec.ingress, spec.name) for spec in specs]
     deploy = functools.partial(
-        _run_many,
-        targets,
-        wait_for_ingress_deployment_creation=wait_for_ingress_deployment_creation,
-        wait_for_applications_running=wait_for_applications_running,
-        _local_testing_mode=_local_testing_mode,
-        controller_options=controller_options,
+        _deploy_all, specs, wait_for_applications_running, controller_options
     )
-    if not blocking:
-        return deploy()
-    # Serving starts before the controller's reply that the apps are RUNNING reaches this
-    # process (the proxy may already answer), so an interrupt while deploying also means
-    # "stop serving" rather than a KeyboardInterrupt out of run().
-    handles: list[DeploymentHandle] = []
-    with _sigterm_interrupts():
-        try:
-            handles = deploy()
-            while True:
-                time.sleep(1.0)
-        except KeyboardInterrupt:
-            pass
-    _stop_serving()
+    if blocking:
+        _serve_until_interrupted(deploy)
+    else:
+        deploy()
     return handles
 
 
@@ -332,26 +329,50 @@ def _run_many(
     _local_testing_mode: bool = False,
     controller_options: Any = None,
 ) -> list[DeploymentHandle]:
+    """Ray's internal ``serve._run_many``: :func:`run_many` that never blocks."""
+    return run_many(
+        targets,
+        blocking=False,
+        wait_for_ingress_deployment_creation=wait_for_ingress_deployment_creation,
+        wait_for_applications_running=wait_for_applications_running,
+        _local_testing_mode=_local_testing_mode,
+        controller_options=controller_options,
+    )
+
+
+def _check_targets(targets: Sequence[RunTarget]) -> None:
     if not targets:
         raise ValueError("No applications provided.")
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ServeConfigError(f"Application names must be unique, got {names}.")
-    if _local_testing_mode:
-        from schooner import local_testing
 
-        return [local_testing.run(t.target, t.name, t.route_prefix) for t in targets]
-    specs = [_spec_of(t) for t in targets]
-    for spec in specs:
-        _resolve_deployment_envs(spec)
+
+def _deploy_all(specs: Sequence[AppSpec], wait_for_running: bool, controller_options: Any) -> None:
     start(controller_options=controller_options)
     for spec in specs:
         _controller_call("deploy_app", spec)
         _deployed_here.add(spec.name)
-    if wait_for_applications_running:
+    if wait_for_running:
         for spec in specs:
             _wait_running(spec.name)
-    return [DeploymentHandle(spec.ingress, spec.name) for spec in specs]
+
+
+def _serve_until_interrupted(deploy: Callable[[], None]) -> None:
+    """Deploy, then serve until Ctrl-C or SIGTERM; then stop serving.
+
+    Serving starts before the controller's reply that the apps are RUNNING reaches
+    this process (the proxy may already answer), so an interrupt while deploying
+    also means "stop serving" rather than a KeyboardInterrupt out of ``run()``.
+    """
+    with _sigterm_interrupts():
+        try:
+            deploy()
+            while True:
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            pass
+    _stop_serving()
 
 
 def _spec_of(target: RunTarget) -> AppSpec:

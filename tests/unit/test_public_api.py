@@ -369,3 +369,22 @@ def test_build_app_rejects_unbound_deployment() -> None:
 def test_build_app_rejects_empty_app_name() -> None:
     with pytest.raises(ServeConfigError):
         build_app(serve.deployment(Model).bind(), name="")
+
+
+def test_an_interrupt_while_a_blocking_run_deploys_stops_serving_and_returns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C may land before the reply that the app runs (the proxy already answers):
+    that is the user stopping the server, not an error out of run()."""
+    from schooner import api
+
+    stopped: list[bool] = []
+
+    def interrupted_deploy(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "_deploy_all", interrupted_deploy)
+    monkeypatch.setattr(api, "_stop_serving", lambda: stopped.append(True))
+    handle = serve.run(serve.deployment(Model).bind(1), blocking=True, name="stopped")
+    assert stopped == [True]
+    assert (handle.deployment_name, handle.app_name) == ("Model", "stopped")
