@@ -37,6 +37,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from schooner.replica import http
 from schooner.rpc.connection import Inbox
 from schooner.rpc.flow import WINDOW_BYTES, Acks, Credit
 
@@ -57,27 +58,21 @@ def make_scope(request: tuple[Any, ...]) -> dict[str, Any]:
     ``request`` has the fields of :func:`schooner.replica.http.make_scope`'s; the
     scheme is ``wss`` behind an HTTPS proxy, else ``ws``.
     """
-    _method, path, raw_path, query, headers, _version, client, server, root_path, scheme = request
+    scope = http.make_scope(request)
+    del scope["method"]
     subprotocols: list[str] = []
-    for name, value in headers:
+    for name, value in scope["headers"]:
         if name == b"sec-websocket-protocol":
             subprotocols.extend(p.strip() for p in value.decode("latin-1").split(",") if p.strip())
-    return {
-        "type": "websocket",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "scheme": "wss" if scheme == "https" else "ws",
-        "path": path,
-        "raw_path": raw_path,
-        "query_string": query,
-        "root_path": root_path,
-        "headers": headers,
-        "client": client,
-        "server": server,
-        "subprotocols": subprotocols,
-        "state": {},
-        "extensions": {"websocket.http.response": {}},
-    }
+    scope.update(
+        type="websocket",
+        asgi={"version": "3.0", "spec_version": "2.4"},
+        http_version="1.1",
+        scheme="wss" if scope["scheme"] == "https" else "ws",
+        subprotocols=subprotocols,
+        extensions={"websocket.http.response": {}},
+    )
+    return scope
 
 
 class WebSocketSession:
