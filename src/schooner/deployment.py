@@ -210,14 +210,8 @@ def validate_route_prefix(route_prefix: str | None) -> None:
         )
 
 
-def build_app(
-    app: Application,
-    name: str = "default",
-    route_prefix: str | None = "/",
-    *,
-    source: str = "imperative",
-) -> AppSpec:
-    """Flatten a bound graph into the spec the controller deploys."""
+def check_app_target(app: object, name: object, route_prefix: str | None) -> None:
+    """What ``serve.run`` checks of its arguments before building anything."""
     if not isinstance(app, Application):
         raise TypeError(
             f"Expected an Application (the result of `Deployment.bind(...)`), got "
@@ -226,6 +220,17 @@ def build_app(
     if not isinstance(name, str) or not name:
         raise ServeConfigError("Application name must be a non-empty string.")
     validate_route_prefix(route_prefix)
+
+
+def build_app(
+    app: Application,
+    name: str = "default",
+    route_prefix: str | None = "/",
+    *,
+    source: str = "imperative",
+) -> AppSpec:
+    """Flatten a bound graph into the spec the controller deploys."""
+    check_app_target(app, name, route_prefix)
     specs: dict[str, DeploymentSpec] = {}
     seen: dict[int, str] = {}
 

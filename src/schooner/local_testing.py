@@ -35,7 +35,7 @@ from typing import Any
 import cloudpickle
 
 from schooner import context
-from schooner.deployment import Application, Deployment, validate_route_prefix
+from schooner.deployment import Application, Deployment, check_app_target
 from schooner.exceptions import RayServeException, RequestCancelledError, ServeConfigError
 from schooner.handle import (
     DeploymentHandle,
@@ -44,6 +44,7 @@ from schooner.handle import (
     _HandleOptions,
     _new_request_id,
 )
+from schooner.replica.replica import construct
 from schooner.rpc.messages import DeploymentID
 
 __all__ = ["LocalDeploymentHandle", "run", "shutdown"]
@@ -90,13 +91,7 @@ class _LocalReplica:
         if self.is_function:
             self.callable = target
         else:
-            init = getattr(target, "__init__", None)
-            if inspect.iscoroutinefunction(init):
-                instance = target.__new__(target)
-                await init(instance, *args, **kwargs)
-            else:
-                instance = await self._in_thread(target, args, kwargs)
-            self.callable = instance
+            self.callable = await construct(target, args, kwargs)
         self.context.servable_object = self.callable
         self.context.rank = ReplicaRank(rank=0, node_rank=0, local_rank=0)
         await self._reconfigure(self.deployment.config.user_config)
@@ -398,14 +393,7 @@ def run(
 
     Deployments are constructed dependencies first. Running an application under a
     name already running locally replaces it (its replicas' ``__del__`` run)."""
-    if not isinstance(app, Application):
-        raise TypeError(
-            f"Expected an Application (the result of `Deployment.bind(...)`), got "
-            f"{type(app).__name__}. Did you forget `.bind()`?"
-        )
-    if not isinstance(name, str) or not name:
-        raise ServeConfigError("Application name must be a non-empty string.")
-    validate_route_prefix(route_prefix)
+    check_app_target(app, name, route_prefix)
     _delete_app(name)
     started: dict[int, LocalDeploymentHandle] = {}
     names: set[str] = set()

@@ -98,6 +98,19 @@ def _is_generator_fn(fn: Any) -> bool:
     return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
 
 
+async def construct(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The user's object, made as Ray Serve makes it: an ``async def __init__`` is
+    awaited; a sync one runs on the event loop's thread, because constructors call
+    ``asyncio.get_running_loop()`` to start background tasks or to set the loop's
+    default executor (nothing else runs on that loop until it returns)."""
+    init = getattr(target, "__init__", None)
+    if inspect.iscoroutinefunction(init):
+        instance = target.__new__(target)
+        await init(instance, *args, **kwargs)
+        return instance
+    return target(*args, **kwargs)
+
+
 def _takes_args(fn: Any) -> bool:
     try:
         return len(inspect.signature(fn).parameters) > 0
@@ -179,15 +192,7 @@ class Replica:
         if is_function:
             self._callable = target
         else:
-            init = getattr(target, "__init__", None)
-            if inspect.iscoroutinefunction(init):
-                instance = target.__new__(target)
-                await init(instance, *args, **kwargs)
-            else:
-                # On the event loop's thread, as Ray Serve runs it: constructors call
-                # asyncio.get_running_loop() to start background tasks or to set the
-                # loop's default executor. Nothing else is served until it returns.
-                instance = target(*args, **kwargs)
+            instance = await construct(target, args, kwargs)
             self._callable = instance
             # Only ingress deployments pay for importing FastAPI.
             if getattr(type(instance), "__schooner_ingress__", None) is not None:
