@@ -55,7 +55,8 @@ def create_ssl_context(
     ):
         _check_readable(field, path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _check_certificate(certfile)
+    # Parsed on its own first, so a bad certificate is not blamed on the key.
+    _load_certificates(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), "ssl_certfile", certfile)
     asked = False
 
     def get_password() -> str:
@@ -85,12 +86,7 @@ def create_ssl_context(
         raise _error("ssl_keyfile", keyfile, f"not a PEM private key{_detail(exc)}") from None
     ctx.verify_mode = ssl.CERT_NONE  # as uvicorn: ssl_ca_certs alone requests no client cert
     if ca_certs:
-        try:
-            ctx.load_verify_locations(cafile=ca_certs)
-        except ssl.SSLError as exc:
-            raise _error(
-                "ssl_ca_certs", ca_certs, f"no PEM certificate found in it{_detail(exc)}"
-            ) from None
+        _load_certificates(ctx, "ssl_ca_certs", ca_certs)
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
@@ -133,15 +129,13 @@ def _check_readable(field: str, path: str) -> None:
         raise _error(field, path, f"cannot read it: {exc.strerror or exc}") from None
 
 
-def _check_certificate(certfile: str) -> None:
-    """Parse ``certfile`` on its own, so a bad certificate is not blamed on the key."""
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+def _load_certificates(ctx: ssl.SSLContext, field: str, path: str) -> None:
+    """Load the PEM certificates of ``path`` into ``ctx``; a file with none is ``field``'s
+    error."""
     try:
-        probe.load_verify_locations(cafile=certfile)
+        ctx.load_verify_locations(cafile=path)
     except ssl.SSLError as exc:
-        raise _error(
-            "ssl_certfile", certfile, f"no PEM certificate found in it{_detail(exc)}"
-        ) from None
+        raise _error(field, path, f"no PEM certificate found in it{_detail(exc)}") from None
 
 
 def _detail(exc: ssl.SSLError) -> str:
