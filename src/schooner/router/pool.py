@@ -1,10 +1,15 @@
-"""One persistent connection per (this process, replica address)."""
+"""One persistent connection per (this process, replica address).
+
+Addresses are Unix socket paths or ``tcp://HOST:PORT``; TCP connections use the
+process-wide default secret (:func:`schooner.rpc.transport.set_default_secret`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from schooner.rpc.connection import Connection, connect_unix
+from schooner.rpc.connection import Connection
+from schooner.rpc.transport import connect
 
 
 class ConnectionPool:
@@ -30,7 +35,7 @@ class ConnectionPool:
         return await asyncio.shield(pending)
 
     async def _open(self, address: str) -> Connection:
-        conn = await connect_unix(address)
+        conn = await connect(address)
         self._conns[address] = conn
         conn.on_close.append(lambda c: self._forget(address, c))
         return conn
