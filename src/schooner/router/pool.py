@@ -1,4 +1,8 @@
-"""One persistent connection per (this process, replica address)."""
+"""One persistent connection per (this process, replica address).
+
+Addresses are Unix socket paths or ``tcp://HOST:PORT``; TCP connections use the
+process-wide default secret (:func:`schooner.rpc.transport.set_default_secret`).
+"""
 
 from __future__ import annotations
 
