@@ -210,6 +210,7 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
     from schooner.router.pool import set_local_node_id
     from schooner.rpc.transport import set_default_secret
     from schooner.runtime.ray_backend import host
+    from schooner.runtime.ray_backend.names import InstanceAlive, host_exists
 
     if not ray.is_initialized():
         ray.init(address=os.environ["SCHOONER_RAY_ADDRESS"])
@@ -219,11 +220,12 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
     set_default_secret(bytes.fromhex(info["secret"]))
     node_id = host.driver_node_id()
     set_local_node_id(node_id)
-    same_node = node_id == info["node_id"] and os.path.exists(info["controller_socket"])
-    address = info["controller_socket"] if same_node else info["controller_address"]
+    # Always TCP: its port outlives the head and the host actor, where the Unix socket of a
+    # restarted host actor's new session would not.
+    address = info["controller_address"]
     core = _core.Core.start_background(Session.open(Path(info["session"])), address)
     core.loop.call_soon_threadsafe(
-        functools.partial(core.keep_connected, alive=lambda: host.find_host() is not None)
+        functools.partial(core.keep_connected, alive=InstanceAlive(host_exists))
     )
     _core.set_core(core)
     _attached = info
