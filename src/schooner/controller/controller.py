@@ -207,10 +207,22 @@ class Controller:
             dep.ranks.release(replica.replica_id)
             self._replica_index.pop(replica.replica_id, None)
             self._release(replica.allocation)
-            if replica.state == ReplicaState.STARTING:
-                error = replica.error or (
-                    f"The replica process exited with code {code} before it was ready. "
-                    f"See its log: {replica.log_file}"
+            if replica.state == ReplicaState.STARTING and getattr(
+                replica.process, "node_lost", False
+            ):
+                logger.warning(  # the cluster's failure, not the code's: not counted
+                    "replica %s of %s was lost with its node before it was ready; replacing it",
+                    replica.replica_id,
+                    dep.id,
+                )
+            elif replica.state == ReplicaState.STARTING:
+                error = (
+                    replica.error
+                    or getattr(replica.process, "exit_reason", None)
+                    or (
+                        f"The replica process exited with code {code} before it was ready. "
+                        f"See its log: {replica.log_file}"
+                    )
                 )
                 logger.warning(
                     "replica %s of %s failed to start: %s", replica.replica_id, dep.id, error

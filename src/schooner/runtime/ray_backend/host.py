@@ -82,6 +82,7 @@ class InstanceHost:
             admin_port=options.get("admin_port"),
             checkpoint_path=checkpoint,
             env=env,
+            output_to_log=True,
             extra_args=[
                 "--ray-address",
                 gcs,
