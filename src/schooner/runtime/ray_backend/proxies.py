@@ -23,6 +23,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from schooner.rpc.transport import tls_environment
 from schooner.runtime.lifeline import Lifeline
 from schooner.runtime.ray_backend.names import (
     NAMESPACE,
@@ -51,7 +52,9 @@ class ProxyActor:
         http_host: str,
         http_port: int,
         proxy_args: list[str],
+        extra_env: dict[str, str],
     ) -> None:
+        """``extra_env``: the instance's settings for the proxy process (RPC TLS, ...)."""
         context = ray.get_runtime_context()
         self.node_id = context.get_node_id()
         session = node_session(instance, self.node_id)
@@ -66,6 +69,7 @@ class ProxyActor:
         self.lifeline = Lifeline()
         env = {
             **os.environ,
+            **extra_env,
             "SCHOONER_SECRET": secret.hex(),
             "SCHOONER_NODE_ID": self.node_id,
         }
@@ -197,6 +201,7 @@ class ProxyFleet:
             self.http[0],
             self.http[1],
             self.proxy_args,
+            tls_environment(),
         )
         self.actors[node_id] = actor
         self.watch[node_id] = actor.wait_exit.remote()
