@@ -421,7 +421,9 @@ class Controller:
         if process_env.cwd is not None:
             env["SCHOONER_CWD"] = process_env.cwd
         try:
-            process = backend.start_replica(replica_id, dep.id, config, env, sys_path, allocation)
+            process = backend.start_replica(
+                replica_id, dep.id, config, env, sys_path, allocation, process_env.ray_fields
+            )
         except Exception as exc:
             backend.release(allocation)
             dep.record_startup_failure(f"Could not start a replica actor: {exc!r}")

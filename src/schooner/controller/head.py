@@ -92,6 +92,10 @@ class Head:
         }
         if ssl_keyfile_password:  # comes in the environment, not on the command line
             self.http_options["ssl_keyfile_password"] = ssl_keyfile_password
+        if args.ray_address:  # the builder of config apps checks runtime_envs for Ray
+            from schooner.runtime_env.spec import BACKEND_ENV
+
+            os.environ[BACKEND_ENV] = "ray"
         self.cluster = cluster_backend(args, self._proxy_options()) if args.ray_address else None
         self.launcher = SubprocessLauncher()  # after the cluster: it sets SCHOONER_NODE_ID
         self.controller = Controller(

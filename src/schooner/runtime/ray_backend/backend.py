@@ -31,9 +31,6 @@ from schooner.runtime.resources import Allocation
 
 logger = logging.getLogger("schooner.controller")
 
-#: runtime_env fields handed to Ray as they are (Schooner resolves working_dir, py_modules,
-#: env_vars and pip itself, for the embedded runtime and this one alike).
-_RAY_RUNTIME_ENV_FIELDS = ("conda", "uv", "container", "image_uri", "pip")
 #: Methods Ray calls on a replica actor at once (``wait_stopped`` blocks one of them).
 _ACTOR_CONCURRENCY = 4
 
@@ -173,9 +170,12 @@ class RayBackend:
         env: dict[str, str],
         sys_path: list[str],
         allocation: Allocation,
+        ray_runtime_env: dict[str, Any],
     ) -> RayReplica:
         name = replica_actor_name(dep.app_name, dep.name, replica_id)
         options = self._actor_options(config, allocation)
+        if ray_runtime_env:
+            options["runtime_env"] = dict(ray_runtime_env)
         group = None
         if config.placement_group_bundles:
             group = placement_group(
@@ -219,11 +219,6 @@ class RayBackend:
         for key in ("num_gpus", "memory", "resources", "accelerator_type"):
             if opts.get(key) is not None:
                 options[key] = opts[key]
-        runtime_env = {
-            k: v for k, v in (opts.get("runtime_env") or {}).items() if k in _RAY_RUNTIME_ENV_FIELDS
-        }
-        if runtime_env:
-            options["runtime_env"] = runtime_env
         if allocation.node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 allocation.node_id, soft=False
