@@ -262,6 +262,9 @@ class RayBackend:
     def node_ips(self) -> dict[str, str]:
         return {n.node_id: n.ip for n in self.placement.nodes()}
 
+    def proxy_nodes(self) -> set[str]:
+        return set(self.proxies.actors) if self.proxies is not None else set()
+
     def stop_proxies(self) -> None:
         if self.proxies is not None:
             self.proxies.stop_all()
