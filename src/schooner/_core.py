@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 
 from schooner.exceptions import RayServeException
 from schooner.router.registry import LoopRouters, RouterRegistry
-from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError, connect_unix
+from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
+from schooner.rpc.transport import connect
 from schooner.runtime.session import Session
 
 T = TypeVar("T")
@@ -55,9 +56,13 @@ class Core:
         session: Session,
         controller: Connection,
         thread: threading.Thread | None = None,
+        address: str | None = None,
     ) -> None:
+        """``address``: the controller's (a Unix socket path, or ``tcp://host:port`` on the
+        Ray backend); by default the session's controller socket."""
         self.loop = loop
         self.session = session
+        self.address = address or session.controller_socket
         self.controller = controller
         self.registry = RouterRegistry(controller)
         self._thread = thread
@@ -102,14 +107,16 @@ class Core:
             self._reconnecting = self.loop.create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
-        path = self.session.controller_socket
+        path = self.address
+        unix = not path.startswith("tcp://")
         missing_since: float | None = None
         while not self._closing:
             try:
-                conn = await connect_unix(path, self._handler)
+                conn = await connect(path, self._handler)
             except OSError:
                 now = self.loop.time()
-                missing_since = (missing_since or now) if not os.path.exists(path) else None
+                gone = unix and not os.path.exists(path)
+                missing_since = (missing_since or now) if gone else None
                 if not self._alive() or (
                     missing_since is not None and now - missing_since > SOCKET_GONE_S
                 ):
@@ -136,13 +143,16 @@ class Core:
 
     # -- construction -------------------------------------------------------------
     @classmethod
-    async def connect(cls, session: Session, handler: object | None = None) -> Core:
+    async def connect(
+        cls, session: Session, handler: object | None = None, address: str | None = None
+    ) -> Core:
         """Connect from the running loop (replicas, proxies)."""
-        conn = await connect_unix(session.controller_socket, handler)
-        return cls(asyncio.get_running_loop(), session, conn)
+        address = address or session.controller_socket
+        conn = await connect(address, handler)
+        return cls(asyncio.get_running_loop(), session, conn, address=address)
 
     @classmethod
-    def start_background(cls, session: Session) -> Core:
+    def start_background(cls, session: Session, address: str | None = None) -> Core:
         """Start a loop thread and connect from it (drivers)."""
         loop = asyncio.new_event_loop()
         ready: concurrent.futures.Future[Core] = concurrent.futures.Future()
@@ -152,8 +162,8 @@ class Core:
 
             async def setup() -> None:
                 try:
-                    conn = await connect_unix(session.controller_socket)
-                    ready.set_result(cls(loop, session, conn, thread))
+                    conn = await connect(address or session.controller_socket)
+                    ready.set_result(cls(loop, session, conn, thread, address))
                 except BaseException as exc:
                     ready.set_exception(exc)
 

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
@@ -122,6 +123,9 @@ def start(
             pending, _pending_head = _pending_head, None
             head = pending.wait_ready()
             _serves_http = True
+        elif _ray_backend():
+            _attach_ray(options, kwargs, create=True)
+            return
         elif (instance := find_instance(detached_only=True)) is not None:
             _attach(instance)
             if options.given:
@@ -187,6 +191,65 @@ def _abandon_pending_head() -> None:
         pending, _pending_head = _pending_head, None
     if pending is not None:
         pending.abandon()
+
+
+def _ray_backend() -> bool:
+    """Whether to run on a Ray cluster: Ray is initialized in this process (a Ray Serve
+    program's ``ray.init(...)``), or ``SCHOONER_RAY_ADDRESS`` names a cluster."""
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return True
+    return bool(os.environ.get("SCHOONER_RAY_ADDRESS"))
+
+
+def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
+    """Use (``create``: or start) the instance on the Ray cluster; False if there is none."""
+    global _attached, _atexit_registered
+    import ray
+
+    from schooner.router.pool import set_local_node_id
+    from schooner.rpc.transport import set_default_secret
+    from schooner.runtime.ray_backend import host
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ["SCHOONER_RAY_ADDRESS"])
+    info = host.attach(_ray_start_options(options, kwargs) if create else None, create)
+    if info is None:
+        return False
+    set_default_secret(bytes.fromhex(info["secret"]))
+    node_id = host.driver_node_id()
+    set_local_node_id(node_id)
+    same_node = node_id == info["node_id"] and os.path.exists(info["controller_socket"])
+    address = info["controller_socket"] if same_node else info["controller_address"]
+    core = _core.Core.start_background(Session.open(Path(info["session"])), address)
+    core.loop.call_soon_threadsafe(
+        functools.partial(core.keep_connected, alive=lambda: host.find_host() is not None)
+    )
+    _core.set_core(core)
+    _attached = info
+    if not _atexit_registered:
+        atexit.register(_shutdown_at_exit)
+        _atexit_registered = True
+    if create and options is not None and options.given:
+        start_options.warn_ignored(options, _running_details())
+    logger.info("Using the Schooner instance on the Ray cluster (admin %s)", info["admin_url"])
+    return True
+
+
+def _ray_start_options(options: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """What the instance on the cluster is started with (serve.start's options)."""
+    http = options.http
+    admin_port = int(os.environ.get("SCHOONER_ADMIN_PORT", "8265"))
+    return {
+        "http_host": http.host or "127.0.0.1",
+        "http_port": http.port,
+        "root_path": http.root_path,
+        "proxy_location": options.proxy_location.value if options.serves_http else "Disabled",
+        "http_options": http.model_dump(mode="json", exclude={"location"}),
+        "admin_port": admin_port if admin_port >= 0 else None,
+        "checkpoint_path": kwargs.get("checkpoint_path"),
+        "env": options.head_env(),
+    }
 
 
 def _attach(instance: dict[str, Any]) -> None:
@@ -449,6 +512,8 @@ def _connect_to_running() -> bool:
     with _lock:
         if _core.get_core_or_none() is not None:
             return True
+        if _ray_backend():
+            return _attach_ray(None, {}, create=False)
         instance = find_instance(detached_only=True)
         if instance is None:
             return False
@@ -501,7 +566,8 @@ def _disconnect(*, stop: bool) -> None:
         core = _core.get_core_or_none()
         if core is None or _replica_context_is_set():
             return
-        method = "delete_all" if _attached is not None else "shutdown"
+        on_ray = _attached is not None and _attached.get("backend") == "ray"
+        method = "delete_all" if _attached is not None and not on_ray else "shutdown"
         if stop:
             try:
                 core.call_controller_sync(method, timeout_s=120)
@@ -511,6 +577,10 @@ def _disconnect(*, stop: bool) -> None:
         _deployed_here.clear()
         core.close()
         _core.set_core(None)
+        if stop and on_ray:  # as Ray Serve's shutdown: the instance leaves the cluster
+            from schooner.runtime.ray_backend.host import stop_instance
+
+            stop_instance()
         head, _head = _head, None
         if head is not None:
             if not head.wait(10):

@@ -58,6 +58,8 @@ class ReplicaCheckpoint:
     #: ``(rank, node_rank, local_rank)`` and the node it counts on (absent in older checkpoints).
     rank: tuple[int, int, int] | None = None
     node_id: str = ""
+    #: Ray backend: where the replica runs (see ReplicaRecord.placement).
+    placement: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,6 +171,7 @@ def snapshot(
                                 dep.ranks.get(r.replica_id) if dep.ranks.has(r.replica_id) else None
                             ),
                             node_id=dep.ranks.node_of.get(r.replica_id, ""),
+                            placement=dict(r.placement),
                         )
                         for r in dep.replicas.values()
                     ],

@@ -59,6 +59,7 @@ from schooner.schema import (
 
 if TYPE_CHECKING:
     from schooner.controller.checkpoint import ReplicaCheckpoint
+    from schooner.runtime.backend import ClusterBackend
 
 logger = logging.getLogger("schooner.controller")
 
@@ -109,8 +110,12 @@ class Controller:
         lifeline_fd: int,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        backend: ClusterBackend | None = None,
     ) -> None:
+        """``backend``: a cluster backend (Ray) that places and starts replicas; None: this
+        machine's ``launcher`` and ``resources``."""
         self.session = session
+        self.backend = backend
         self.launcher = launcher
         self.resources = resources
         self.lifeline_fd = lifeline_fd
@@ -126,7 +131,9 @@ class Controller:
         self.stopped = asyncio.Event()
         self.proxy_ready = asyncio.Event()
         self.proxy_status: dict[str, str] = {}
-        self.node_id = "node-" + secrets.token_hex(8)
+        #: IP address of each node with a proxy (a Ray cluster's nodes; default NODE_IP).
+        self.node_ips: dict[str, str] = {}
+        self.node_id = backend.node_id if backend else "node-" + secrets.token_hex(8)
         self._spare: _Spare | None = None
         self.health = HealthChecks(self)
         self._adopting: dict[str, _Spare] = {}
@@ -157,6 +164,14 @@ class Controller:
 
     def tick(self) -> None:
         self._check_spare()
+        if self.backend is not None:
+            try:
+                self.backend.tick()
+                self.node_ips = self.backend.node_ips()
+                for gone in set(self.proxy_status) - set(self.node_ips):
+                    del self.proxy_status[gone]  # its node left the cluster
+            except Exception:
+                logger.exception("cluster backend tick failed")
         for app in list(self.apps.values()):
             for dep in list(app.deployments.values()):
                 try:
@@ -191,7 +206,7 @@ class Controller:
             del dep.replicas[replica.replica_id]
             dep.ranks.release(replica.replica_id)
             self._replica_index.pop(replica.replica_id, None)
-            self.resources.release(replica.allocation)
+            self._release(replica.allocation)
             if replica.state == ReplicaState.STARTING:
                 error = replica.error or (
                     f"The replica process exited with code {code} before it was ready. "
@@ -295,7 +310,7 @@ class Controller:
     # ------------------------------------------------------------------ spare
     def launch_spare(self) -> None:
         """Start a replica process ahead of need (the next replica adopts it)."""
-        if self._spare is not None or self._shutting_down:
+        if self._spare is not None or self._shutting_down or self.backend is not None:
             return
         spare_id = _new_replica_id()
         spec = self._replica_process_spec(["--spare-id", spare_id], {})
@@ -380,7 +395,15 @@ class Controller:
                 del app.deployments[name]
                 self.long_poll.publish(dep.id.key, DELETED)
 
+    def _release(self, allocation: Allocation) -> None:
+        if self.backend is not None:
+            self.backend.release(allocation)
+        else:
+            self.resources.release(allocation)
+
     def _start_replica(self, dep: DeploymentState) -> bool:
+        if self.backend is not None:
+            return self._start_on_cluster(dep, self.backend)
         request = dep.spec.config.required_resources()
         allocation = self.resources.allocate(request)
         if allocation is None:
@@ -417,6 +440,29 @@ class Controller:
             return False
         self._record_replica(dep, replica_id, process, allocation)
         logger.info("starting replica %s of %s (pid %d)", replica_id, dep.id, process.pid)
+        return True
+
+    def _start_on_cluster(self, dep: DeploymentState, backend: ClusterBackend) -> bool:
+        config = dep.spec.config
+        allocation = backend.place(dep.id, config)
+        if isinstance(allocation, str):
+            dep.pending_reason = f"Deployment '{dep.id.name}' has replicas waiting to start. "
+            dep.pending_reason += allocation
+            return False
+        replica_id = _new_replica_id()
+        process_env = dep.spec.process_env
+        sys_path = [*process_env.sys_path, *self.apps[dep.id.app_name].spec.sys_path]
+        env = dict(process_env.env_vars)
+        if process_env.cwd is not None:
+            env["SCHOONER_CWD"] = process_env.cwd
+        try:
+            process = backend.start_replica(replica_id, dep.id, config, env, sys_path, allocation)
+        except Exception as exc:
+            backend.release(allocation)
+            dep.record_startup_failure(f"Could not start a replica actor: {exc!r}")
+            return False
+        self._record_replica(dep, replica_id, process, allocation)
+        logger.info("starting replica actor %s of %s", replica_id, dep.id)
         return True
 
     def _record_replica(
@@ -480,7 +526,14 @@ class Controller:
     def adopt_replica(self, dep: DeploymentState, saved: ReplicaCheckpoint) -> bool:
         """Track a replica a previous head started, if it still runs (it must reconnect
         within :data:`REJOIN_TIMEOUT_S`). False if it is gone."""
-        if not is_session_process(saved.pid, _REPLICA_MODULE, str(self.session.root)):
+        process: ProcessHandle | None
+        if self.backend is not None:
+            process = self.backend.adopt(dep.id, saved.replica_id, saved.pid)
+        elif is_session_process(saved.pid, _REPLICA_MODULE, str(self.session.root)):
+            process = AdoptedProcess(saved.pid)
+        else:
+            process = None
+        if process is None:
             return False
         state = ReplicaState(saved.state)
         if state == ReplicaState.UPDATING:
@@ -490,7 +543,7 @@ class Controller:
             replica_id=saved.replica_id,
             version=saved.version,
             state=state,
-            process=AdoptedProcess(saved.pid),
+            process=process,
             allocation=saved.allocation,
             address=saved.address,
             log_file=saved.log_file,
@@ -499,8 +552,12 @@ class Controller:
             reconfig_version=saved.reconfig_version,
             stop_requested_at=now if state == ReplicaState.STOPPING else None,
             rejoin_deadline=now + REJOIN_TIMEOUT_S,
+            placement=dict(saved.placement),
         )
-        self.resources.restore(saved.allocation)
+        if self.backend is not None:
+            self.backend.restore(saved.allocation)
+        else:
+            self.resources.restore(saved.allocation)
         if saved.rank is not None:
             dep.ranks.recover(saved.replica_id, saved.node_id or self.node_id, Rank(*saved.rank))
         dep.replicas[replica.replica_id] = replica
@@ -537,6 +594,9 @@ class Controller:
         if self._sweep_at is None or self.clock() < self._sweep_at:
             return
         self._sweep_at = None
+        if self.backend is not None:
+            self.backend.stop_strays(set(self._replica_index))
+            return
         known = set(self.all_pids()) | {s.process.pid for s in self._adopting.values()}
         for pid in session_processes(str(self.session.root), _REPLICA_MODULE):
             if pid not in known:
@@ -552,7 +612,13 @@ class Controller:
                 routes[app.spec.route_prefix] = Route(app.spec.route_prefix, app.name, ingress.id)
             for dep in app.deployments.values():
                 replicas = tuple(
-                    ReplicaInfo(r.replica_id, r.address, dep.id)
+                    ReplicaInfo(
+                        r.replica_id,
+                        r.address,
+                        dep.id,
+                        r.placement.get("node_id", ""),
+                        r.placement.get("local_address", ""),
+                    )
                     for r in sorted(dep.serving(), key=lambda r: r.replica_id)
                 )
                 unavailable = ""
@@ -577,12 +643,20 @@ class Controller:
         self.long_poll.publish("routes", routes)
 
     # ------------------------------------------------------------ replica RPCs
-    def replica_registered(self, replica_id: str, conn: Connection) -> None:
+    def replica_registered(
+        self, replica_id: str, conn: Connection, endpoint: dict[str, Any] | None = None
+    ) -> None:
+        """A replica connected; ``endpoint``: where it serves (a cluster backend's replica
+        says so itself: addresses, node, actor)."""
         dep = self._replica_index.get(replica_id)
         replica = dep.replicas.get(replica_id) if dep is not None else None
         if dep is None or replica is None or replica.state != ReplicaState.STARTING:
             conn.notify("shutdown")
             return
+        if endpoint is not None:
+            replica.address = str(endpoint.get("address") or replica.address)
+            replica.log_file = str(endpoint.get("log_file") or replica.log_file)
+            replica.placement = dict(endpoint)
         replica.conn = conn
         self.spawn(self._initialize(dep, replica, conn))
 
@@ -778,6 +852,16 @@ class Controller:
             for app in self.apps.values()
             for dep in app.deployments.values()
             for r in dep.replicas.values()
+        ]
+
+    def live_replicas(self) -> list[str]:
+        """Ids of replicas whose process (or actor) has not yet exited."""
+        return [
+            r.replica_id
+            for app in self.apps.values()
+            for dep in app.deployments.values()
+            for r in dep.replicas.values()
+            if r.process.poll() is None
         ]
 
     def kill_all(self) -> None:

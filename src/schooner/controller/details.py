@@ -52,7 +52,7 @@ def instance_details(
         "proxies": {
             node_id: {
                 "node_id": node_id,
-                "node_ip": NODE_IP,
+                "node_ip": controller.node_ips.get(node_id, NODE_IP),
                 "actor_name": f"SERVE_PROXY_ACTOR-{node_id}",
                 "log_file_path": str(logs / "proxy.log"),
                 "status": status,
@@ -128,17 +128,21 @@ def deployment_config(dep: DeploymentState) -> dict[str, Any]:
 def replica_details(
     dep: DeploymentState, replica: ReplicaRecord, controller: Controller
 ) -> dict[str, Any]:
-    return {
-        "node_id": controller.node_id,
-        "node_ip": NODE_IP,
+    where = replica.placement  # filled on a Ray cluster
+    details = {
+        "node_id": where.get("node_id") or controller.node_id,
+        "node_ip": where.get("node_ip") or NODE_IP,
         "actor_name": f"SERVE_REPLICA::{dep.id}#{replica.replica_id}",
-        "worker_id": str(replica.pid),
+        "worker_id": where.get("worker_id") or str(replica.pid),
         "log_file_path": replica.log_file,
         "replica_id": replica.replica_id,
         "state": replica.state.value,
         "pid": replica.pid,
         "start_time_s": replica.start_time_s,
     }
+    if where.get("actor_id"):
+        details["actor_id"] = where["actor_id"]
+    return details
 
 
 def serve_status(controller: Controller) -> dict[str, Any]:

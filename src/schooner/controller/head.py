@@ -38,6 +38,8 @@ from schooner.exceptions import RayServeException
 from schooner.logs import setup_process_logging
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import AppSpec
+from schooner.rpc.transport import serve_tcp
+from schooner.runtime.backend import ClusterBackend
 from schooner.runtime.launcher import (
     AdoptedProcess,
     ProcessHandle,
@@ -61,6 +63,13 @@ SHUTDOWN_TIMEOUT_S = 30.0
 _PROXY_MODULE = "schooner.proxy.main"
 
 
+def cluster_backend(args: argparse.Namespace, proxy_args: list[str]) -> ClusterBackend:
+    """The Ray backend for ``--ray-address`` (Ray is imported only here)."""
+    from schooner.runtime.ray_backend.head_side import connect_backend
+
+    return connect_backend(args, proxy_args)
+
+
 class Head:
     """The head process's state: controller, admin API, proxy process, checkpoints."""
 
@@ -75,22 +84,6 @@ class Head:
         the head was started with, read once at start-up (see :func:`main`)."""
         self.args = args
         self.session = session
-        self.launcher = SubprocessLauncher()
-        self.controller = Controller(
-            session,
-            self.launcher,
-            ResourcePool.detect(
-                args.num_cpus,
-                args.num_gpus,
-                json.loads(args.resources),
-                cuda_visible_devices=cuda_visible_devices,
-            ),
-            args.lifeline_fd,
-        )
-        self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
-        self.checkpoints: checkpoint.Checkpointer | None = None
-        self.owner = ownership.Owner.here(str(session.root), args.supervisor_pid or os.getppid())
-        self.claim_task: asyncio.Task[None] | None = None
         self.http_options: dict[str, Any] = {
             **json.loads(args.http_options),
             "host": args.http_host,
@@ -99,6 +92,26 @@ class Head:
         }
         if ssl_keyfile_password:  # comes in the environment, not on the command line
             self.http_options["ssl_keyfile_password"] = ssl_keyfile_password
+        self.cluster = cluster_backend(args, self._proxy_options()) if args.ray_address else None
+        self.launcher = SubprocessLauncher()  # after the cluster: it sets SCHOONER_NODE_ID
+        self.controller = Controller(
+            session,
+            self.launcher,
+            ResourcePool.detect(
+                args.num_cpus,
+                args.num_gpus,
+                json.loads(args.resources),
+                cuda_visible_devices=cuda_visible_devices,
+            )
+            if self.cluster is None
+            else ResourcePool({}),
+            args.lifeline_fd,
+            backend=self.cluster,
+        )
+        self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
+        self.checkpoints: checkpoint.Checkpointer | None = None
+        self.owner = ownership.Owner.here(str(session.root), args.supervisor_pid or os.getppid())
+        self.claim_task: asyncio.Task[None] | None = None
         self.http_socket: socket.socket | None = None
         self.admin: AdminServer | None = None
         self.probes: AdminServer | None = None
@@ -269,6 +282,7 @@ class Head:
             "http_scheme": "https" if self.http_options.get("ssl_certfile") else "http",
             "admin_url": self.admin_url,
             "node_id": self.controller.node_id,
+            "backend": "ray" if self.cluster is not None else "embedded",
         }
 
     def delete_app(self, name: str) -> bool:
@@ -317,9 +331,15 @@ class Head:
                 self.proxy.kill()
             else:
                 self.proxy.terminate()
+        if self.cluster is not None:
+            self.cluster.stop_proxies()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            alive = [p for p in [*controller.all_pids()] if pid_alive(p)]
+            alive = (
+                controller.live_replicas()
+                if self.cluster is not None
+                else [p for p in controller.all_pids() if pid_alive(p)]
+            )
             if (self.proxy is None or self.proxy.poll() is not None) and not alive:
                 break
             await asyncio.sleep(0.02)
@@ -458,9 +478,9 @@ class ControllerSession:
     ) -> dict[str, tuple[int, Any]]:
         return await self.controller.long_poll.listen(known, timeout_s)
 
-    def rpc_register_replica(self, replica_id: str) -> None:
+    def rpc_register_replica(self, replica_id: str, endpoint: dict[str, Any] | None = None) -> None:
         assert self.conn is not None
-        self.controller.replica_registered(replica_id, self.conn)
+        self.controller.replica_registered(replica_id, self.conn, endpoint)
 
     def rpc_rejoin_replica(self, replica_id: str, initialized: bool) -> None:
         """A replica reconnected after this head replaced a crashed one."""
@@ -471,9 +491,11 @@ class ControllerSession:
         assert self.conn is not None
         self.controller.spare_registered(spare_id, self.conn)
 
-    def rpc_register_proxy(self) -> None:
-        self.controller.proxy_status[self.controller.node_id] = "HEALTHY"
-        self.controller.proxy_ready.set()
+    def rpc_register_proxy(self, node_id: str | None = None) -> None:
+        """A proxy is serving (on the head's node, or on ``node_id`` of a cluster)."""
+        self.controller.proxy_status[node_id or self.controller.node_id] = "HEALTHY"
+        if node_id is None or node_id == self.controller.node_id:
+            self.controller.proxy_ready.set()
 
     async def rpc_shutdown(self) -> None:
         """Stop everything; returns when every process of the instance has exited."""
@@ -507,6 +529,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--recovering", action="store_true", help="the previous head crashed")
     parser.add_argument("--restarts", type=int, default=0, help="heads started after crashes")
     parser.add_argument("--checkpoint-path", default=None)
+    # The Ray backend (the secret comes in the environment: SCHOONER_SECRET).
+    parser.add_argument("--ray-address", default=None, help="run replicas on this Ray cluster")
+    parser.add_argument("--instance-id", default="")
+    parser.add_argument("--controller-host", default="127.0.0.1")
+    parser.add_argument("--controller-port", type=int, default=0)
     return parser.parse_args(argv)
 
 
@@ -544,6 +571,14 @@ async def _run(
         return 1
     head.controller.publish()  # reconnecting proxies and replicas get what they had
     server = await serve_unix(session.controller_socket, lambda: ControllerSession(head))
+    tcp_server = None
+    if head.cluster is not None:  # replicas and proxies on other nodes dial in
+        tcp_server = await serve_tcp(
+            args.controller_host,
+            args.controller_port,
+            lambda: ControllerSession(head),
+            secret=head.cluster.secret,
+        )
     head.controller.launch_spare()  # warms up while the driver imports and deploys
     reconcile = loop.create_task(head.controller.run())
     watcher = None
@@ -572,6 +607,8 @@ async def _run(
             await admin.close()
     await asyncio.sleep(0.05)  # let the shutdown RPC's answer reach the caller
     server.close()
+    if tcp_server is not None:
+        tcp_server.close()
     session.remove_sockets()
     return 0
 

@@ -84,10 +84,13 @@ class ReplicaRecord:
     #: message telling it is under way (see :mod:`schooner.controller.ranks`).
     rank_delivered: tuple[Rank, int] | None = None
     rank_sending: bool = False
+    #: Ray backend: where the replica runs, as it registered (``node_id``, ``node_ip``,
+    #: ``actor_id``, ``actor_name``, ``worker_id``, ``pid``, ``local_address``).
+    placement: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return int(self.placement.get("pid") or self.process.pid)
 
     @property
     def live(self) -> bool:

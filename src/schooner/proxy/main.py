@@ -45,6 +45,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--ssl-certfile", default=None)
     parser.add_argument("--ssl-keyfile", default=None)
     parser.add_argument("--ssl-ca-certs", default=None)
+    parser.add_argument(
+        "--controller-address", default=None, help="tcp://host:port (a proxy on a Ray node)"
+    )
     # ssl_keyfile_password comes in the environment (tls.PASSWORD_ENV), not on the command line.
     return parser.parse_args(argv)
 
@@ -64,7 +67,7 @@ async def _serve(
     args: argparse.Namespace, session: Session, ssl_context: ssl.SSLContext | None
 ) -> None:
     loop = asyncio.get_running_loop()
-    core = await _core.Core.connect(session)
+    core = await _core.Core.connect(session, address=args.controller_address)
     _core.set_core(core)
     sock = socket.socket(fileno=args.http_fd)
     host, port = sock.getsockname()[:2]
@@ -89,11 +92,12 @@ async def _serve(
     )
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
-    core.keep_connected(on_reconnect=lambda conn: conn.call("register_proxy"))
+    node_id = os.environ.get("SCHOONER_NODE_ID") or None  # set on a Ray cluster
+    core.keep_connected(on_reconnect=lambda conn: conn.call("register_proxy", node_id))
     core.on_lost(stopped.set)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
-    await core.controller.call("register_proxy")
+    await core.controller.call("register_proxy", node_id)
     await stopped.wait()
     server.close()
     core.close()

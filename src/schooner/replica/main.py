@@ -49,13 +49,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _add_sys_path(entries: list[str]) -> None:
+def add_sys_path(entries: list[str]) -> None:
     for entry in reversed(entries):
         if entry and entry not in sys.path:
             sys.path.insert(0, entry)
 
 
-def _enter_working_dir(path: str | None) -> None:
+def enter_working_dir(path: str | None) -> None:
     """The runtime_env's working_dir: the process's cwd and first on sys.path."""
     if path:
         os.chdir(path)
@@ -63,7 +63,7 @@ def _enter_working_dir(path: str | None) -> None:
             sys.path.insert(0, path)
 
 
-def _setup_logging(session: Session, replica_id: str, app: str, deployment: str) -> None:
+def setup_replica_logging(session: Session, replica_id: str, app: str, deployment: str) -> None:
     setup_process_logging(
         session.logs,
         f"replica_{app}_{deployment}_{replica_id}",
@@ -74,7 +74,7 @@ def _setup_logging(session: Session, replica_id: str, app: str, deployment: str)
     )
 
 
-class _Process:
+class ReplicaProcess:
     """What one replica process runs: a Replica once it knows who it is."""
 
     def __init__(self, session: Session) -> None:
@@ -98,7 +98,7 @@ class _Process:
 class _SpareHandler:
     """The controller's view of a spare until it is assigned (then the Replica takes over)."""
 
-    def __init__(self, process: _Process) -> None:
+    def __init__(self, process: ReplicaProcess) -> None:
         self.process = process
         self.conn: Connection | None = None
 
@@ -109,9 +109,9 @@ class _SpareHandler:
         self, replica_id: str, app: str, deployment: str, env: dict[str, str], sys_path: list[str]
     ) -> None:
         os.environ.update(env)
-        _enter_working_dir(env.get("SCHOONER_CWD"))
-        _add_sys_path(sys_path)
-        _setup_logging(self.process.session, replica_id, app, deployment)
+        enter_working_dir(env.get("SCHOONER_CWD"))
+        add_sys_path(sys_path)
+        setup_replica_logging(self.process.session, replica_id, app, deployment)
         replica = await self.process.become(replica_id, app, deployment)
         assert self.conn is not None
         self.conn.set_handler(replica)
@@ -122,7 +122,7 @@ class _SpareHandler:
         self.process.stopped.set()
 
 
-async def _serve(args: argparse.Namespace, session: Session, process: _Process) -> None:
+async def _serve(args: argparse.Namespace, session: Session, process: ReplicaProcess) -> None:
     loop = asyncio.get_running_loop()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(process.stopped.set))
     handler: Any
@@ -141,13 +141,13 @@ async def _serve(args: argparse.Namespace, session: Session, process: _Process) 
 
         def assigned() -> None:
             core.controller.on_close.remove(stop_on_close)
-            _survive_head_restarts(core, process)
+            survive_head_restarts(core, process)
 
         core.controller.on_close.append(stop_on_close)
         process.on_assigned = assigned
         await core.controller.call("register_spare", args.spare_id)
     else:
-        _survive_head_restarts(core, process)
+        survive_head_restarts(core, process)
         await core.controller.call("register_replica", args.replica_id)
     await process.stopped.wait()
     if process.server is not None:
@@ -155,7 +155,7 @@ async def _serve(args: argparse.Namespace, session: Session, process: _Process) 
     core.close()
 
 
-def _survive_head_restarts(core: _core.Core, process: _Process) -> None:
+def survive_head_restarts(core: _core.Core, process: ReplicaProcess) -> None:
     """Keep serving when the head crashes, and rejoin the next one."""
     replica = process.replica
     assert replica is not None
@@ -170,12 +170,12 @@ def _survive_head_restarts(core: _core.Core, process: _Process) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     session = Session.open(Path(args.session))
-    _add_sys_path(os.environ.get("SCHOONER_SYS_PATH", "").split(os.pathsep))
-    _enter_working_dir(os.environ.get("SCHOONER_CWD"))
+    add_sys_path(os.environ.get("SCHOONER_SYS_PATH", "").split(os.pathsep))
+    enter_working_dir(os.environ.get("SCHOONER_CWD"))
     if not args.spare_id:
-        _setup_logging(session, args.replica_id, args.app, args.deployment)
+        setup_replica_logging(session, args.replica_id, args.app, args.deployment)
     loop = new_event_loop()
-    process = _Process(session)
+    process = ReplicaProcess(session)
     try:
         loop.run_until_complete(_serve(args, session, process))
     finally:

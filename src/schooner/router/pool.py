@@ -1,10 +1,35 @@
-"""One persistent connection per (this process, replica address)."""
+"""One persistent connection per (this process, replica address).
+
+Addresses are Unix socket paths or ``tcp://HOST:PORT``; TCP connections use the
+process-wide default secret (:func:`schooner.rpc.transport.set_default_secret`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 
-from schooner.rpc.connection import Connection, connect_unix
+from schooner.rpc.connection import Connection
+from schooner.rpc.messages import ReplicaInfo
+from schooner.rpc.transport import connect
+
+#: The Ray node this process runs on (Ray backend; empty on the embedded runtime). A replica
+#: on the same node is dialled on its Unix socket instead of TCP.
+_local_node_id = os.environ.get("SCHOONER_NODE_ID", "")
+
+
+def set_local_node_id(node_id: str) -> None:
+    global _local_node_id
+    _local_node_id = node_id
+
+
+def dial(replica: ReplicaInfo) -> ReplicaInfo:
+    """``replica`` with the address this process should dial: its Unix socket when it runs
+    on this node, else the address it was published with (TCP across nodes)."""
+    if replica.local_address and replica.node_id and replica.node_id == _local_node_id:
+        return dataclasses.replace(replica, address=replica.local_address)
+    return replica
 
 
 class ConnectionPool:
@@ -30,7 +55,7 @@ class ConnectionPool:
         return await asyncio.shield(pending)
 
     async def _open(self, address: str) -> Connection:
-        conn = await connect_unix(address)
+        conn = await connect(address)
         self._conns[address] = conn
         conn.on_close.append(lambda c: self._forget(address, c))
         return conn

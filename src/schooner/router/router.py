@@ -26,7 +26,7 @@ from schooner.exceptions import (
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
-from schooner.router.pool import ConnectionPool
+from schooner.router.pool import ConnectionPool, dial
 from schooner.rpc.connection import ConnectionLost
 from schooner.rpc.messages import DeploymentID, ReplicaInfo, ReplicaSet
 
@@ -69,7 +69,7 @@ class Router:
             return
         self._deleted = False
         self._known.set()
-        self._replicas = list(replica_set.replicas)
+        self._replicas = [dial(r) for r in replica_set.replicas]
         self._unavailable = replica_set.unavailable
         if self._unavailable and not self._replicas:
             while self._waiters:

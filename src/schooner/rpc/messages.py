@@ -31,8 +31,12 @@ class ReplicaInfo:
     """A running replica as routers see it."""
 
     replica_id: str
-    address: str  # Unix socket path (embedded runtime) or host:port
+    address: str  # Unix socket path (embedded runtime) or tcp://host:port (Ray backend)
     deployment: DeploymentID
+    #: Ray backend: the node the replica runs on, and its Unix socket there (callers on the
+    #: same node use it instead of TCP). Empty on the embedded runtime.
+    node_id: str = ""
+    local_address: str = ""
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,7 @@ def launch_head(
     probe_port: int | None = None,
     checkpoint_path: str | None = None,
     env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> PendingHead:
     """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`).
 
@@ -182,6 +183,7 @@ def launch_head(
         head_args += ["--num-gpus", str(num_gpus)]
     if checkpoint_path is not None:
         head_args += ["--checkpoint-path", checkpoint_path]
+    head_args += extra_args or []
     args = [sys.executable, "-m", "schooner.runtime.supervisor", "--ready-fd", str(ready_w)]
     pass_fds = [ready_w]
     if lifeline is not None:

@@ -73,6 +73,10 @@ class Allocation:
 
     request: dict[str, float]
     gpus: list[tuple[int, float]] = field(default_factory=list)
+    #: Ray backend: the node chosen for the replica (None: Ray chooses, in a placement
+    #: group), and the deployment it counts for (``max_replicas_per_node``).
+    node_id: str | None = None
+    group: str = ""
 
 
 class ResourcePool:

@@ -103,6 +103,7 @@ def _head_settings(head_args: list[str]) -> argparse.Namespace:
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=-1)
     parser.add_argument("--probe-port", type=int, default=-1)
+    parser.add_argument("--ray-address", default=None)
     settings, _ = parser.parse_known_args(head_args)
     return settings
 
@@ -127,20 +128,24 @@ class Supervisor:
         s = self.settings
         args: list[str] = []
         if s.proxy_location != "Disabled":
-            args += ["--http-fd", self._bind(s.http_host, s.http_port, "HTTP", 2048)]
+            # On Ray, proxies of other nodes on this machine may share the port.
+            reuse = s.ray_address is not None
+            args += ["--http-fd", self._bind(s.http_host, s.http_port, "HTTP", 2048, reuse)]
         if s.admin_port >= 0:
             args += ["--admin-fd", self._bind(s.admin_host, s.admin_port, "the admin API", 128)]
         if s.probe_port >= 0:
             args += ["--probe-fd", self._bind(s.admin_host, s.probe_port, "health probes", 128)]
         return args
 
-    def _bind(self, host: str, port: int, what: str, backlog: int) -> str:
+    def _bind(self, host: str, port: int, what: str, backlog: int, reuse_port: bool = False) -> str:
         flag = {
             "HTTP": "--http-port (schooner start), --port (schooner run) or http_options.port",
             "the admin API": "--admin-port",
             "health probes": "--probe-port",
         }[what]
-        sock = bind_listening(host, port, what=what, flag=flag, backlog=backlog)
+        sock = bind_listening(
+            host, port, what=what, flag=flag, backlog=backlog, reuse_port=reuse_port
+        )
         self.sockets.append(sock)
         return str(sock.fileno())
 

@@ -1,0 +1,236 @@
+"""The controller's side of the Ray backend: replica actors, placement, proxies per node.
+
+:class:`RayBackend` is what :class:`schooner.controller.controller.Controller`
+calls instead of the local launcher and resource pool when the instance runs
+on a Ray cluster (see :class:`schooner.runtime.backend.ClusterBackend`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import (
+    NodeAffinitySchedulingStrategy,
+    PlacementGroupSchedulingStrategy,
+)
+
+from schooner.rpc.messages import DeploymentID
+from schooner.runtime.ray_backend.names import NAMESPACE, replica_actor_name
+from schooner.runtime.ray_backend.placement import ClusterPlacement, Node
+from schooner.runtime.ray_backend.proxies import ProxyFleet
+from schooner.runtime.ray_backend.replica_actor import ReplicaActor, ReplicaLaunch
+from schooner.runtime.resources import Allocation
+
+logger = logging.getLogger("schooner.controller")
+
+#: runtime_env fields handed to Ray as they are (Schooner resolves working_dir, py_modules,
+#: env_vars and pip itself, for the embedded runtime and this one alike).
+_RAY_RUNTIME_ENV_FIELDS = ("conda", "uv", "container", "image_uri", "pip")
+#: Methods Ray calls on a replica actor at once (``wait_stopped`` blocks one of them).
+_ACTOR_CONCURRENCY = 4
+
+_RemoteReplica = ray.remote(ReplicaActor)
+
+
+def list_nodes() -> list[Node]:
+    """The alive nodes of the cluster and their total resources."""
+    nodes = []
+    for entry in ray.nodes():
+        if not entry.get("Alive"):
+            continue
+        total = {k: float(v) for k, v in entry.get("Resources", {}).items()}
+        nodes.append(
+            Node(
+                node_id=entry["NodeID"],
+                ip=entry.get("NodeManagerAddress", ""),
+                total={k: v for k, v in total.items() if not k.startswith("node:")},
+                is_head="node:__internal_head__" in total,
+            )
+        )
+    return nodes
+
+
+class RayReplica:
+    """A replica actor as the controller sees a process (``poll``, ``terminate``, ``kill``)."""
+
+    def __init__(
+        self, actor: Any, name: str, group: PlacementGroup | None = None, pid: int = 0
+    ) -> None:
+        self.actor = actor
+        self.name = name
+        self.group = group
+        self._pid = pid
+        self._stopped = actor.wait_stopped.remote()
+        self._code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    def poll(self) -> int | None:
+        if self._code is None:
+            ready, _ = ray.wait([self._stopped], timeout=0)
+            if ready:
+                try:
+                    ray.get(ready[0])
+                    self._code = 0
+                except Exception:  # the actor died (RayActorError): its node, a kill, ...
+                    self._code = -1
+                self._release()
+        return self._code
+
+    def terminate(self) -> None:
+        with contextlib.suppress(Exception):
+            self.actor.stop.remote()
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            ray.kill(self.actor, no_restart=True)
+
+    def _release(self) -> None:
+        self.kill()  # its process exits, its resources return to Ray
+        if self.group is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self.group)
+            self.group = None
+
+
+class RayBackend:
+    """Replica actors and proxies of one Schooner instance on the connected Ray cluster."""
+
+    def __init__(
+        self,
+        instance: str,
+        controller_address: str,
+        secret: bytes,
+        proxies: ProxyFleet | None = None,
+    ) -> None:
+        self.instance = instance
+        self.controller_address = controller_address
+        self.secret = secret
+        self.placement = ClusterPlacement(list_nodes, time.monotonic)
+        self.proxies = proxies
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    # -- placement ---------------------------------------------------------------
+    def place(self, dep: DeploymentID, config: Any) -> Allocation | str:
+        """An allocation for one more replica of ``dep``, or why there is none."""
+        request = config.required_resources()
+        if config.placement_group_bundles:
+            return Allocation(request=request, node_id=None, group=str(dep))
+        max_per_node = config.max_replicas_per_node
+        allocation = self.placement.allocate(request, str(dep), max_per_node)
+        if allocation is None:
+            return self.placement.why_not(request, str(dep), max_per_node)
+        return allocation
+
+    def release(self, allocation: Allocation) -> None:
+        self.placement.release(allocation)
+
+    def restore(self, allocation: Allocation) -> None:
+        self.placement.restore(allocation)
+
+    # -- replicas ----------------------------------------------------------------
+    def start_replica(
+        self,
+        replica_id: str,
+        dep: DeploymentID,
+        config: Any,
+        env: dict[str, str],
+        sys_path: list[str],
+        allocation: Allocation,
+    ) -> RayReplica:
+        name = replica_actor_name(dep.app_name, dep.name, replica_id)
+        options = self._actor_options(config, allocation)
+        group = None
+        if config.placement_group_bundles:
+            group = placement_group(
+                config.placement_group_bundles,
+                strategy=config.placement_group_strategy or "PACK",
+            )
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                group,
+                placement_group_bundle_index=0,
+                placement_group_capture_child_tasks=True,
+            )
+        launch = ReplicaLaunch(
+            instance=self.instance,
+            controller_address=self.controller_address,
+            secret=self.secret,
+            replica_id=replica_id,
+            app=dep.app_name,
+            deployment=dep.name,
+            env=env,
+            sys_path=sys_path,
+        )
+        actor = _RemoteReplica.options(name=name, **options).remote(launch)
+        return RayReplica(actor, name, group)
+
+    def _actor_options(self, config: Any, allocation: Allocation) -> dict[str, Any]:
+        opts = dict(config.ray_actor_options or {})
+        options: dict[str, Any] = {
+            "namespace": NAMESPACE,
+            "lifetime": "detached",
+            "max_restarts": 0,
+            "max_concurrency": _ACTOR_CONCURRENCY,
+            "num_cpus": 1.0 if opts.get("num_cpus") is None else float(opts["num_cpus"]),
+        }
+        for key in ("num_gpus", "memory", "resources", "accelerator_type"):
+            if opts.get(key) is not None:
+                options[key] = opts[key]
+        runtime_env = {
+            k: v for k, v in (opts.get("runtime_env") or {}).items() if k in _RAY_RUNTIME_ENV_FIELDS
+        }
+        if runtime_env:
+            options["runtime_env"] = runtime_env
+        if allocation.node_id is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                allocation.node_id, soft=False
+            )
+        return options
+
+    def adopt(self, dep: DeploymentID, replica_id: str, pid: int) -> RayReplica | None:
+        """The replica actor a previous head started, if it still exists."""
+        name = replica_actor_name(dep.app_name, dep.name, replica_id)
+        try:
+            actor = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return None
+        return RayReplica(actor, name, pid=pid)
+
+    def stop_strays(self, known: set[str]) -> None:
+        """Kill replica actors of this instance that no record owns (started by a crashed
+        head after its last checkpoint)."""
+        try:
+            from ray.util.state import list_actors
+
+            actors = list_actors(
+                filters=[("state", "=", "ALIVE"), ("ray_namespace", "=", NAMESPACE)],
+                raise_on_missing_output=False,
+            )
+        except Exception as exc:
+            logger.warning("could not list replica actors to stop strays: %r", exc)
+            return
+        for entry in actors:
+            name = getattr(entry, "name", "") or ""
+            if name.startswith("SERVE_REPLICA::") and name.rsplit("#", 1)[-1] not in known:
+                logger.warning("stopping replica actor %s that no record owns", name)
+                with contextlib.suppress(Exception):
+                    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+
+    # -- proxies -----------------------------------------------------------------
+    def tick(self) -> None:
+        if self.proxies is not None:
+            self.proxies.reconcile(self.placement.nodes())
+
+    def node_ips(self) -> dict[str, str]:
+        return {n.node_id: n.ip for n in self.placement.nodes()}
+
+    def stop_proxies(self) -> None:
+        if self.proxies is not None:
+            self.proxies.stop_all()
