@@ -29,13 +29,10 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import free_port, wait_for, wait_until_no_processes
-from ray_cluster import RAY_ENV, LocalRayCluster
+from helpers import free_port, wait_for
+from ray_cluster import RAY_ENV, LocalRayCluster, ray_connect, ray_disconnect_and_check
 
 import schooner as serve
-
-#: The Ray namespace of Schooner's actors (the controller, replicas, proxies).
-SCHOONER_NAMESPACE = "schooner"
 
 
 @pytest.fixture(scope="session")
@@ -54,37 +51,6 @@ def ray_cluster(tmp_root: Path) -> Iterator[LocalRayCluster]:
         finally:
             left = cluster.shutdown()
         assert not left, f"Ray processes left running after the cluster's shutdown: {left}"
-
-
-def schooner_actors() -> list[str]:
-    """Names of Schooner's live actors on the cluster this driver is connected to."""
-    import ray
-
-    return sorted(
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == SCHOONER_NAMESPACE
-    )
-
-
-def ray_connect(cluster: LocalRayCluster) -> None:
-    import ray
-
-    ray.init(address=cluster.address, log_to_driver=False)
-
-
-def ray_disconnect_and_check() -> None:
-    """``serve.shutdown()`` and ``ray.shutdown()``; fail if Schooner's actors or
-    processes outlive them."""
-    import ray
-
-    try:
-        serve.shutdown()
-        wait_for(lambda: not schooner_actors(), timeout_s=60, message="Schooner's actors to go")
-    finally:
-        ray.shutdown()
-    left = wait_until_no_processes(30.0)
-    assert not left, f"Schooner processes left on the Ray cluster: {left}"
 
 
 class Instance:

@@ -28,6 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from helpers import wait_for, wait_until_no_processes
+
+#: The Ray namespace of Schooner's actors (the controller, replicas, proxies).
+SCHOONER_NAMESPACE = "schooner"
+
 #: Command lines of Ray's processes: workers (``ray::IDLE``, ``ray::SERVE_REPLICA...``,
 #: ``ray::SCHOONER_CONTROLLER``), raylet, gcs_server, agents, log monitor, reaper.
 _RAY_CMDLINE = re.compile(r"^ray::|site-packages/ray/|(^|\s)-m ray\.")
@@ -228,3 +233,37 @@ class LocalRayCluster:
         self._cluster.shutdown()
         self.workers.clear()
         return wait_gone(pids, timeout_s)
+
+
+# -- a driver on the cluster ---------------------------------------------------------------
+def schooner_actors() -> list[str]:
+    """Names of Schooner's live actors on the cluster this driver is connected to."""
+    import ray
+
+    return sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == SCHOONER_NAMESPACE
+    )
+
+
+def ray_connect(cluster: LocalRayCluster) -> None:
+    import ray
+
+    ray.init(address=cluster.address, log_to_driver=False)
+
+
+def ray_disconnect_and_check() -> None:
+    """``serve.shutdown()`` and ``ray.shutdown()``; fail if Schooner's actors or
+    processes outlive them."""
+    import ray
+
+    import schooner as serve
+
+    try:
+        serve.shutdown()
+        wait_for(lambda: not schooner_actors(), timeout_s=60, message="Schooner's actors to go")
+    finally:
+        ray.shutdown()
+    left = wait_until_no_processes(30.0)
+    assert not left, f"Schooner processes left on the Ray cluster: {left}"
