@@ -290,6 +290,7 @@ def test_a_killed_replica_actor_is_replaced_and_http_keeps_answering(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # nodes start and die; each wait has its own deadline
 def test_node_death_moves_its_replicas_and_the_others_keep_serving(
     ray_clean: Any, ray_cluster: LocalRayCluster
 ) -> None:
@@ -319,6 +320,7 @@ def test_node_death_moves_its_replicas_and_the_others_keep_serving(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # nodes start and die; each wait has its own deadline
 def test_node_death_without_room_waits_with_a_reason_until_a_node_joins(
     ray_clean: Any, ray_cluster: LocalRayCluster
 ) -> None:
@@ -440,6 +442,7 @@ def test_a_connection_without_the_secret_is_closed_before_anything_is_unpickled(
 
 # -- instances of their own (the module's shared instance is stopped first) --------------
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # nodes start and die; each wait has its own deadline
 def test_every_node_proxies_follow_the_nodes(
     no_instance: None, ray_cluster: LocalRayCluster
 ) -> None:
@@ -500,6 +503,7 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # nodes start and die; each wait has its own deadline
 def test_the_instance_outlives_the_driver_that_created_it(
     no_instance: None, ray_cluster: LocalRayCluster, tmp_path: Path
 ) -> None:
