@@ -37,7 +37,9 @@ class ClusterBackend(Protocol):
         env: dict[str, str],
         sys_path: list[str],
         allocation: Allocation,
-    ) -> ProcessHandle: ...
+        ray_runtime_env: dict[str, Any],
+    ) -> ProcessHandle:
+        """Start one replica; ``ray_runtime_env``: runtime_env fields the cluster sets up."""
 
     def adopt(self, dep: DeploymentID, replica_id: str, pid: int) -> ProcessHandle | None:
         """The replica a previous head started, if it still runs."""
@@ -50,6 +52,9 @@ class ClusterBackend(Protocol):
 
     def node_ips(self) -> dict[str, str]:
         """The IP address of each alive node."""
+
+    def proxy_nodes(self) -> set[str]:
+        """The nodes where the backend runs a proxy (started or starting)."""
 
     def stop_proxies(self) -> None:
         """Stop the proxies the backend started on other nodes (at shutdown)."""
