@@ -604,7 +604,7 @@ def test_bind_of_a_port_in_use_raises_naming_the_option() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        sup = Supervisor(-1, ["--session", "/s", "--admin-port", str(port)])
+        sup = Supervisor(-1, ["--session", "/s", "--http-port", "0", "--admin-port", str(port)])
         try:
             with pytest.raises(RayServeException, match="--admin-port") as info:
                 sup.bind()

@@ -226,7 +226,9 @@ def test_running_replica_that_dies_is_replaced(tmp_path: Path) -> None:
         assert len(h.launcher.processes) == 3
         (new,) = h.ids(state=ReplicaState.STARTING)
         assert h.dep().consecutive_failures == 0  # a crash of a running replica is not one
-        assert h.dep().status == DeploymentStatus.UPSCALING
+        # As in Ray (the dead replica's health check fails): UNHEALTHY until replaced.
+        assert h.dep().status == DeploymentStatus.UNHEALTHY
+        assert "died unexpectedly" in h.dep().message
         assert [r.replica_id for r in h.replica_set().replicas] == [survivor]
         await h.ready(new)
         h.ctl.tick()

@@ -225,6 +225,11 @@ class Controller:
                 )
                 dep.record_startup_failure(error)
             elif replica.state != ReplicaState.STOPPING:
+                if replica.version == dep.version:  # as Ray: its health check would fail
+                    dep.unhealthy_reason = (
+                        f"Replica {replica.replica_id} died unexpectedly; the deployment is "
+                        "UNHEALTHY until its replacement is running."
+                    )
                 logger.warning(
                     "replica %s of %s died (exit code %s); replacing it",
                     replica.replica_id,

@@ -195,6 +195,8 @@ class DeploymentState:
                 self.status = DeploymentStatus.UNHEALTHY
                 self.status_trigger = DeploymentStatusTrigger.HEALTH_CHECK_FAILED
                 self.message = self.unhealthy_reason
+                if self.pending_reason:  # why the replacement cannot start yet
+                    self.message += " " + self.pending_reason
                 return
             self.unhealthy_reason = None
         if settled:
