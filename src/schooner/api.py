@@ -210,6 +210,8 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
     from schooner.router.pool import set_local_node_id
     from schooner.rpc.transport import set_default_secret
     from schooner.runtime.ray_backend import host
+    from schooner.runtime.ray_backend.names import InstanceAlive, host_exists
+    from schooner.runtime_env.spec import BACKEND_ENV
 
     if not ray.is_initialized():
         ray.init(address=os.environ["SCHOONER_RAY_ADDRESS"])
@@ -217,13 +219,15 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
     if info is None:
         return False
     set_default_secret(bytes.fromhex(info["secret"]))
+    os.environ[BACKEND_ENV] = "ray"  # runtime_envs may use Ray's own fields (conda, ...)
     node_id = host.driver_node_id()
     set_local_node_id(node_id)
-    same_node = node_id == info["node_id"] and os.path.exists(info["controller_socket"])
-    address = info["controller_socket"] if same_node else info["controller_address"]
+    # Always TCP: its port outlives the head and the host actor, where the Unix socket of a
+    # restarted host actor's new session would not.
+    address = info["controller_address"]
     core = _core.Core.start_background(Session.open(Path(info["session"])), address)
     core.loop.call_soon_threadsafe(
-        functools.partial(core.keep_connected, alive=lambda: host.find_host() is not None)
+        functools.partial(core.keep_connected, alive=InstanceAlive(host_exists))
     )
     _core.set_core(core)
     _attached = info
@@ -238,6 +242,8 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
 
 def _ray_start_options(options: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """What the instance on the cluster is started with (serve.start's options)."""
+    from schooner.rpc.transport import tls_environment
+
     http = options.http
     admin_port = int(os.environ.get("SCHOONER_ADMIN_PORT", "8265"))
     return {
@@ -248,7 +254,7 @@ def _ray_start_options(options: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         "http_options": http.model_dump(mode="json", exclude={"location"}),
         "admin_port": admin_port if admin_port >= 0 else None,
         "checkpoint_path": kwargs.get("checkpoint_path"),
-        "env": options.head_env(),
+        "env": {**options.head_env(), **tls_environment()},
     }
 
 

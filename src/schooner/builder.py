@@ -109,7 +109,9 @@ def attach_process_envs(
             where = f"deployment '{dep.name}' ray_actor_options.runtime_env"
             merged = merge_runtime_envs(app_env, validate_runtime_env(own, where))
             env = resolve_runtime_env(merged, cache_dir, base_dir=base_dir)
-        dep.process_env = ProcessEnv(env.cwd, tuple(env.sys_path), dict(env.env_vars))
+        dep.process_env = ProcessEnv(
+            env.cwd, tuple(env.sys_path), dict(env.env_vars), dict(env.ray_fields)
+        )
 
 
 def run_build(request: BuildRequest) -> BuildResult:

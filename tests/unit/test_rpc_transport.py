@@ -493,3 +493,51 @@ def test_pool_connects_to_tcp_and_unix_addresses(run: Run, tmp_path: Path) -> No
         await stop(server)
 
     run(body)
+
+
+# -- TLS from the environment (SCHOONER_RPC_TLS_*) ------------------------------------------
+@pytest.fixture
+def tls_env(certs: Certs, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHOONER_RPC_TLS_CERTFILE", str(certs.cert))
+    monkeypatch.setenv("SCHOONER_RPC_TLS_KEYFILE", str(certs.key))
+    monkeypatch.setenv("SCHOONER_RPC_TLS_CA_CERTS", str(certs.ca))
+    monkeypatch.setattr(transport, "_tls_contexts", {})
+
+
+def test_tls_from_the_environment_wraps_every_tcp_connection(run: Run, tls_env: None) -> None:
+    async def body() -> None:
+        server = await serve_tcp("127.0.0.1", 0, Factory(), secret=SECRET)
+        port = server.sockets[0].getsockname()[1]
+        conn = await connect(f"tcp://127.0.0.1:{port}", secret=SECRET)
+        assert await conn.call("add", 2, 3) == 5
+        assert conn._transport is not None
+        assert conn._transport.get_extra_info("ssl_object") is not None  # TLS, not plain TCP
+        conn.close()
+        server.close()
+
+    run(body)
+    assert transport.tls_environment() == {
+        k: os.environ[k] for k in transport.TLS_ENV_VARS
+    }  # what the head hands to replicas and proxies
+
+
+def test_a_plain_tcp_client_cannot_talk_to_a_tls_server(
+    run: Run, tls_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body() -> None:
+        server = await serve_tcp("127.0.0.1", 0, Factory(), secret=SECRET)
+        port = server.sockets[0].getsockname()[1]
+        monkeypatch.setattr(transport, "_tls_contexts", {False: None})  # this client: no TLS
+        with pytest.raises((HandshakeError, OSError)):
+            await connect(f"tcp://127.0.0.1:{port}", secret=SECRET)
+        server.close()
+
+    run(body)
+
+
+def test_tls_needs_both_the_certificate_and_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCHOONER_RPC_TLS_CERTFILE", "/some/cert.pem")
+    monkeypatch.delenv("SCHOONER_RPC_TLS_KEYFILE", raising=False)
+    monkeypatch.setattr(transport, "_tls_contexts", {})
+    with pytest.raises(ValueError, match="SCHOONER_RPC_TLS_KEYFILE"):
+        transport.default_tls(server=True)

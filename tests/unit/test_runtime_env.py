@@ -512,3 +512,15 @@ def test_concurrent_resolvers_install_once(tmp_path: Path, logged_python: tuple[
     assert isinstance(results[0], ResolvedRuntimeEnv)
     done = run_python("import schooner_rt_concurrent as m; print(m.X)", results[0].sys_path)
     assert done.stdout.strip() == "7", done.stderr
+
+
+def test_on_a_ray_cluster_rays_own_fields_go_to_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"conda": {"dependencies": ["numpy"]}, "env_vars": {"A": "1"}}
+    with pytest.raises(RuntimeEnvSetupError, match="does not support the runtime_env field"):
+        validate_runtime_env(env)
+    monkeypatch.setenv("SCHOONER_BACKEND", "ray")
+    resolved = resolve_runtime_env(env, tmp_path)
+    assert resolved.ray_fields == {"conda": {"dependencies": ["numpy"]}}
+    assert resolved.env_vars == {"A": "1"}

@@ -22,6 +22,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     from schooner.cli.main import parse_resources
     from schooner.runtime.head_launch import launch_head
 
+    if args.ray_address:
+        return _start_on_ray(args)
+
     address = f"http://{args.admin_host}:{args.admin_port}"
     try:
         info = AdminClient(address, timeout_s=2.0).instance()
@@ -68,6 +71,66 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
     if args.block:
         return _block(head.process)
+    return 0
+
+
+def _start_on_ray(args: argparse.Namespace) -> int:
+    """``schooner start --ray-address``: the instance runs on the Ray cluster (in a detached
+    actor on its head node) and outlives this command."""
+    import ray
+
+    from schooner.rpc.transport import tls_environment
+    from schooner.runtime.ray_backend import host
+
+    ray.init(address=args.ray_address, logging_level="WARNING", log_to_driver=False)
+    existing = host.find_host() is not None
+    info = host.attach(
+        {
+            "http_host": args.http_host,
+            "http_port": args.http_port,
+            "http_options": _tls_options(args),
+            "admin_host": args.admin_host,
+            "admin_port": args.admin_port,
+            "proxy_location": args.proxy_location,
+            "checkpoint_path": args.checkpoint_path,
+            "env": tls_environment(),
+        },
+        create=True,
+    )
+    assert info is not None
+    admin = info["admin_url"]
+    hint = "" if admin == "http://127.0.0.1:8265" else f" -a {admin}"
+    print(
+        f"{'Using the' if existing else 'Started a'} Schooner instance on the Ray cluster at "
+        f"{args.ray_address}.\n"
+        f"  HTTP:      {info['http_scheme']}://{info['http_host']}:{info['http_port']}\n"
+        f"  Admin API: {admin}\n"
+        f"  Logs:      {info['session']}/logs (on the Ray head node)\n"
+        f"Deploy with `schooner deploy{hint} CONFIG.yaml`; stop it with "
+        f"`schooner shutdown{hint}`.",
+        flush=True,
+    )
+    if args.block:
+        return _block_on_ray(host)
+    return 0
+
+
+def _block_on_ray(host: Any) -> int:
+    """``--block`` on Ray: until the instance is gone; SIGTERM or Ctrl-C shuts it down."""
+    stop = {"asked": False}
+
+    def ask(_signum: int, _frame: object) -> None:
+        stop["asked"] = True
+
+    signal.signal(signal.SIGTERM, ask)
+    signal.signal(signal.SIGINT, ask)
+    while host.find_host() is not None and not stop["asked"]:
+        time.sleep(0.5)
+    if stop["asked"]:
+        import schooner as serve
+
+        serve.shutdown()
+    print("The Schooner instance stopped.", flush=True)
     return 0
 
 

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,6 +30,16 @@ def parse_resources(text: str | None) -> dict[str, float] | None:
             "e.g. '{\"TPU\": 4}'."
         )
     return {str(k): float(v) for k, v in value.items()}
+
+
+def _add_ray_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray-address",
+        default=os.environ.get("SCHOONER_RAY_ADDRESS") or None,
+        metavar="ADDRESS",
+        help="run on this Ray cluster (HOST:PORT of its GCS, or 'auto'; default "
+        "$SCHOONER_RAY_ADDRESS): replicas become Ray actors (needs `pip install schooner[ray]`)",
+    )
 
 
 def _add_address(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_address(p)
     _add_resources(p)
+    _add_ray_address(p)
     p.set_defaults(handler="schooner.cli.run:cmd_run")
 
     p = sub.add_parser(
@@ -148,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ssl-ca-certs", default=None, help="CA certificates to load (PEM), as uvicorn's"
     )
     _add_resources(p)
+    _add_ray_address(p)
     p.set_defaults(handler="schooner.cli.instance:cmd_start")
 
     p = sub.add_parser("shutdown", help="Stop a running instance and everything it started.")

@@ -37,9 +37,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from_config = is_config_file(args.target)
     declarative = from_config or args.reload
-    instance = find_instance(args.address, detached_only=True)
+    if args.ray_address:  # serve.start() below uses (or starts) the instance on the cluster
+        os.environ["SCHOONER_RAY_ADDRESS"] = args.ray_address
+    instance = None if args.ray_address else find_instance(args.address, detached_only=True)
     pending = None
-    if instance is None and not declarative:
+    if instance is None and not declarative and not args.ray_address:
         # Boot the instance first: it starts while this process imports the application.
         pending = _launch(args, None)
     from schooner import api
@@ -54,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         api._attach(instance)
         if from_config and document is not None:
             _warn_unapplied_http_options(document)
-    elif pending is None:
+    elif pending is None and not args.ray_address:
         api._pending_head = _launch(args, document if from_config else None)
     stop = threading.Event()
     lost = threading.Event()  # the instance went away under us

@@ -29,17 +29,18 @@ import secrets
 import string
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
 from schooner.controller.ranks import Rank, deliver_rank, sync_ranks
+from schooner.controller.snapshots import replica_set, route_table
+from schooner.controller.spares import Spare, Spares
 from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
 from schooner.exceptions import ServeConfigError
 from schooner.router.router import DELETED
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
-from schooner.rpc.messages import AppSpec, ReplicaInfo, ReplicaSet, Route
+from schooner.rpc.messages import AppSpec
 from schooner.runtime.launcher import (
     AdoptedProcess,
     Launcher,
@@ -72,21 +73,6 @@ STOP_GRACE_S = 5.0
 REJOIN_TIMEOUT_S = 10.0
 _REPLICA_MODULE = "schooner.replica.main"
 _ID_ALPHABET = string.ascii_lowercase + string.digits
-
-
-#: An unused spare replica process exits after this long (it only speeds up cold starts).
-SPARE_IDLE_S = 30.0
-
-
-@dataclass
-class _Spare:
-    """A replica process started ahead of need, waiting to be assigned an identity."""
-
-    spare_id: str
-    process: ProcessHandle
-    launched_at: float
-    conn: Connection | None = None
-    registered: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _rollout_batch(target: int, fraction: float) -> int:
@@ -134,9 +120,13 @@ class Controller:
         #: IP address of each node with a proxy (a Ray cluster's nodes; default NODE_IP).
         self.node_ips: dict[str, str] = {}
         self.node_id = backend.node_id if backend else "node-" + secrets.token_hex(8)
-        self._spare: _Spare | None = None
+        self.spares = Spares(
+            launcher,
+            lambda identity: self._replica_process_spec(identity, {}),
+            clock,
+            _new_replica_id,
+        )
         self.health = HealthChecks(self)
-        self._adopting: dict[str, _Spare] = {}
         #: Called after every reconcile tick (the checkpointer watches for changes).
         self.after_tick: list[Callable[[], None]] = []
         #: After a recovery: when to stop replica processes of this session nobody adopted.
@@ -163,7 +153,7 @@ class Controller:
         self._wake.set()
 
     def tick(self) -> None:
-        self._check_spare()
+        self.spares.check(self._shutting_down)
         if self.backend is not None:
             try:
                 self.backend.tick()
@@ -207,10 +197,22 @@ class Controller:
             dep.ranks.release(replica.replica_id)
             self._replica_index.pop(replica.replica_id, None)
             self._release(replica.allocation)
-            if replica.state == ReplicaState.STARTING:
-                error = replica.error or (
-                    f"The replica process exited with code {code} before it was ready. "
-                    f"See its log: {replica.log_file}"
+            if replica.state == ReplicaState.STARTING and getattr(
+                replica.process, "node_lost", False
+            ):
+                logger.warning(  # the cluster's failure, not the code's: not counted
+                    "replica %s of %s was lost with its node before it was ready; replacing it",
+                    replica.replica_id,
+                    dep.id,
+                )
+            elif replica.state == ReplicaState.STARTING:
+                error = (
+                    replica.error
+                    or getattr(replica.process, "exit_reason", None)
+                    or (
+                        f"The replica process exited with code {code} before it was ready. "
+                        f"See its log: {replica.log_file}"
+                    )
                 )
                 logger.warning(
                     "replica %s of %s failed to start: %s", replica.replica_id, dep.id, error
@@ -310,16 +312,8 @@ class Controller:
     # ------------------------------------------------------------------ spare
     def launch_spare(self) -> None:
         """Start a replica process ahead of need (the next replica adopts it)."""
-        if self._spare is not None or self._shutting_down or self.backend is not None:
-            return
-        spare_id = _new_replica_id()
-        spec = self._replica_process_spec(["--spare-id", spare_id], {})
-        try:
-            process = self.launcher.launch(spec)
-        except OSError as exc:
-            logger.warning("could not start a spare replica process: %s", exc)
-            return
-        self._spare = _Spare(spare_id, process, self.clock())
+        if not self._shutting_down and self.backend is None:
+            self.spares.launch()
 
     def _replica_process_spec(self, identity: list[str], env: dict[str, str]) -> ProcessSpec:
         """``python -m schooner.replica.main`` for this session, tied to the head's lifeline."""
@@ -337,48 +331,19 @@ class Controller:
         )
 
     def spare_registered(self, spare_id: str, conn: Connection) -> None:
-        spare = self._spare or self._adopting.get(spare_id)
-        if spare is not None and spare.spare_id == spare_id:
-            spare.conn = conn
-            spare.registered.set()
-        else:
-            conn.notify("shutdown")
-
-    def _check_spare(self) -> None:
-        spare = self._spare
-        if spare is None:
-            return
-        if spare.process.poll() is not None:
-            self._spare = None
-        elif self._shutting_down or self.clock() - spare.launched_at > SPARE_IDLE_S:
-            spare.process.terminate()
-            self._spare = None
-
-    def _take_spare(self) -> _Spare | None:
-        """The spare, if any; one still starting is taken too (it is ahead of a new process)."""
-        spare = self._spare
-        if spare is None or spare.process.poll() is not None:
-            return None
-        self._spare = None
-        self._adopting[spare.spare_id] = spare
-        return spare
+        self.spares.registered(spare_id, conn)
 
     async def _adopt_spare(
         self,
         dep: DeploymentState,
         replica: ReplicaRecord,
-        spare: _Spare,
+        spare: Spare,
         env: dict[str, str],
         sys_path: list[str],
     ) -> None:
-        try:
-            await asyncio.wait_for(spare.registered.wait(), STARTUP_TIMEOUT_S)
-        except TimeoutError:
+        conn = await self.spares.connection(spare, STARTUP_TIMEOUT_S)
+        if conn is None:
             return  # the startup deadline replaces it; a spare that died is reaped
-        finally:
-            self._adopting.pop(spare.spare_id, None)
-        conn = spare.conn
-        assert conn is not None
         try:
             await conn.call(
                 "assign", replica.replica_id, dep.id.app_name, dep.id.name, env, sys_path
@@ -420,7 +385,7 @@ class Controller:
         # Always set: a replica without a GPU must not see the node's GPUs (as in Ray).
         env["CUDA_VISIBLE_DEVICES"] = self.resources.cuda_visible_devices(allocation)
         # A spare process was started without the runtime_env's variables: only plain ones.
-        spare = self._take_spare() if not process_env.env_vars else None
+        spare = self.spares.take() if not process_env.env_vars else None
         if spare is not None:
             replica = self._record_replica(dep, replica_id, spare.process, allocation)
             logger.info(
@@ -456,7 +421,9 @@ class Controller:
         if process_env.cwd is not None:
             env["SCHOONER_CWD"] = process_env.cwd
         try:
-            process = backend.start_replica(replica_id, dep.id, config, env, sys_path, allocation)
+            process = backend.start_replica(
+                replica_id, dep.id, config, env, sys_path, allocation, process_env.ray_fields
+            )
         except Exception as exc:
             backend.release(allocation)
             dep.record_startup_failure(f"Could not start a replica actor: {exc!r}")
@@ -597,7 +564,7 @@ class Controller:
         if self.backend is not None:
             self.backend.stop_strays(set(self._replica_index))
             return
-        known = set(self.all_pids()) | {s.process.pid for s in self._adopting.values()}
+        known = set(self.all_pids()) | self.spares.adopting_pids()
         for pid in session_processes(str(self.session.root), _REPLICA_MODULE):
             if pid not in known:
                 logger.warning("stopping replica process %d that no record owns", pid)
@@ -605,42 +572,10 @@ class Controller:
 
     # --------------------------------------------------------------- publish
     def publish(self) -> None:
-        routes: dict[str, Route] = {}
         for app in self.apps.values():
-            ingress = app.deployments.get(app.spec.ingress)
-            if app.spec.route_prefix is not None and not app.deleting and ingress is not None:
-                routes[app.spec.route_prefix] = Route(app.spec.route_prefix, app.name, ingress.id)
             for dep in app.deployments.values():
-                replicas = tuple(
-                    ReplicaInfo(
-                        r.replica_id,
-                        r.address,
-                        dep.id,
-                        r.placement.get("node_id", ""),
-                        r.placement.get("local_address", ""),
-                    )
-                    for r in sorted(dep.serving(), key=lambda r: r.replica_id)
-                )
-                unavailable = ""
-                if dep.failed and not replicas:
-                    unavailable = (
-                        f"Deployment '{dep.id.name}' of application '{app.name}' has no "
-                        "running replicas: it failed to deploy (see `serve.status()`)."
-                    )
-                config = dep.spec.config
-                backpressure = config.backpressure_config
-                self.long_poll.publish(
-                    dep.id.key,
-                    ReplicaSet(
-                        replicas,
-                        int(config.max_ongoing_requests),
-                        int(config.max_queued_requests),
-                        unavailable,
-                        int(backpressure.status_code),
-                        backpressure.retry_after_s,
-                    ),
-                )
-        self.long_poll.publish("routes", routes)
+                self.long_poll.publish(dep.id.key, replica_set(app.name, dep))
+        self.long_poll.publish("routes", route_table(self.apps.values()))
 
     # ------------------------------------------------------------ replica RPCs
     def replica_registered(
@@ -846,8 +781,7 @@ class Controller:
         self.wake()
 
     def all_pids(self) -> list[int]:
-        spare = [self._spare.process.pid] if self._spare is not None else []
-        return spare + [
+        return self.spares.pids() + [
             r.pid
             for app in self.apps.values()
             for dep in app.deployments.values()
@@ -865,8 +799,7 @@ class Controller:
         ]
 
     def kill_all(self) -> None:
-        if self._spare is not None:
-            self._spare.process.kill()
+        self.spares.kill()
         for app in self.apps.values():
             for dep in app.deployments.values():
                 for replica in dep.replicas.values():

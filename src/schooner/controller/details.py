@@ -41,7 +41,7 @@ def instance_details(
     return {
         "controller_info": {
             "node_id": node,
-            "node_ip": NODE_IP,
+            "node_ip": controller.node_ips.get(node, NODE_IP),
             "actor_name": CONTROLLER_ACTOR_NAME,
             "worker_id": str(controller_pid),
             "log_file_path": str(logs / "controller.log"),

@@ -92,6 +92,10 @@ class Head:
         }
         if ssl_keyfile_password:  # comes in the environment, not on the command line
             self.http_options["ssl_keyfile_password"] = ssl_keyfile_password
+        if args.ray_address:  # the builder of config apps checks runtime_envs for Ray
+            from schooner.runtime_env.spec import BACKEND_ENV
+
+            os.environ[BACKEND_ENV] = "ray"
         self.cluster = cluster_backend(args, self._proxy_options()) if args.ray_address else None
         self.launcher = SubprocessLauncher()  # after the cluster: it sets SCHOONER_NODE_ID
         self.controller = Controller(
@@ -168,7 +172,7 @@ class Head:
     def adopt_proxy(self, pid: int | None) -> None:
         """Keep the proxy a previous head started (it reconnects by itself); stop others."""
         root = str(self.session.root)
-        if pid is not None and self.serves_http and is_session_process(pid, _PROXY_MODULE, root):
+        if pid is not None and self.local_proxy and is_session_process(pid, _PROXY_MODULE, root):
             self.proxy = AdoptedProcess(pid)
             self._proxy_started()
             self.controller.proxy_status[self.controller.node_id] = "HEALTHY"
@@ -249,6 +253,12 @@ class Head:
                 logger.warning("proxy exited with code %s; restarting it", self.proxy.poll())
                 self.controller.proxy_status[self.controller.node_id] = "UNHEALTHY"
                 self.start_proxy()
+
+    @property
+    def local_proxy(self) -> bool:
+        """Whether the head runs the proxy as its child (on a Ray cluster, proxy actors on
+        the nodes serve HTTP instead)."""
+        return self.serves_http and self.cluster is None
 
     @property
     def serves_http(self) -> bool:
@@ -555,12 +565,16 @@ async def _run(
         head.fast_stop = head.fast_stop or fast
         head.stop_requested.set()
 
-    if args.lifeline_fd >= 0:
+    if args.lifeline_fd >= 0 and head.cluster is not None:
+        # The host actor died: Ray starts another, whose head re-adopts the replica actors
+        # (they stop by themselves if the instance is removed instead).
+        watch_parent(args.lifeline_fd, lambda: os._exit(1))
+    elif args.lifeline_fd >= 0:
         watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(request_stop, True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, False)
     try:
-        if head.serves_http:
+        if head.local_proxy:
             head.check_tls()
             head.take_http_socket()
         recovered = head.recover(head.open_checkpoints())
@@ -582,11 +596,11 @@ async def _run(
     head.controller.launch_spare()  # warms up while the driver imports and deploys
     reconcile = loop.create_task(head.controller.run())
     watcher = None
-    if head.serves_http:
+    if head.local_proxy:
         if head.proxy is None:
             head.start_proxy()  # serve.run waits for it together with the application
         watcher = loop.create_task(head.watch_proxy())
-    else:
+    elif not head.serves_http:
         head.controller.proxy_ready.set()
     (session.root / "address").write_text(json.dumps(head.instance_info()))
     report(args.ready_fd, f"READY {args.http_port} {head.admin_url or '-'}")

@@ -155,15 +155,18 @@ async def _serve(args: argparse.Namespace, session: Session, process: ReplicaPro
     core.close()
 
 
-def survive_head_restarts(core: _core.Core, process: ReplicaProcess) -> None:
-    """Keep serving when the head crashes, and rejoin the next one."""
+def survive_head_restarts(
+    core: _core.Core, process: ReplicaProcess, alive: Callable[[], bool] | None = None
+) -> None:
+    """Keep serving when the head crashes, and rejoin the next one (while ``alive()``,
+    by default while the head's socket comes back)."""
     replica = process.replica
     assert replica is not None
 
     async def rejoin(conn: Connection) -> None:
         await conn.call("rejoin_replica", replica.replica_id, replica.initialized)
 
-    core.keep_connected(handler=replica, on_reconnect=rejoin)
+    core.keep_connected(handler=replica, on_reconnect=rejoin, alive=alive)
     core.on_lost(process.stopped.set)
 
 

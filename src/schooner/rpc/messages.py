@@ -83,6 +83,8 @@ class ProcessEnv:
     cwd: str | None = None
     sys_path: tuple[str, ...] = ()  # put first on sys.path, in order
     env_vars: dict[str, str] = field(default_factory=dict)
+    #: On a Ray cluster: runtime_env fields Ray sets up itself (conda, uv, container, ...).
+    ray_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_default(self) -> bool:

@@ -12,6 +12,13 @@ An address is a Unix socket path (it starts with ``/``) or ``tcp://HOST:PORT``
   handshake then runs inside it). TCP_NODELAY is on (asyncio and uvloop both
   set it on every TCP transport; the tests check it).
 
+TLS for every TCP connection of an instance is one setting away: with
+``SCHOONER_RPC_TLS_CERTFILE`` and ``SCHOONER_RPC_TLS_KEYFILE`` (PEM) in the
+environment, servers present that certificate and clients require TLS, checking
+the server's certificate against ``SCHOONER_RPC_TLS_CA_CERTS`` (default: the
+certificate itself, for a self-signed one shared by the cluster). Host names are
+not checked (peers are addressed by IP); the certificate chain is.
+
 Code that only has an address string connects with the process-wide default
 secret: :func:`set_default_secret`, or else the ``SCHOONER_SECRET`` environment
 variable (hex), read once, on first use. That variable holds the key to every
@@ -44,8 +51,44 @@ TCP_SCHEME = "tcp://"
 #: The environment variable that may hold the default secret, hex-encoded. Never log it.
 SECRET_ENV_VAR = "SCHOONER_SECRET"
 
+#: TLS for TCP connections, from the environment (see the module docstring).
+TLS_ENV_VARS = (
+    "SCHOONER_RPC_TLS_CERTFILE",
+    "SCHOONER_RPC_TLS_KEYFILE",
+    "SCHOONER_RPC_TLS_CA_CERTS",
+)
+
 _default_secret: bytes | None = None
 _default_secret_loaded = False
+_tls_contexts: dict[bool, ssl_module.SSLContext | None] = {}
+
+
+def default_tls(server: bool) -> ssl_module.SSLContext | None:
+    """The TLS context TCP connections use when given none: from ``SCHOONER_RPC_TLS_*``
+    (read once), or None (plain TCP, still authenticated by the handshake)."""
+    if server not in _tls_contexts:
+        certfile = os.environ.get(TLS_ENV_VARS[0])
+        keyfile = os.environ.get(TLS_ENV_VARS[1])
+        context = None
+        if certfile or keyfile:
+            if not (certfile and keyfile):
+                raise ValueError(
+                    f"TLS for RPC needs both {TLS_ENV_VARS[0]} and {TLS_ENV_VARS[1]} (PEM files)"
+                )
+            if server:
+                context = ssl_module.create_default_context(ssl_module.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(certfile, keyfile)
+            else:
+                cafile = os.environ.get(TLS_ENV_VARS[2]) or certfile
+                context = ssl_module.create_default_context(cafile=cafile)
+                context.check_hostname = False  # peers are addressed by IP; the chain is checked
+        _tls_contexts[server] = context
+    return _tls_contexts[server]
+
+
+def tls_environment() -> dict[str, str]:
+    """The ``SCHOONER_RPC_TLS_*`` variables of this process (for the processes it starts)."""
+    return {k: os.environ[k] for k in TLS_ENV_VARS if os.environ.get(k)}
 
 
 def set_default_secret(secret: bytes | None) -> None:
@@ -115,6 +158,8 @@ async def connect(
         return await connect_unix(address, handler)
     host, port = parse_tcp_address(address)
     key = auth.check_secret(secret if secret is not None else default_secret())
+    if ssl is None:
+        ssl = default_tls(server=False)
     loop = asyncio.get_running_loop()
     conn = Connection(handler)
     handshake = auth.ClientHandshake(key, conn)
@@ -157,9 +202,12 @@ async def serve_tcp(
     """Listen on ``host:port`` (port 0: any free port, read it from ``server.sockets``).
 
     Each client that passes the handshake (with ``secret``) gets a new handler
-    from ``handler_factory``; others are dropped and never reach a handler.
+    from ``handler_factory``; others are dropped and never reach a handler. ``ssl``:
+    by default :func:`default_tls` (``SCHOONER_RPC_TLS_*``).
     """
     key = auth.check_secret(secret)
+    if ssl is None:
+        ssl = default_tls(server=True)
     loop = asyncio.get_running_loop()
 
     def protocol() -> auth.ServerHandshake:

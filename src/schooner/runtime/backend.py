@@ -37,7 +37,9 @@ class ClusterBackend(Protocol):
         env: dict[str, str],
         sys_path: list[str],
         allocation: Allocation,
-    ) -> ProcessHandle: ...
+        ray_runtime_env: dict[str, Any],
+    ) -> ProcessHandle:
+        """Start one replica; ``ray_runtime_env``: runtime_env fields the cluster sets up."""
 
     def adopt(self, dep: DeploymentID, replica_id: str, pid: int) -> ProcessHandle | None:
         """The replica a previous head started, if it still runs."""

@@ -124,14 +124,16 @@ def launch_head(
     checkpoint_path: str | None = None,
     env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    output_to_log: bool = False,
 ) -> PendingHead:
     """Start a head process without waiting for it (see :meth:`PendingHead.wait_ready`).
 
     ``detached``: the head outlives this process (no lifeline; its output goes
-    to ``logs/head.out`` in the session). ``admin_port``: serve the admin REST
-    API there (``None``: no admin API; ``0``: any free port). ``checkpoint_path``: the
-    checkpoint store's URI (default: a directory in the session). ``env``: extra
-    environment of the instance's processes (head, proxy, replicas).
+    to ``logs/head.out`` in the session, as with ``output_to_log``). ``admin_port``: serve
+    the admin REST API there (``None``: no admin API; ``0``: any free port).
+    ``checkpoint_path``: the checkpoint store's URI (default: a directory in the
+    session). ``env``: extra environment of the instance's processes (head, proxy,
+    replicas).
 
     HTTPS (``http_options``' ``ssl_*``): the files are checked first (ServeConfigError
     naming the field, the file and the cause); ``ssl_keyfile_password`` goes to the head
@@ -196,7 +198,8 @@ def launch_head(
         env.pop(tls.PASSWORD_ENV, None)
         if password:
             env[tls.PASSWORD_ENV] = str(password)
-    output = open(session.logs / "head.out", "ab") if detached else None  # noqa: SIM115
+    to_log = detached or output_to_log
+    output = open(session.logs / "head.out", "ab") if to_log else None  # noqa: SIM115
     try:
         process = subprocess.Popen(
             args,

@@ -127,25 +127,21 @@ class Supervisor:
         """Bind the instance's ports; the head options that hand them over."""
         s = self.settings
         args: list[str] = []
-        if s.proxy_location != "Disabled":
-            # On Ray, proxies of other nodes on this machine may share the port.
-            reuse = s.ray_address is not None
-            args += ["--http-fd", self._bind(s.http_host, s.http_port, "HTTP", 2048, reuse)]
+        if s.proxy_location != "Disabled" and s.ray_address is None:  # Ray: proxy actors bind
+            args += ["--http-fd", self._bind(s.http_host, s.http_port, "HTTP", 2048)]
         if s.admin_port >= 0:
             args += ["--admin-fd", self._bind(s.admin_host, s.admin_port, "the admin API", 128)]
         if s.probe_port >= 0:
             args += ["--probe-fd", self._bind(s.admin_host, s.probe_port, "health probes", 128)]
         return args
 
-    def _bind(self, host: str, port: int, what: str, backlog: int, reuse_port: bool = False) -> str:
+    def _bind(self, host: str, port: int, what: str, backlog: int) -> str:
         flag = {
             "HTTP": "--http-port (schooner start), --port (schooner run) or http_options.port",
             "the admin API": "--admin-port",
             "health probes": "--probe-port",
         }[what]
-        sock = bind_listening(
-            host, port, what=what, flag=flag, backlog=backlog, reuse_port=reuse_port
-        )
+        sock = bind_listening(host, port, what=what, flag=flag, backlog=backlog)
         self.sockets.append(sock)
         return str(sock.fileno())
 

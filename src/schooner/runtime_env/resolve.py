@@ -13,7 +13,7 @@ from typing import Any
 from schooner.exceptions import RuntimeEnvSetupError
 from schooner.runtime_env.pip import install_requirements
 from schooner.runtime_env.py_modules import resolve_py_module
-from schooner.runtime_env.spec import validate_runtime_env
+from schooner.runtime_env.spec import RAY_BACKEND_FIELDS, validate_runtime_env
 from schooner.runtime_env.working_dir import resolve_working_dir
 
 
@@ -29,6 +29,8 @@ class ResolvedRuntimeEnv:
     cwd: str | None = None
     sys_path: tuple[str, ...] = ()
     env_vars: dict[str, str] = field(default_factory=dict)
+    #: On a Ray cluster: the fields Ray sets up itself (conda, uv, container, image_uri).
+    ray_fields: dict[str, Any] = field(default_factory=dict)
 
     def apply_to_current_process(self) -> None:
         """Change directory, put ``sys_path`` first on ``sys.path``, set ``env_vars``.
@@ -86,4 +88,5 @@ def resolve_runtime_env(
         cwd=cwd,
         sys_path=tuple(dict.fromkeys(sys_path)),
         env_vars=dict(spec.get("env_vars", {})),
+        ray_fields={k: spec[k] for k in RAY_BACKEND_FIELDS if k in spec},
     )

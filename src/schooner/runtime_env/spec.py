@@ -45,6 +45,15 @@ _UNSUPPORTED_RAY_FIELDS = {
 
 _PIP_KEYS = ("packages", "pip_check", "pip_version")
 
+#: On a Ray cluster (``SCHOONER_BACKEND=ray``, set in the processes of an instance there),
+#: these fields go to Ray as they are: Ray builds the environment on each node.
+RAY_BACKEND_FIELDS = ("conda", "uv", "container", "image_uri")
+BACKEND_ENV = "SCHOONER_BACKEND"
+
+
+def _on_ray() -> bool:
+    return os.environ.get(BACKEND_ENV) == "ray"
+
 
 def validate_runtime_env(
     env: Mapping[str, Any] | None, where: str = "runtime_env"
@@ -76,6 +85,10 @@ def validate_runtime_env(
                 f"Supported fields: {', '.join(SUPPORTED_FIELDS)}."
             )
         field = f"{where}.{key}"
+        if key in RAY_BACKEND_FIELDS and _on_ray():
+            if value is not None:
+                result[key] = value  # Ray checks it when it starts the replica actor
+            continue
         if key in _UNSUPPORTED_RAY_FIELDS:
             hint = _UNSUPPORTED_RAY_FIELDS[key]
             raise RuntimeEnvSetupError(

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.exceptions import ActorUnschedulableError, RayActorError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import (
     NodeAffinitySchedulingStrategy,
@@ -20,6 +22,7 @@ from ray.util.scheduling_strategies import (
 )
 
 from schooner.rpc.messages import DeploymentID
+from schooner.rpc.transport import tls_environment
 from schooner.runtime.ray_backend.names import NAMESPACE, replica_actor_name
 from schooner.runtime.ray_backend.placement import ClusterPlacement, Node
 from schooner.runtime.ray_backend.proxies import ProxyFleet
@@ -28,9 +31,6 @@ from schooner.runtime.resources import Allocation
 
 logger = logging.getLogger("schooner.controller")
 
-#: runtime_env fields handed to Ray as they are (Schooner resolves working_dir, py_modules,
-#: env_vars and pip itself, for the embedded runtime and this one alike).
-_RAY_RUNTIME_ENV_FIELDS = ("conda", "uv", "container", "image_uri", "pip")
 #: Methods Ray calls on a replica actor at once (``wait_stopped`` blocks one of them).
 _ACTOR_CONCURRENCY = 4
 
@@ -55,18 +55,40 @@ def list_nodes() -> list[Node]:
     return nodes
 
 
+def _node_lost(exc: BaseException) -> bool:
+    """Whether Ray says the actor died with (or could not be placed on) its node."""
+    if isinstance(exc, ActorUnschedulableError):
+        return True
+    if isinstance(exc, RayActorError) and not exc.actor_init_failed:
+        text = str(exc).lower()
+        return "node" in text and any(w in text for w in ("died", "dead", "removed", "failed"))
+    return False
+
+
 class RayReplica:
     """A replica actor as the controller sees a process (``poll``, ``terminate``, ``kill``)."""
 
     def __init__(
-        self, actor: Any, name: str, group: PlacementGroup | None = None, pid: int = 0
+        self,
+        actor: Any,
+        name: str,
+        group: PlacementGroup | None = None,
+        pid: int = 0,
+        on_death: Callable[[RayReplica], None] | None = None,
+        node_id: str | None = None,
     ) -> None:
         self.actor = actor
         self.name = name
         self.group = group
+        self.node_id = node_id
         self._pid = pid
         self._stopped = actor.wait_stopped.remote()
         self._code: int | None = None
+        self._on_death = on_death
+        #: Why the actor died (Ray's words), and whether its node went away with it: then
+        #: the replica's failure to start is the cluster's, not its code's.
+        self.exit_reason: str | None = None
+        self.node_lost = False
 
     @property
     def pid(self) -> int:
@@ -79,8 +101,12 @@ class RayReplica:
                 try:
                     ray.get(ready[0])
                     self._code = 0
-                except Exception:  # the actor died (RayActorError): its node, a kill, ...
+                except Exception as exc:  # the actor died (RayActorError): its node, a kill
                     self._code = -1
+                    self.exit_reason = "The replica actor died: " + str(exc).strip()
+                    self.node_lost = _node_lost(exc)
+                    if self._on_death is not None:
+                        self._on_death(self)
                 self._release()
         return self._code
 
@@ -144,9 +170,12 @@ class RayBackend:
         env: dict[str, str],
         sys_path: list[str],
         allocation: Allocation,
+        ray_runtime_env: dict[str, Any],
     ) -> RayReplica:
         name = replica_actor_name(dep.app_name, dep.name, replica_id)
         options = self._actor_options(config, allocation)
+        if ray_runtime_env:
+            options["runtime_env"] = dict(ray_runtime_env)
         group = None
         if config.placement_group_bundles:
             group = placement_group(
@@ -165,11 +194,18 @@ class RayBackend:
             replica_id=replica_id,
             app=dep.app_name,
             deployment=dep.name,
-            env=env,
+            env={**tls_environment(), **env},
             sys_path=sys_path,
         )
         actor = _RemoteReplica.options(name=name, **options).remote(launch)
-        return RayReplica(actor, name, group)
+        return RayReplica(actor, name, group, on_death=self._died, node_id=allocation.node_id)
+
+    def _died(self, replica: RayReplica) -> None:
+        """A replica actor died: if its node is suspect, place nothing there for a while
+        (Ray takes some seconds to declare a node dead)."""
+        if replica.node_id is not None and replica.node_lost:
+            self.placement.quarantine(replica.node_id)
+        logger.warning("%s: %s", replica.name, replica.exit_reason)
 
     def _actor_options(self, config: Any, allocation: Allocation) -> dict[str, Any]:
         opts = dict(config.ray_actor_options or {})
@@ -183,11 +219,6 @@ class RayBackend:
         for key in ("num_gpus", "memory", "resources", "accelerator_type"):
             if opts.get(key) is not None:
                 options[key] = opts[key]
-        runtime_env = {
-            k: v for k, v in (opts.get("runtime_env") or {}).items() if k in _RAY_RUNTIME_ENV_FIELDS
-        }
-        if runtime_env:
-            options["runtime_env"] = runtime_env
         if allocation.node_id is not None:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
                 allocation.node_id, soft=False

@@ -33,14 +33,18 @@ def connect_backend(args: argparse.Namespace, proxy_args: list[str]) -> RayBacke
     set_local_node_id(node_id)
     os.environ["SCHOONER_NODE_ID"] = node_id  # the head node's proxy process inherits it
     controller_address = format_tcp_address(args.controller_host, args.controller_port)
-    fleet = ProxyFleet(
-        args.instance_id,
-        controller_address,
-        secret,
-        node_id,
-        every_node=args.proxy_location == "EveryNode",
-        http_host=args.http_host,
-        http_port=args.http_port,
-        proxy_args=["--root-path", args.root_path, *proxy_args],
+    fleet = (
+        None
+        if args.proxy_location == "Disabled"
+        else ProxyFleet(
+            args.instance_id,
+            controller_address,
+            secret,
+            node_id,
+            every_node=args.proxy_location == "EveryNode",
+            http_host=args.http_host,
+            http_port=args.http_port,
+            proxy_args=["--root-path", args.root_path, *proxy_args],
+        )
     )
     return RayBackend(args.instance_id, controller_address, secret, fleet)

@@ -82,6 +82,7 @@ class InstanceHost:
             admin_port=options.get("admin_port"),
             checkpoint_path=checkpoint,
             env=env,
+            output_to_log=True,
             extra_args=[
                 "--ray-address",
                 gcs,
@@ -116,8 +117,13 @@ class InstanceHost:
         """The supervisor exited: after a shutdown this actor is done; after a crash the
         actor exits too, so Ray restarts it and with it the instance."""
         code = self.head.process.wait()
-        if not self.stopping and code != 0:
+        if self.stopping:
+            return
+        if code != 0:
             os._exit(1)
+        # Shut down from elsewhere (`schooner shutdown`, the admin API): leave for good.
+        internal_kv._internal_kv_del(KV_SECRET, namespace=NAMESPACE)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def info(self) -> dict[str, Any]:
         return self.info_

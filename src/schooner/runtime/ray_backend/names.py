@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import ray
 
 from schooner.runtime.session import Session
 
@@ -31,3 +35,34 @@ def node_session(instance: str, node_id: str) -> Session:
     for sub in ("sockets", "logs"):
         (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
     return Session.open(root)
+
+
+def host_exists() -> bool:
+    """Whether the instance's host actor exists (it is alive or being restarted)."""
+    try:
+        ray.get_actor(CONTROLLER_ACTOR, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
+class InstanceAlive:
+    """Whether the instance still exists on the cluster (its host actor does), asked of
+    Ray at most every ``interval_s``: a replica or proxy that lost its controller keeps
+    reconnecting while this holds, and stops (no orphan actor) once it does not."""
+
+    def __init__(self, exists: Callable[[], bool], interval_s: float = 2.0) -> None:
+        self._exists = exists
+        self._interval_s = interval_s
+        self._checked = float("-inf")
+        self._alive = True
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked >= self._interval_s:
+            self._checked = now
+            try:
+                self._alive = self._exists()
+            except Exception:
+                self._alive = True  # Ray itself unreachable for a moment: keep trying
+        return self._alive

@@ -18,6 +18,9 @@ from schooner.runtime.resources import Allocation
 _EPS = 1e-9
 #: How often the node list is read again from Ray.
 REFRESH_S = 1.0
+#: A node where a replica actor was lost with its node gets no replicas for this long,
+#: unless Ray removes it first (Ray takes some seconds to declare a node dead).
+QUARANTINE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class ClusterPlacement:
         self._nodes: list[Node] = []
         self._read_at = float("-inf")
         self.placed = Placement()
+        self._quarantined: dict[str, float] = {}
 
     # -- the node list -----------------------------------------------------------
     def nodes(self, fresh: bool = False) -> list[Node]:
@@ -58,7 +62,17 @@ class ClusterPlacement:
         if fresh or now - self._read_at >= REFRESH_S:
             self._nodes = self._list_nodes()
             self._read_at = now
+            for node_id, until in list(self._quarantined.items()):
+                if now >= until:
+                    del self._quarantined[node_id]
         return self._nodes
+
+    def quarantine(self, node_id: str) -> None:
+        """Place nothing on ``node_id`` for :data:`QUARANTINE_S` (it looks dead)."""
+        self._quarantined[node_id] = self._clock() + QUARANTINE_S
+
+    def usable(self, fresh: bool = False) -> list[Node]:
+        return [n for n in self.nodes(fresh) if n.node_id not in self._quarantined]
 
     def free(self, node: Node) -> dict[str, float]:
         used = self.placed.used.get(node.node_id, {})
@@ -93,11 +107,11 @@ class ClusterPlacement:
     ) -> Allocation | None:
         """Pick a node for one replica (the one with most free CPU among those it fits,
         spreading replicas); None if it fits on no node."""
-        fitting = [n for n in self.nodes() if not self._missing(n, request, group, max_per_node)]
+        fitting = [n for n in self.usable() if not self._missing(n, request, group, max_per_node)]
         if not fitting:
             fitting = [
                 n
-                for n in self.nodes(fresh=True)
+                for n in self.usable(fresh=True)
                 if not self._missing(n, request, group, max_per_node)
             ]
             if not fitting:
@@ -120,6 +134,9 @@ class ClusterPlacement:
             return "Waiting for resources: the Ray cluster has no alive node."
         parts = []
         for node in nodes:
+            if node.node_id in self._quarantined:
+                parts.append(f"node {node.node_id[:8]} ({node.ip}): lost a replica with its node")
+                continue
             missing = self._missing(node, request, group, max_per_node)
             parts.append(f"node {node.node_id[:8]} ({node.ip}): " + ", ".join(missing))
         return "Waiting for resources: no node fits the replica (" + "; ".join(parts) + ")."

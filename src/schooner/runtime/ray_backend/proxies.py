@@ -16,17 +16,29 @@ import logging
 import os
 import subprocess
 import sys
+import threading
+import time
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from schooner.rpc.transport import tls_environment
 from schooner.runtime.lifeline import Lifeline
-from schooner.runtime.ray_backend.names import NAMESPACE, node_session, proxy_actor_name
+from schooner.runtime.ray_backend.names import (
+    NAMESPACE,
+    InstanceAlive,
+    host_exists,
+    node_session,
+    proxy_actor_name,
+)
 from schooner.runtime.ray_backend.placement import Node
 from schooner.runtime.sockets import bind_listening
 
 logger = logging.getLogger("schooner.controller")
+
+#: Wait before starting a proxy again on a node where one exited or failed to start.
+RESTART_DELAY_S = 2.0
 
 
 class ProxyActor:
@@ -40,7 +52,9 @@ class ProxyActor:
         http_host: str,
         http_port: int,
         proxy_args: list[str],
+        extra_env: dict[str, str],
     ) -> None:
+        """``extra_env``: the instance's settings for the proxy process (RPC TLS, ...)."""
         context = ray.get_runtime_context()
         self.node_id = context.get_node_id()
         session = node_session(instance, self.node_id)
@@ -55,6 +69,7 @@ class ProxyActor:
         self.lifeline = Lifeline()
         env = {
             **os.environ,
+            **extra_env,
             "SCHOONER_SECRET": secret.hex(),
             "SCHOONER_NODE_ID": self.node_id,
         }
@@ -79,6 +94,17 @@ class ProxyActor:
         )
         sock.close()
         self.lifeline.close_read_end()
+        threading.Thread(target=self._watch_instance, name="schooner-proxy", daemon=True).start()
+
+    def _watch_instance(self) -> None:
+        """Leave when the instance is gone from the cluster (its host actor was removed)."""
+        alive = InstanceAlive(host_exists, interval_s=0)
+        while self.process.poll() is None:
+            time.sleep(2.0)
+            if not alive():
+                self.stop()
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
 
     def info(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "pid": self.process.pid}
@@ -122,22 +148,44 @@ class ProxyFleet:
         self.proxy_args = proxy_args
         self.actors: dict[str, Any] = {}
         self.watch: dict[str, Any] = {}
+        self.retry_at: dict[str, float] = {}
 
     def reconcile(self, nodes: list[Node]) -> None:
-        if not self.every_node:
-            return
+        """A proxy on every alive node (``EveryNode``) or on the head node (``HeadOnly``);
+        one whose process exited is replaced."""
         alive = {n.node_id for n in nodes}
+        wanted = alive if self.every_node else alive & {self.head_node_id}
+        now = time.monotonic()
         for node_id in list(self.actors):
             done, _ = ray.wait([self.watch[node_id]], timeout=0)
-            if node_id not in alive or done:
+            if done:
+                self._report_exit(node_id, done[0])
+                self.retry_at[node_id] = now + RESTART_DELAY_S
+            if node_id not in wanted or done:
                 self._drop(node_id)
-        for node_id in alive - set(self.actors) - {self.head_node_id}:
-            self._start(node_id)
+        for node_id in wanted - set(self.actors):
+            if now >= self.retry_at.get(node_id, 0.0):
+                self._start(node_id)
+
+    def _report_exit(self, node_id: str, ref: Any) -> None:
+        try:
+            code = ray.get(ref)
+        except Exception as exc:  # the actor failed (its constructor: the port is taken, ...)
+            logger.warning("the proxy on node %s failed: %s; restarting it", node_id, exc)
+        else:
+            logger.warning("the proxy on node %s exited (code %s); restarting it", node_id, code)
 
     def _start(self, node_id: str) -> None:
         name = proxy_actor_name(node_id)
-        with contextlib.suppress(ValueError):  # one left by a previous head
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        try:  # one a previous head started serves on: keep it
+            actor = ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            pass
+        else:
+            self.actors[node_id] = actor
+            self.watch[node_id] = actor.wait_exit.remote()
+            logger.info("re-adopted the proxy on node %s", node_id)
+            return
         actor = _RemoteProxy.options(
             name=name,
             namespace=NAMESPACE,
@@ -153,6 +201,7 @@ class ProxyFleet:
             self.http[0],
             self.http[1],
             self.proxy_args,
+            tls_environment(),
         )
         self.actors[node_id] = actor
         self.watch[node_id] = actor.wait_exit.remote()

@@ -35,7 +35,11 @@ from schooner.replica.main import (
 from schooner.router.pool import set_local_node_id
 from schooner.rpc.transport import format_tcp_address, serve_tcp, set_default_secret
 from schooner.runtime.loop import new_event_loop
-from schooner.runtime.ray_backend.names import node_session
+from schooner.runtime.ray_backend.names import (
+    InstanceAlive,
+    host_exists,
+    node_session,
+)
 
 logger = logging.getLogger("schooner.replica")
 
@@ -76,6 +80,7 @@ class ReplicaActor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: ReplicaProcess | None = None
         self._done = threading.Event()
+        self._stop_requested = threading.Event()
         self._thread = threading.Thread(target=self._run, name="schooner-replica", daemon=True)
         self._thread.start()
 
@@ -98,13 +103,15 @@ class ReplicaActor:
         set_local_node_id(self.node_id)
         process = ReplicaProcess(session)
         self._process = process
+        if self._stop_requested.is_set():
+            return
         replica = await process.become(launch.replica_id, launch.app, launch.deployment)
         host = str(self.placement["node_ip"])
         tcp = await serve_tcp(host, 0, lambda: replica, secret=launch.secret)
         port = tcp.sockets[0].getsockname()[1]
         core = await _core.Core.connect(session, handler=replica, address=launch.controller_address)
         _core.set_core(core)
-        survive_head_restarts(core, process)
+        survive_head_restarts(core, process, InstanceAlive(host_exists))
         endpoint = {
             **self.placement,
             "address": format_tcp_address(host, port),
@@ -135,6 +142,7 @@ class ReplicaActor:
 
     def stop(self) -> None:
         """Stop serving (as SIGTERM does to a local replica process)."""
+        self._stop_requested.set()
         loop, process = self._loop, self._process
         if loop is not None and process is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
