@@ -9,9 +9,9 @@ from typing import Any
 from bench.context import Record
 from bench.systems import BARE, BASELINE, LABELS, RAY, SCHOONER
 
-COLUMNS = ("scenario", "metric", "Schooner", "bare", "S/bare", "Ray", "S/Ray")
-#: Added when a baseline Schooner was measured (``--baseline-python``).
-BASELINE_COLUMNS = ("baseline", "S/baseline")
+#: The systems Schooner is compared with, in column order; each gets a value column and a
+#: ratio column when the run measured it (``baseline``: with ``--baseline-python``).
+COMPARED = ((BARE, "bare"), (RAY, "Ray"), (BASELINE, "baseline"))
 
 
 @dataclass
@@ -79,21 +79,20 @@ def _cell(row: Row, system: str) -> str:
 
 
 def table_lines(rows: Sequence[Row], markdown: bool = False) -> list[str]:
-    with_baseline = any(BASELINE in row.values or BASELINE in row.errors for row in rows)
-    columns = COLUMNS + BASELINE_COLUMNS if with_baseline else COLUMNS
-    body = [
-        (
-            row.scenario,
-            row.metric,
-            _cell(row, SCHOONER),
-            _cell(row, BARE),
-            _ratio(row.ratio(BARE)),
-            _cell(row, RAY),
-            _ratio(row.ratio(RAY)),
-        )
-        + ((_cell(row, BASELINE), _ratio(row.ratio(BASELINE))) if with_baseline else ())
-        for row in rows
+    shown = [
+        (system, label)
+        for system, label in COMPARED
+        if any(system in row.values or system in row.errors for row in rows)
     ]
+    columns = ("scenario", "metric", "Schooner")
+    for _, label in shown:
+        columns += (label, f"S/{label}")
+    body = []
+    for row in rows:
+        cells: tuple[str, ...] = (row.scenario, row.metric, _cell(row, SCHOONER))
+        for system, _ in shown:
+            cells += (_cell(row, system), _ratio(row.ratio(system)))
+        body.append(cells)
     if markdown:
         lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
         return lines + ["| " + " | ".join(cells) + " |" for cells in body]
