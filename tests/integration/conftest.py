@@ -1,3 +1,21 @@
+"""Integration fixtures: an instance per module on either backend, the session's Ray
+cluster, and the checkpoint store servers.
+
+Backends. A test that uses ``instance`` or ``clean`` runs on the embedded runtime.
+Marked ``@pytest.mark.both_backends``, it runs twice, as ``test[embedded]`` and
+``test[ray]`` (the latter also marked ``ray``); ``--backend=embedded|ray|both``
+chooses (tests/conftest.py). Within a module the Ray runs come last (see
+``pytest_collection_modifyitems`` there), so a module starts at most one instance
+per backend. On Ray the instance is what a Ray Serve program gets:
+``ray.init(address=cluster)`` then ``serve.start(...)``; ``serve.shutdown()`` and
+``ray.shutdown()`` after, and then no Schooner actor may be left on the cluster.
+
+Ray cluster. ``ray_cluster`` (session): a head (``{"head_node": 10}``) and two
+worker nodes (``{"node_a": 10}``, ``{"node_b": 10}``), 2 CPUs each; see
+ray_cluster.py. Tests that add or kill nodes add their own and leave the three
+base nodes as they found them.
+"""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,26 +30,99 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import free_port, wait_for
+from ray_cluster import RAY_ENV, LocalRayCluster, ray_connect, ray_disconnect_and_check
 
 import schooner as serve
 
 
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_root: Path) -> Iterator[LocalRayCluster]:
+    """A head and two worker nodes with distinct custom resources (module docstring)."""
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed: pip install -e '.[ray]'")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in RAY_ENV.items():
+            mp.setenv(name, value)
+        cluster = LocalRayCluster(tmp_root, head_resources={"head_node": 10})
+        try:
+            cluster.add_worker({"node_a": 10})
+            cluster.add_worker({"node_b": 10})
+            yield cluster
+        finally:
+            left = cluster.shutdown()
+        assert not left, f"Ray processes left running after the cluster's shutdown: {left}"
+
+
 class Instance:
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, backend: str = "embedded") -> None:
         self.port = port
+        self.backend = backend
         self.url = f"http://127.0.0.1:{port}"
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
 
+class _ModuleInstances:
+    """The module's one running instance; switching backend stops it and starts the other."""
+
+    def __init__(self) -> None:
+        self.current: Instance | None = None
+
+    def use(self, backend: str, request: pytest.FixtureRequest) -> Instance:
+        if self.current is not None and self.current.backend == backend:
+            return self.current
+        self.stop()
+        port = free_port()
+        if backend == "ray":
+            ray_connect(request.getfixturevalue("ray_cluster"))
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        self.current = Instance(port, backend)
+        return self.current
+
+    def stop(self) -> None:
+        inst, self.current = self.current, None
+        if inst is None:
+            return
+        inst.http.close()
+        if inst.backend == "ray":
+            ray_disconnect_and_check()
+        else:
+            serve.shutdown()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``both_backends`` tests: one run per backend that ``--backend`` selects."""
+    if "backend" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_backends") is None:
+        return
+    chosen = metafunc.config.getoption("backend")
+    params = []
+    if chosen in ("embedded", "both"):
+        params.append(pytest.param("embedded", id="embedded"))
+    if chosen in ("ray", "both"):
+        params.append(pytest.param("ray", id="ray", marks=pytest.mark.ray))
+    metafunc.parametrize("backend", params, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """``embedded`` or ``ray``: the backend this run of the test uses."""
+    return str(getattr(request, "param", "embedded"))
+
+
 @pytest.fixture(scope="module")
-def instance() -> Iterator[Instance]:
-    """One instance per test module; applications are deleted after each test."""
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    inst = Instance(port)
-    yield inst
-    inst.http.close()
-    serve.shutdown()
+def _module_instances() -> Iterator[_ModuleInstances]:
+    instances = _ModuleInstances()
+    yield instances
+    instances.stop()
+
+
+@pytest.fixture
+def instance(
+    backend: str, _module_instances: _ModuleInstances, request: pytest.FixtureRequest
+) -> Instance:
+    """One instance per test module and backend; applications are deleted after each test."""
+    return _module_instances.use(backend, request)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 from starlette.requests import Request
 
 import schooner as serve
@@ -104,6 +105,7 @@ async def _concurrent_gets(
         return await asyncio.gather(*calls)
 
 
+@pytest.mark.both_backends
 def test_concurrent_http_requests_are_batched(clean) -> None:
     handle = serve.run(Batched.bind(), name="batched", route_prefix="/batched")
     requests = [("/batched", {"x": str(i)}, {}) for i in range(CLIENTS)]
@@ -127,6 +129,7 @@ def test_batched_call_method_through_handles_and_http(clean) -> None:
     assert all(r.status_code == 200 for r in http)
 
 
+@pytest.mark.both_backends
 def test_streaming_batch_through_handles(clean) -> None:
     handle = serve.run(Batched.bind(), name="batched", route_prefix=None)
 
@@ -139,6 +142,7 @@ def test_streaming_batch_through_handles(clean) -> None:
     assert asyncio.run(consume()) == [["3:0", "3:1", "3:2"], ["1:0"], ["2:0", "2:1"]]
 
 
+@pytest.mark.both_backends
 def test_multiplexed_model_id_from_header_and_handle_with_lru_eviction(clean) -> None:
     handle = serve.run(Multiplexed.bind(), name="mux", route_prefix="/mux")
     header = {"serve_multiplexed_model_id": "a"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 import schooner as serve
 from schooner.importing import import_attr
 
@@ -26,6 +28,7 @@ def test_fruit_stand_prices_through_user_config(clean) -> None:
     assert len(deployments) == 4
 
 
+@pytest.mark.both_backends
 def test_fastapi_ingress_example(clean) -> None:
     serve.run(_example("fastapi_app"), name="inv", route_prefix="/inv")
     http = clean.http

@@ -37,6 +37,7 @@ class Counter:
         return os.getpid()
 
 
+@pytest.mark.both_backends
 def test_function_deployment_over_http(clean) -> None:
     serve.run(hello.bind(), name="hello", route_prefix="/hello")
     r = clean.http.get("/hello", params={"name": "ada"})
@@ -52,6 +53,7 @@ def test_x_request_id_is_echoed(clean) -> None:
     assert r.headers["x-request-id"] == "my-id-123"
 
 
+@pytest.mark.both_backends
 def test_class_deployment_json_and_handle_methods(clean) -> None:
     handle = serve.run(Counter.bind(10), name="counter", route_prefix="/count")
     r = clean.http.get("/count/sub/path")
@@ -62,6 +64,7 @@ def test_class_deployment_json_and_handle_methods(clean) -> None:
     assert handle.pid.remote().result() != os.getpid()
 
 
+@pytest.mark.both_backends
 def test_route_matching_longest_prefix_and_404(clean) -> None:
     serve.run(hello.bind(), name="root", route_prefix="/")
     serve.run(Counter.bind(), name="api", route_prefix="/api")
@@ -80,6 +83,7 @@ def test_route_matching_longest_prefix_and_404(clean) -> None:
     )
 
 
+@pytest.mark.both_backends
 def test_healthz(clean) -> None:
     r = clean.http.get("/-/healthz")
     assert r.status_code == 503
@@ -117,6 +121,7 @@ class Responses:
         return None
 
 
+@pytest.mark.both_backends
 def test_response_conversions(clean) -> None:
     serve.run(Responses.bind(), name="resp", route_prefix="/r")
     http = clean.http
@@ -131,6 +136,7 @@ def test_response_conversions(clean) -> None:
     assert r.json() == {"body": "payload", "method": "POST"}
 
 
+@pytest.mark.both_backends
 def test_user_exception_over_http_is_500_with_type_and_message(clean) -> None:
     serve.run(Responses.bind(), name="resp", route_prefix="/r")
     r = clean.http.get("/r", params={"kind": "boom"})
@@ -159,6 +165,7 @@ class Failing:
         raise Unpicklable("cannot travel")
 
 
+@pytest.mark.both_backends
 def test_user_exception_reraises_in_caller_with_remote_traceback(clean) -> None:
     handle = serve.run(Failing.bind(), name="failing", route_prefix=None)
     with pytest.raises(KeyError, match="missing thing") as info:
@@ -187,6 +194,7 @@ class Streamer:
             yield {"i": i}
 
 
+@pytest.mark.both_backends
 def test_streaming_through_handles(clean) -> None:
     handle = serve.run(Streamer.bind(), name="stream", route_prefix=None)
     gen = handle.options(stream=True).count.remote(4)
@@ -248,6 +256,7 @@ class Configured:
         }
 
 
+@pytest.mark.both_backends
 def test_async_init_user_config_and_replica_context(clean) -> None:
     serve.run(Configured.bind(), name="conf", route_prefix="/conf")
     body = clean.http.get("/conf").json()
@@ -281,6 +290,7 @@ class Combiner:
         return {"result": doubled, "handle_type": type(self.named["double"]).__name__}
 
 
+@pytest.mark.both_backends
 def test_composition_with_nested_handles(clean) -> None:
     app = Combiner.bind(
         [Adder.options(name="one").bind(1), Adder.options(name="ten").bind(10)],
@@ -299,6 +309,7 @@ def test_composition_with_nested_handles(clean) -> None:
     assert serve.get_app_handle("combo").deployment_name == "Combiner"
 
 
+@pytest.mark.both_backends
 def test_handle_response_awaited_from_user_event_loop(clean) -> None:
     handle = serve.run(Adder.bind(3), name="adder", route_prefix=None)
 

@@ -30,6 +30,7 @@ class Ok:
         return os.getpid()
 
 
+@pytest.mark.both_backends
 def test_failing_constructor_marks_app_failed_and_others_keep_serving(clean) -> None:
     serve.run(Ok.bind(), name="good", route_prefix="/good")
     with pytest.raises(DeployFailedError) as info:
@@ -49,6 +50,7 @@ def test_failing_constructor_marks_app_failed_and_others_keep_serving(clean) -> 
     assert "failed to deploy" in r.text
 
 
+@pytest.mark.both_backends
 def test_dead_replica_is_replaced(clean) -> None:
     handle = serve.run(Ok.bind(), name="good", route_prefix="/good")
     pid = handle.pid.remote().result()
@@ -78,6 +80,7 @@ class Narrow:
         return "done"
 
 
+@pytest.mark.both_backends
 def test_backpressure_handle_and_http_503(clean) -> None:
     handle = serve.run(Narrow.bind(), name="narrow", route_prefix="/narrow")
     first = handle.wait.remote(1.0)  # in flight
@@ -97,6 +100,7 @@ def test_backpressure_handle_and_http_503(clean) -> None:
     assert 503 in codes
 
 
+@pytest.mark.both_backends
 def test_delete_removes_route_and_replicas(clean, tmp_root) -> None:
     handle = serve.run(Ok.bind(), name="good", route_prefix="/good")
     pid = handle.pid.remote().result()
@@ -113,6 +117,7 @@ def test_delete_removes_route_and_replicas(clean, tmp_root) -> None:
     wait_for(exited, timeout_s=10, message="replica process to exit")
 
 
+@pytest.mark.both_backends
 def test_duplicate_route_prefix_rejected(clean) -> None:
     serve.run(Ok.bind(), name="one", route_prefix="/same")
     with pytest.raises(serve.exceptions.ServeConfigError, match="already used"):
@@ -216,6 +221,7 @@ class Versioned:
         return self.calls, os.getpid()
 
 
+@pytest.mark.both_backends
 def test_user_config_change_reconfigures_live_replicas_without_restart(clean) -> None:
     handle = serve.run(Versioned.bind(), name="v", route_prefix=None)
     calls, pid = handle.get.remote().result()
@@ -270,3 +276,28 @@ def test_max_ongoing_requests_holds_across_callers(clean) -> None:
         assert all(c.result().status_code == 200 for c in http_calls)
         assert all(r.result() <= 2 for r in handle_calls)
     assert handle.peak_seen.remote().result() == 2
+
+
+@pytest.mark.both_backends
+def test_status_and_details_describe_the_running_replicas(clean) -> None:
+    """serve.status() and the REST API's details body (here through the controller, which
+    serves it) agree with where the replicas really run."""
+    from schooner import _core
+
+    handle = serve.run(Ok.options(num_replicas=2).bind(), name="good", route_prefix="/good")
+    app_status = serve.status().applications["good"]
+    assert app_status.status == "RUNNING"
+    assert app_status.deployments["Ok"].replica_states == {"RUNNING": 2}
+    details = _core.get_core().call_controller_sync("details", None)
+    app = details["applications"]["good"]
+    assert (app["status"], app["route_prefix"]) == ("RUNNING", "/good")
+    replicas = app["deployments"]["Ok"]["replicas"]
+    assert len(replicas) == 2
+    for replica in replicas:
+        assert replica["state"] == "RUNNING"
+        assert replica["node_id"] and replica["node_ip"] and replica["worker_id"]
+        assert replica["actor_name"] == f"SERVE_REPLICA::good#Ok#{replica['replica_id']}"
+    seen = {handle.pid.remote().result() for _ in range(20)}
+    assert seen <= {replica["pid"] for replica in replicas}
+    assert details["proxies"], "a proxy serves HTTP"
+    assert all(p["status"] == "HEALTHY" for p in details["proxies"].values())

@@ -117,6 +117,8 @@ class Controller:
         self.stopped = asyncio.Event()
         self.proxy_ready = asyncio.Event()
         self.proxy_status: dict[str, str] = {}
+        #: What each proxy said of itself (pid; on a Ray cluster its actor and worker ids).
+        self.proxy_info: dict[str, dict[str, Any]] = {}
         #: IP address of each node with a proxy (a Ray cluster's nodes; default NODE_IP).
         self.node_ips: dict[str, str] = {}
         self.node_id = backend.node_id if backend else "node-" + secrets.token_hex(8)
@@ -158,8 +160,12 @@ class Controller:
             try:
                 self.backend.tick()
                 self.node_ips = self.backend.node_ips()
-                for gone in set(self.proxy_status) - set(self.node_ips):
-                    del self.proxy_status[gone]  # its node left the cluster
+                proxies = self.backend.proxy_nodes()
+                for gone in set(self.proxy_status) - proxies:
+                    del self.proxy_status[gone]  # its node left, or its proxy is restarting
+                    self.proxy_info.pop(gone, None)
+                for node in proxies:
+                    self.proxy_status.setdefault(node, "STARTING")
             except Exception:
                 logger.exception("cluster backend tick failed")
         for app in list(self.apps.values()):

@@ -8,6 +8,7 @@ Ray's keys; replica and proxy entries are open and may say more.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
@@ -50,18 +51,33 @@ def instance_details(
         "http_options": http_options,
         "grpc_options": grpc_options,
         "proxies": {
-            node_id: {
-                "node_id": node_id,
-                "node_ip": controller.node_ips.get(node_id, NODE_IP),
-                "actor_name": f"SERVE_PROXY_ACTOR-{node_id}",
-                "log_file_path": str(logs / "proxy.log"),
-                "status": status,
-            }
+            node_id: _proxy_details(
+                node_id, status, controller.node_ips.get(node_id, NODE_IP), logs, controller
+            )
             for node_id, status in controller.proxy_status.items()
         },
         "applications": apps,
         "target_capacity": declarative.target_capacity,
     }
+
+
+def _proxy_details(
+    node_id: str, status: str, node_ip: str, logs: Path, controller: Controller
+) -> dict[str, Any]:
+    info = controller.proxy_info.get(node_id, {})
+    details: dict[str, Any] = {
+        "node_id": node_id,
+        "node_ip": node_ip,
+        "actor_name": f"SERVE_PROXY_ACTOR-{node_id}",
+        "log_file_path": info.get("log_file_path") or str(logs / "proxy.log"),
+        "status": status,
+    }
+    if info.get("actor_id"):
+        details["actor_id"] = info["actor_id"]
+        details["worker_id"] = info["worker_id"]
+    elif info.get("pid"):
+        details["worker_id"] = str(info["pid"])
+    return details
 
 
 def application_details(

@@ -501,9 +501,14 @@ class ControllerSession:
         assert self.conn is not None
         self.controller.spare_registered(spare_id, self.conn)
 
-    def rpc_register_proxy(self, node_id: str | None = None) -> None:
-        """A proxy is serving (on the head's node, or on ``node_id`` of a cluster)."""
-        self.controller.proxy_status[node_id or self.controller.node_id] = "HEALTHY"
+    def rpc_register_proxy(
+        self, node_id: str | None = None, info: dict[str, Any] | None = None
+    ) -> None:
+        """A proxy is serving (on the head's node, or on ``node_id`` of a cluster); ``info``:
+        its pid, and on a cluster its actor and worker ids."""
+        node = node_id or self.controller.node_id
+        self.controller.proxy_status[node] = "HEALTHY"
+        self.controller.proxy_info[node] = dict(info or {})
         if node_id is None or node_id == self.controller.node_id:
             self.controller.proxy_ready.set()
 

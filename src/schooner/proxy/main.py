@@ -93,11 +93,18 @@ async def _serve(
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
     node_id = os.environ.get("SCHOONER_NODE_ID") or None  # set on a Ray cluster
-    core.keep_connected(on_reconnect=lambda conn: conn.call("register_proxy", node_id))
+    actor_id, _, worker_id = os.environ.get("SCHOONER_PROXY_ACTOR", "").partition(" ")
+    info = {
+        "pid": os.getpid(),
+        "actor_id": actor_id,
+        "worker_id": worker_id,
+        "log_file_path": str(session.logs / "proxy.log"),
+    }
+    core.keep_connected(on_reconnect=lambda conn: conn.call("register_proxy", node_id, info))
     core.on_lost(stopped.set)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
-    await core.controller.call("register_proxy", node_id)
+    await core.controller.call("register_proxy", node_id, info)
     await stopped.wait()
     server.close()
     core.close()

@@ -53,5 +53,8 @@ class ClusterBackend(Protocol):
     def node_ips(self) -> dict[str, str]:
         """The IP address of each alive node."""
 
+    def proxy_nodes(self) -> set[str]:
+        """The nodes where the backend runs a proxy (started or starting)."""
+
     def stop_proxies(self) -> None:
         """Stop the proxies the backend started on other nodes (at shutdown)."""

@@ -238,21 +238,26 @@ class RayBackend:
         """Kill replica actors of this instance that no record owns (started by a crashed
         head after its last checkpoint)."""
         try:
-            from ray.util.state import list_actors
+            # The GCS's actor table (Ray's state API would need the dashboard).
+            from ray._private.state import actors as actor_table
 
-            actors = list_actors(
-                filters=[("state", "=", "ALIVE"), ("ray_namespace", "=", NAMESPACE)],
-                raise_on_missing_output=False,
-            )
+            entries = list(actor_table().values())
         except Exception as exc:
             logger.warning("could not list replica actors to stop strays: %r", exc)
             return
-        for entry in actors:
-            name = getattr(entry, "name", "") or ""
-            if name.startswith("SERVE_REPLICA::") and name.rsplit("#", 1)[-1] not in known:
-                logger.warning("stopping replica actor %s that no record owns", name)
-                with contextlib.suppress(Exception):
-                    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        for entry in entries:
+            name = entry.get("Name") or ""
+            if entry.get("State") != "ALIVE" or not name.startswith("SERVE_REPLICA::"):
+                continue
+            if name.rsplit("#", 1)[-1] in known:
+                continue
+            try:  # only ours: Ray Serve's replicas have such names too, in its own namespace
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                continue
+            logger.warning("stopping replica actor %s that no record owns", name)
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
 
     # -- proxies -----------------------------------------------------------------
     def tick(self) -> None:
@@ -261,6 +266,9 @@ class RayBackend:
 
     def node_ips(self) -> dict[str, str]:
         return {n.node_id: n.ip for n in self.placement.nodes()}
+
+    def proxy_nodes(self) -> set[str]:
+        return set(self.proxies.actors) if self.proxies is not None else set()
 
     def stop_proxies(self) -> None:
         if self.proxies is not None:

@@ -70,6 +70,7 @@ class ProxyActor:
         env = {
             **os.environ,
             **extra_env,
+            "SCHOONER_PROXY_ACTOR": f"{context.get_actor_id()} {context.get_worker_id()}",
             "SCHOONER_SECRET": secret.hex(),
             "SCHOONER_NODE_ID": self.node_id,
         }

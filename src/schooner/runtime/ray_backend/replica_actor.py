@@ -78,9 +78,9 @@ class ReplicaActor:
             "pid": os.getpid(),
         }
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._process: ReplicaProcess | None = None
+        self.replica_process: ReplicaProcess | None = None
         self._done = threading.Event()
-        self._stop_requested = threading.Event()
+        self.stop_requested = threading.Event()
         self._thread = threading.Thread(target=self._run, name="schooner-replica", daemon=True)
         self._thread.start()
 
@@ -89,46 +89,11 @@ class ReplicaActor:
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
-            loop.run_until_complete(self._serve())
+            loop.run_until_complete(_serve(self))
         except Exception:
             logger.exception("replica %s failed", self.launch.replica_id)
         finally:
             self._done.set()
-
-    async def _serve(self) -> None:
-        launch = self.launch
-        session = node_session(launch.instance, self.node_id)
-        setup_replica_logging(session, launch.replica_id, launch.app, launch.deployment)
-        set_default_secret(launch.secret)
-        set_local_node_id(self.node_id)
-        process = ReplicaProcess(session)
-        self._process = process
-        if self._stop_requested.is_set():
-            return
-        replica = await process.become(launch.replica_id, launch.app, launch.deployment)
-        host = str(self.placement["node_ip"])
-        tcp = await serve_tcp(host, 0, lambda: replica, secret=launch.secret)
-        port = tcp.sockets[0].getsockname()[1]
-        core = await _core.Core.connect(session, handler=replica, address=launch.controller_address)
-        _core.set_core(core)
-        survive_head_restarts(core, process, InstanceAlive(host_exists))
-        endpoint = {
-            **self.placement,
-            "address": format_tcp_address(host, port),
-            "local_address": process.socket_path,
-            "log_file": str(
-                session.logs / f"replica_{launch.app}_{launch.deployment}_{launch.replica_id}.log"
-            ),
-        }
-        await core.controller.call("register_replica", launch.replica_id, endpoint)
-        await process.stopped.wait()
-        tcp.close()
-        if process.server is not None:
-            process.server.close()
-        core.close()
-        if process.socket_path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(process.socket_path)
 
     # -- called through Ray ------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -142,10 +107,49 @@ class ReplicaActor:
 
     def stop(self) -> None:
         """Stop serving (as SIGTERM does to a local replica process)."""
-        self._stop_requested.set()
-        loop, process = self._loop, self._process
+        self.stop_requested.set()
+        loop, process = self._loop, self.replica_process
         if loop is not None and process is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(process.stopped.set)
         elif self._done.is_set() or loop is None:
             sys.stderr.flush()
+
+
+async def _serve(actor: ReplicaActor) -> None:
+    """The replica's life on the actor's own loop thread (a module function: a coroutine
+    method would make Ray run the actor as an async actor, whose blocking methods would
+    then block each other)."""
+    launch = actor.launch
+    session = node_session(launch.instance, actor.node_id)
+    setup_replica_logging(session, launch.replica_id, launch.app, launch.deployment)
+    set_default_secret(launch.secret)
+    set_local_node_id(actor.node_id)
+    process = ReplicaProcess(session)
+    actor.replica_process = process
+    if actor.stop_requested.is_set():
+        return
+    replica = await process.become(launch.replica_id, launch.app, launch.deployment)
+    host = str(actor.placement["node_ip"])
+    tcp = await serve_tcp(host, 0, lambda: replica, secret=launch.secret)
+    port = tcp.sockets[0].getsockname()[1]
+    core = await _core.Core.connect(session, handler=replica, address=launch.controller_address)
+    _core.set_core(core)
+    survive_head_restarts(core, process, InstanceAlive(host_exists))
+    endpoint = {
+        **actor.placement,
+        "address": format_tcp_address(host, port),
+        "local_address": process.socket_path,
+        "log_file": str(
+            session.logs / f"replica_{launch.app}_{launch.deployment}_{launch.replica_id}.log"
+        ),
+    }
+    await core.controller.call("register_replica", launch.replica_id, endpoint)
+    await process.stopped.wait()
+    tcp.close()
+    if process.server is not None:
+        process.server.close()
+    core.close()
+    if process.socket_path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(process.socket_path)
