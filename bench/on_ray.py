@@ -36,7 +36,7 @@ from typing import Any
 from bench import systems
 from bench.context import Context, log
 from bench.load import check_body
-from bench.procs import Server, free_port
+from bench.procs import Server, ServerError, free_port
 from bench.systems import LABELS, RAY, SCHOONER
 
 SCENARIO = "on Ray"
@@ -58,18 +58,25 @@ def on_ray(ctx: Context) -> None:
     if SCHOONER in wanted and (problem := _schooner_problem(opts.ray_python)):
         ctx.fail(f"{SCENARIO}: hello", SCHOONER, RuntimeError(problem))
         wanted.remove(SCHOONER)
+    temp_dir = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))
     failed = False
-    with _cluster(ctx) as (cluster, address, temp_dir):
+    try:
+        with _cluster(ctx, temp_dir) as (cluster, address):
+            for system in wanted:
+                try:
+                    _measure(ctx, cluster, address, temp_dir, system)
+                except Exception as exc:
+                    failed = True
+                    ctx.fail(f"{SCENARIO}: hello", system, exc)
+    except ServerError as exc:  # the cluster did not come up
+        failed = True
         for system in wanted:
-            try:
-                _measure(ctx, cluster, address, temp_dir, system)
-            except Exception as exc:
-                failed = True
-                ctx.fail(f"{SCENARIO}: hello", system, exc)
-    if failed:
-        log(f"[ray] the cluster's own logs are kept in {temp_dir}")
-    else:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            ctx.fail(f"{SCENARIO}: hello", system, exc)
+    finally:
+        if failed:
+            log(f"[ray] the cluster's own logs are kept in {temp_dir}")
+        else:
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _schooner_problem(ray_python: str) -> str | None:
@@ -86,10 +93,10 @@ def _schooner_problem(ray_python: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _cluster(ctx: Context) -> Iterator[tuple[Server, str, Path]]:
-    """One local Ray cluster for the scenario; stopped (by pid) however the block ends."""
+def _cluster(ctx: Context, temp_dir: Path) -> Iterator[tuple[Server, str]]:
+    """One local Ray cluster for the scenario, its files in ``temp_dir``; stopped (by pid)
+    however the block ends."""
     nodes = ctx.options.ray_nodes
-    temp_dir = Path(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"))
     head_cpus = 4 if nodes == 1 else 0
     cluster = systems.start_ray_cluster(ctx.servers, ctx.options, temp_dir, nodes, head_cpus)
     try:
@@ -97,7 +104,7 @@ def _cluster(ctx: Context) -> Iterator[tuple[Server, str, Path]]:
         address = _line(cluster, "ADDRESS ")
         cluster.track()
         log(f"[ray] local Ray cluster of {nodes} node(s) at {address} (files in {temp_dir})")
-        yield cluster, address, temp_dir
+        yield cluster, address
     finally:
         cluster.stop()
 

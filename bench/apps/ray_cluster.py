@@ -1,8 +1,9 @@
 """Hold one local Ray cluster until SIGTERM or SIGINT (run with a Python that has Ray).
 
 Usage: ``python ray_cluster.py NODES HEAD_CPUS WORKER_CPUS``. Starts a head node
-(dashboard off, every port picked free) and, with ``NODES`` = 2, one worker
-node, prints ``ADDRESS host:port`` (the GCS address for ``ray.init``) and waits.
+(dashboard off, every port chosen by Ray among the free ones) and, with
+``NODES`` = 2, one worker node, prints ``ADDRESS host:port`` (the GCS address
+for ``ray.init``) and waits.
 On SIGTERM or SIGINT it removes both nodes (``Cluster.shutdown``), prints
 ``STOPPED`` and exits. Every Ray process is a descendant of this one, so the
 suite can follow and stop exactly this cluster; ``RAY_TMPDIR`` (set by the
@@ -12,28 +13,18 @@ suite) keeps its session files and address file out of the shared ``/tmp/ray``.
 from __future__ import annotations
 
 import signal
-import socket
 import sys
 import threading
 
 from ray.cluster_utils import Cluster
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _node_args(num_cpus: int) -> dict[str, object]:
-    """No dashboard, no fixed port (the machine is shared with other clusters)."""
-    return {
-        "num_cpus": num_cpus,
-        "include_dashboard": False,
-        "dashboard_agent_listen_port": _free_port(),
-        "runtime_env_agent_port": _free_port(),
-        "metrics_export_port": _free_port(),
-    }
+    """No dashboard, and no fixed port: the machine is shared with other clusters. Ports
+    left unset (GCS, metrics, runtime-env agent) or None (the dashboard agent, whose
+    default is 52365) are bound by Ray itself on any free port, without the race of
+    picking a free port here and binding it later."""
+    return {"num_cpus": num_cpus, "include_dashboard": False, "dashboard_agent_listen_port": None}
 
 
 def main() -> None:
@@ -41,8 +32,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    head = {**_node_args(head_cpus), "gcs_server_port": _free_port()}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
+    cluster = Cluster(initialize_head=True, head_node_args=_node_args(head_cpus))
     try:
         for _ in range(nodes - 1):
             cluster.add_node(**_node_args(worker_cpus))
