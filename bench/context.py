@@ -93,22 +93,30 @@ class Context:
             server.stop()
 
     def load(
-        self, scenario: str, server: Server, port: int, connections: int, body_bytes: int = 0
+        self,
+        scenario: str,
+        server: Server,
+        port: int,
+        connections: int,
+        body_bytes: int = 0,
+        path: str = "/",
     ) -> LoadResult:
         """Warm up, then measure (``--repeat`` times, keeping the fastest run); record
-        the CPU split, load average and every run in ``extra``."""
+        the CPU split, load average and every run in ``extra``. ``server`` is whose
+        process tree the CPU split counts as the system's."""
         opts = self.options
-        label = f"{scenario} {server.name} @{connections}c"
+        where = f"{server.name}{path if path != '/' else ''} @{connections}c"
+        label = f"{scenario} {where}"
         runs: list[LoadResult] = []
         for _ in range(opts.repeat):
             self.quiet(label, server)
-            run_load(port, connections, opts.warmup_s, body_bytes, opts.loadgen)
+            run_load(port, connections, opts.warmup_s, body_bytes, opts.loadgen, path)
             watch = CpuWatch(server)
-            result = run_load(port, connections, opts.duration_s, body_bytes, opts.loadgen)
+            result = run_load(port, connections, opts.duration_s, body_bytes, opts.loadgen, path)
             split = watch.stop()
             result.extra = {"cpu": split.as_dict(), "load_average_1m": os.getloadavg()[0]}
             log(
-                f"[{scenario}] {server.name} @{connections}c: "
+                f"[{scenario}] {where}: "
                 f"{result.requests_per_s:,.0f} req/s, p50 {result.p50_ms:.3f} ms, "
                 f"p99 {result.p99_ms:.3f} ms, cores: system {split.system_cores:.2f}, "
                 f"loadgen {split.loadgen_cores:.2f}, other {split.other_cores:.2f}"

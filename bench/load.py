@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,17 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_body(port: int, expected: bytes, body: bytes | None = None, path: str = "/") -> None:
+    """One request by hand before any load: the app must answer what it should."""
+    method = "GET" if body is None else "POST"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    request.add_header("Content-Type", "application/octet-stream")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        got = response.read()
+    if got != expected:
+        raise RuntimeError(f"expected {expected[:40]!r} ({len(expected)} B), got {got[:40]!r}")
 
 
 def wrk_path() -> str | None:
@@ -173,9 +185,14 @@ def run_builtin(
 
 
 def run_load(
-    port: int, connections: int, duration_s: float, body_bytes: int = 0, tool: str = "auto"
+    port: int,
+    connections: int,
+    duration_s: float,
+    body_bytes: int = 0,
+    tool: str = "auto",
+    path: str = "/",
 ) -> LoadResult:
-    """Load ``http://127.0.0.1:port/`` with the chosen tool (``auto``: wrk if installed)."""
+    """Load ``http://127.0.0.1:port/path`` with the chosen tool (``auto``: wrk if installed)."""
     if tool == "wrk" or (tool == "auto" and wrk_path()):
-        return run_wrk(f"http://127.0.0.1:{port}/", connections, duration_s, body_bytes)
-    return run_builtin(port, connections, duration_s, body_bytes)
+        return run_wrk(f"http://127.0.0.1:{port}{path}", connections, duration_s, body_bytes)
+    return run_builtin(port, connections, duration_s, body_bytes, path)

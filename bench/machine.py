@@ -63,7 +63,7 @@ def ray_info(ray_python: str) -> dict[str, Any]:
         "import json, platform; from importlib import metadata as m\n"
         "import ray.serve\n"
         "v = {}\n"
-        "for n in ('ray', 'numpy', 'uvicorn', 'starlette'):\n"
+        "for n in ('ray', 'schooner', 'numpy', 'uvicorn', 'starlette'):\n"
         "    try: v[n] = m.version(n)\n"
         "    except m.PackageNotFoundError: v[n] = None\n"
         "print(json.dumps({'python': platform.python_version(), 'packages': v}))\n"

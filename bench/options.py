@@ -18,6 +18,9 @@ class Options:
     loadgen: str
     #: A Python with ``ray[serve]``; None: no Ray columns.
     ray_python: str | None
+    #: Nodes of the local Ray cluster of the ``ray`` scenario (1, or 2: replicas on a
+    #: worker node, proxy on the head).
+    ray_nodes: int
     #: Another Schooner install's Python (the ``baseline`` system); None: no baseline.
     baseline_python: str | None
     #: The systems compared: some of ``schooner``, ``bare``, ``ray``.

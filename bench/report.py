@@ -7,11 +7,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bench.context import Record
-from bench.systems import BARE, BASELINE, RAY, SCHOONER
+from bench.systems import BARE, BASELINE, LABELS, RAY, SCHOONER
 
-COLUMNS = ("scenario", "metric", "Schooner", "bare", "S/bare", "Ray", "S/Ray")
-#: Added when a baseline Schooner was measured (``--baseline-python``).
-BASELINE_COLUMNS = ("baseline", "S/baseline")
+#: The systems Schooner is compared with, in column order; each gets a value column and a
+#: ratio column when the run measured it (``baseline``: with ``--baseline-python``).
+COMPARED = ((BARE, "bare"), (RAY, "Ray"), (BASELINE, "baseline"))
 
 
 @dataclass
@@ -79,21 +79,20 @@ def _cell(row: Row, system: str) -> str:
 
 
 def table_lines(rows: Sequence[Row], markdown: bool = False) -> list[str]:
-    with_baseline = any(BASELINE in row.values or BASELINE in row.errors for row in rows)
-    columns = COLUMNS + BASELINE_COLUMNS if with_baseline else COLUMNS
-    body = [
-        (
-            row.scenario,
-            row.metric,
-            _cell(row, SCHOONER),
-            _cell(row, BARE),
-            _ratio(row.ratio(BARE)),
-            _cell(row, RAY),
-            _ratio(row.ratio(RAY)),
-        )
-        + ((_cell(row, BASELINE), _ratio(row.ratio(BASELINE))) if with_baseline else ())
-        for row in rows
+    shown = [
+        (system, label)
+        for system, label in COMPARED
+        if any(system in row.values or system in row.errors for row in rows)
     ]
+    columns = ("scenario", "metric", "Schooner")
+    for _, label in shown:
+        columns += (label, f"S/{label}")
+    body = []
+    for row in rows:
+        cells: tuple[str, ...] = (row.scenario, row.metric, _cell(row, SCHOONER))
+        for system, _ in shown:
+            cells += (_cell(row, system), _ratio(row.ratio(system)))
+        body.append(cells)
     if markdown:
         lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
         return lines + ["| " + " | ".join(cells) + " |" for cells in body]
@@ -109,28 +108,48 @@ def table_lines(rows: Sequence[Row], markdown: bool = False) -> list[str]:
 
 @dataclass
 class Target:
-    """An issue-3 target: Schooner's value (or its ratio to bare) against a bound."""
+    """A target of an issue: Schooner's value, or its ratio to ``versus``, against a bound."""
 
     label: str
     scenario: str
     metric: str
     bound: float
     at_least: bool
-    versus_bare: bool = False
+    #: Compare Schooner / this system (``bare``, ``ray``) rather than Schooner's value.
+    versus: str | None = None
+    issue: int = 3
 
     def describe(self) -> str:
         sign = ">=" if self.at_least else "<="
-        return f"{sign} {self.bound:g}" + (" x bare" if self.versus_bare else "")
+        return f"{sign} {self.bound:g}" + (f" x {LABELS[self.versus]}" if self.versus else "")
 
 
 TARGETS = (
-    Target("hello, 32 connections", "hello", "req/s @32c", 0.25, True, versus_bare=True),
+    Target("hello, 32 connections", "hello", "req/s @32c", 0.25, True, versus=BARE),
     Target("hello, 1 connection, p50 (ms)", "hello", "p50 ms @1c", 0.5, False),
-    Target("chain, 32 connections", "chain", "req/s @32c", 0.15, True, versus_bare=True),
+    Target("chain, 32 connections", "chain", "req/s @32c", 0.15, True, versus=BARE),
     Target("handle calls, 100 in flight", "handle", "calls/s @100 in flight", 20_000, True),
     Target("cold start to first 200 OK (s)", "cold start", "s to first 200", 1.0, False),
     Target("idle RSS, instance + 1 replica (MB)", "memory idle", "RSS MB", 200, False),
     Target("4 MiB array through a handle (GB/s)", "array 4 MiB", "GB/s", 1.0, True),
+    Target(
+        "on Ray: hello, 32 connections",
+        "on Ray: hello",
+        "req/s @32c",
+        10.0,
+        True,
+        versus=RAY,
+        issue=11,
+    ),
+    Target(
+        "on Ray: hello, 1 connection, p50",
+        "on Ray: hello",
+        "p50 ms @1c",
+        0.2,
+        False,
+        versus=RAY,
+        issue=11,
+    ),
 )
 
 
@@ -141,7 +160,7 @@ def check_targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
         row = by_key.get((target.scenario, target.metric))
         value = None
         if row is not None:
-            value = row.ratio(BARE) if target.versus_bare else row.values.get(SCHOONER)
+            value = row.ratio(target.versus) if target.versus else row.values.get(SCHOONER)
         met = None
         if value is not None:
             met = value >= target.bound if target.at_least else value <= target.bound
@@ -154,11 +173,11 @@ def target_lines(checked: Sequence[dict[str, Any]], markdown: bool = False) -> l
     if markdown:
         lines = ["| target | bound | Schooner | status |", "|---|---|---:|---|"]
         for t in checked:
-            value = _number(t["value"]) + ("x" if t["versus_bare"] and t["value"] else "")
+            value = _number(t["value"]) + ("x" if t["versus"] and t["value"] else "")
             lines.append(f"| {t['label']} | {t['target']} | {value} | {word[t['met']]} |")
         return lines
     lines = []
     for t in checked:
-        value = _number(t["value"]) + ("x" if t["versus_bare"] and t["value"] else "")
+        value = _number(t["value"]) + ("x" if t["versus"] and t["value"] else "")
         lines.append(f"  {t['label']:<40} {t['target']:<16} {value:>10}  {word[t['met']]}")
     return lines

@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--ray-python", metavar="PATH", help="a Python with ray[serve] (adds the Ray columns)"
     )
     parser.add_argument(
+        "--ray-nodes",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="nodes of the Ray cluster of the 'ray' scenario (2: replicas on a worker node)",
+    )
+    parser.add_argument(
         "--baseline-python",
         metavar="PATH",
         help="the Python of another Schooner install, e.g. a venv of the previous commit "
@@ -132,6 +139,7 @@ def options_from(args: argparse.Namespace) -> Options:
         settle_s=2.0 if quick else 5.0,
         loadgen=args.loadgen,
         ray_python=args.ray_python,
+        ray_nodes=args.ray_nodes,
         baseline_python=args.baseline_python,
         systems=_split(args.systems, ALL_SYSTEMS, "system"),
         max_ongoing=args.max_ongoing,
@@ -184,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print("\n".join(report.table_lines(rows)))
     print()
-    print("Issue 3 targets (Schooner):")
+    print("Targets (Schooner; issue 3 on the embedded runtime, issue 11 on Ray):")
     print("\n".join(report.target_lines(targets)))
     document: dict[str, Any] = {
         "machine": machine,

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import statistics
 import time
-import urllib.request
 from collections.abc import Callable
 
 from bench import systems
 from bench.context import Context, log
 from bench.faults import faults
-from bench.load import LoadResult
+from bench.load import LoadResult, check_body
+from bench.on_ray import on_ray
 from bench.procs import free_port
 from bench.systems import BARE, BASELINE, LABELS, RAY, SCHOONER
 from bench.updates import live_updates
@@ -20,17 +20,6 @@ MIB = 1024 * 1024
 ECHO_CONNECTIONS = 4
 #: Seconds over which an idle instance's CPU use is measured.
 IDLE_CPU_WINDOW_S = 2.0
-
-
-def _check_body(port: int, expected: bytes, body: bytes | None = None) -> None:
-    """One request by hand before any load: the app must answer what it should."""
-    method = "GET" if body is None else "POST"
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/", data=body, method=method)
-    request.add_header("Content-Type", "application/octet-stream")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        got = response.read()
-    if got != expected:
-        raise RuntimeError(f"expected {expected[:40]!r} ({len(expected)} B), got {got[:40]!r}")
 
 
 def _record_load(ctx: Context, scenario: str, system: str, tag: str, result: LoadResult) -> None:
@@ -45,7 +34,7 @@ def hello(ctx: Context) -> None:
     for system in ctx.available(SCHOONER, BASELINE, BARE, RAY):
         try:
             with ctx.serving(system, "hello") as (server, port):
-                _check_body(port, b"hello")
+                check_body(port, b"hello")
                 for connections in (1, 32):
                     result = ctx.load("hello", server, port, connections)
                     _record_load(ctx, "hello", system, f"@{connections}c", result)
@@ -67,7 +56,7 @@ def chain(ctx: Context) -> None:
                 _record_load(ctx, "chain", BARE, "@32c", result)
                 continue
             with ctx.serving(system, "chain") as (server, port):
-                _check_body(port, b"hello")
+                check_body(port, b"hello")
                 _record_load(ctx, "chain", system, "@32c", ctx.load("chain", server, port, 32))
         except Exception as exc:
             ctx.fail("chain", system, exc)
@@ -97,7 +86,7 @@ def echo(ctx: Context) -> None:
     for system in ctx.available(SCHOONER, BASELINE, BARE, RAY):
         try:
             with ctx.serving(system, "echo") as (server, port):
-                _check_body(port, payload, payload)
+                check_body(port, payload, payload)
                 result = ctx.load("echo", server, port, ECHO_CONNECTIONS, body_bytes=MIB)
                 tag = f"@{ECHO_CONNECTIONS}c"
                 mb_s = result.requests_per_s * MIB / 1e6
@@ -190,4 +179,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "memory": memory,
     "updates": live_updates,
     "faults": faults,
+    "ray": on_ray,
 }

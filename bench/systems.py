@@ -8,6 +8,9 @@
 - handle drivers: ``handle_driver.py`` run by the system's own Python.
 - baseline (``--baseline-python``): another Schooner install, e.g. a venv of
   the previous commit, started exactly as Schooner is: an A/B in one run.
+- the ``ray`` scenario: ``ray_cluster.py`` holds one local Ray cluster, and
+  ``cluster_driver.py`` (Ray's Python, which must also have Schooner) runs
+  the same program on it with Ray Serve, then with Schooner.
 """
 
 from __future__ import annotations
@@ -89,6 +92,35 @@ def start_http(
         return servers.start(f"ray-serve-run-{app}", argv, env=env, stop_signal=signal.SIGINT)
     argv = [ray_python, str(APPS_DIR / "ray_server.py"), app, str(port)]
     return servers.start(f"ray-{app}", argv, env=env)
+
+
+def start_ray_cluster(
+    servers: ServerSet, options: Options, temp_dir: Path, nodes: int, head_cpus: int
+) -> Server:
+    """``ray_cluster.py``: a head (and with ``nodes`` = 2 a worker node with 4 CPUs)
+    whose files live in ``temp_dir``; prints ``ADDRESS host:port`` once up."""
+    assert options.ray_python is not None
+    env = _env(SCHOONER, options.max_ongoing)
+    env["RAY_TMPDIR"] = str(temp_dir)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    argv = [options.ray_python, str(APPS_DIR / "ray_cluster.py"), str(nodes), str(head_cpus), "4"]
+    return servers.start("ray-cluster", argv, env=env, stop_grace_s=60.0)
+
+
+def start_cluster_driver(
+    servers: ServerSet, options: Options, system: str, address: str, temp_dir: Path, port: int
+) -> Server:
+    """``cluster_driver.py`` for ``system`` (``ray`` or ``schooner``) on the cluster at
+    ``address``, serving HTTP on ``port``, with Ray's Python."""
+    assert options.ray_python is not None
+    env = _env(RAY if system == RAY else SCHOONER, options.max_ongoing)
+    env["RAY_TMPDIR"] = str(temp_dir)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["SCHOONER_ADMIN_PORT"] = "0"  # not 8265: the machine may run other instances
+    argv = [options.ray_python, str(APPS_DIR / "cluster_driver.py"), address, str(port)]
+    argv += [str(options.cold_runs), str(options.duration_s), str(options.warmup_s)]
+    argv += [str(options.repeat)]
+    return servers.start(f"{system}-on-ray-driver", argv, env=env)
 
 
 def start_driver(servers: ServerSet, options: Options, system: str, mode: str) -> Server:

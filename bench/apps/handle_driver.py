@@ -63,7 +63,7 @@ async def _best(
     return best
 
 
-async def _measure(
+async def measure(
     handle: Any, mode: str, duration_s: float, warmup_s: float, repeat: int
 ) -> dict[str, Any]:
     if mode == "calls":
@@ -95,7 +95,7 @@ def main() -> None:
     try:
         serve.start(http_options=http)
         handle = serve.run(bench_apps.echo, name="default", route_prefix="/")
-        coro = _measure(handle, mode, duration_s, warmup_s, repeat)
+        coro = measure(handle, mode, duration_s, warmup_s, repeat)
         if os.environ.get("BENCH_DRIVER_LOOP") == "uvloop":
             import uvloop
 
