@@ -242,7 +242,7 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
 
 def _ray_start_options(options: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """What the instance on the cluster is started with (serve.start's options)."""
-    from schooner.rpc.transport import tls_environment
+    from schooner.rpc.transport import instance_environment
 
     http = options.http
     admin_port = int(os.environ.get("SCHOONER_ADMIN_PORT", "8265"))
@@ -254,7 +254,7 @@ def _ray_start_options(options: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         "http_options": http.model_dump(mode="json", exclude={"location"}),
         "admin_port": admin_port if admin_port >= 0 else None,
         "checkpoint_path": kwargs.get("checkpoint_path"),
-        "env": {**options.head_env(), **tls_environment()},
+        "env": {**options.head_env(), **instance_environment()},
     }
 
 

@@ -77,9 +77,7 @@ class _ModuleInstances:
             # One proxy, as one embedded instance has: the nodes of the test cluster share
             # this machine's address, so EveryNode proxies would split a test's requests
             # (and its queue limits) between them. EveryNode has tests of its own.
-            serve.start(
-                http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly"
-            )
+            serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
         else:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
         self.current = Instance(port, backend)

@@ -331,13 +331,14 @@ def test_node_death_without_room_waits_with_a_reason_until_a_node_joins(
         handle = serve.run(needy.bind(), name="needy", route_prefix="/needy")
         assert handle.where.remote().result()["node_id"] == gpuish.node_id
         ray_cluster.kill_node(gpuish)
+        # First the replica is reported dead, then its replacement waits, saying for what.
         message = wait_for(
-            lambda: waiting_message("needy", "Where"),
+            lambda: (m := waiting_message("needy", "Where")) and "accel" in m and m,
             timeout_s=90,
             interval_s=0.5,
-            message="a reason in serve.status()",
+            message="a reason naming the missing resource in serve.status()",
         )
-        assert "accel" in message, message
+        assert "Waiting for resources" in message, message
         added = ray_cluster.add_worker({"accel": 1}, num_cpus=1)
         wait_for(
             lambda: serve.status().applications["needy"].status == "RUNNING",

@@ -79,7 +79,7 @@ def _start_on_ray(args: argparse.Namespace) -> int:
     actor on its head node) and outlives this command."""
     import ray
 
-    from schooner.rpc.transport import tls_environment
+    from schooner.rpc.transport import instance_environment
     from schooner.runtime.ray_backend import host
 
     ray.init(address=args.ray_address, logging_level="WARNING", log_to_driver=False)
@@ -93,7 +93,7 @@ def _start_on_ray(args: argparse.Namespace) -> int:
             "admin_port": args.admin_port,
             "proxy_location": args.proxy_location,
             "checkpoint_path": args.checkpoint_path,
-            "env": tls_environment(),
+            "env": instance_environment(),
         },
         create=True,
     )

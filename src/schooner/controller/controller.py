@@ -69,6 +69,8 @@ TICK_S = 0.1
 STARTUP_TIMEOUT_S = 600.0
 #: After asking a replica to stop, how long it may take on top of its graceful timeout.
 STOP_GRACE_S = 5.0
+#: A replica a cluster backend has not started after this long gets its reason asked for.
+PLACEMENT_PATIENCE_S = 3.0
 #: After a head restart, how long a re-adopted replica has to reconnect before it is replaced.
 REJOIN_TIMEOUT_S = 10.0
 _REPLICA_MODULE = "schooner.replica.main"
@@ -277,9 +279,26 @@ class Controller:
             )
             for replica in extra[: len(current) - target]:
                 self._stop_replica(dep, replica)
+        if self.backend is not None and dep.pending_reason is None:
+            self._explain_waiting(dep, self.backend, now)
         # 5. Status, then ranks (dense again once settled; replicas told of changes).
         dep.update_status()
         sync_ranks(dep, lambda r, rank, size: self.spawn(deliver_rank(r, rank, size)))
+
+    def _explain_waiting(self, dep: DeploymentState, backend: ClusterBackend, now: float) -> None:
+        """A replica the cluster was asked for but has not started for a while: say why."""
+        for replica in dep.replicas.values():
+            if (
+                replica.state == ReplicaState.STARTING
+                and replica.conn is None
+                and now - replica.started_monotonic > PLACEMENT_PATIENCE_S
+            ):
+                reason = backend.waiting_reason(replica.process, replica.allocation.request)
+                if reason:
+                    dep.pending_reason = (
+                        f"Deployment '{dep.id.name}' has replicas waiting to start. {reason}"
+                    )
+                    return
 
     def _make_room_for_rollout(
         self, dep: DeploymentState, outdated: list[ReplicaRecord], current: list[ReplicaRecord]

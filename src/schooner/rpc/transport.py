@@ -91,6 +91,16 @@ def tls_environment() -> dict[str, str]:
     return {k: os.environ[k] for k in TLS_ENV_VARS if os.environ.get(k)}
 
 
+def instance_environment() -> dict[str, str]:
+    """What an instance started from here on a cluster takes from this process's
+    environment: RPC TLS and the admin API's token (``SCHOONER_ADMIN_TOKEN``)."""
+    env = tls_environment()
+    token = os.environ.get("SCHOONER_ADMIN_TOKEN")
+    if token:
+        env["SCHOONER_ADMIN_TOKEN"] = token
+    return env
+
+
 def set_default_secret(secret: bytes | None) -> None:
     """Use ``secret`` when :func:`connect` is given none (None: no default, and the
     environment variable is not consulted any more)."""

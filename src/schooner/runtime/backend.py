@@ -50,6 +50,9 @@ class ClusterBackend(Protocol):
     def tick(self) -> None:
         """Once per reconcile tick (proxies on joining and leaving nodes)."""
 
+    def waiting_reason(self, process: object, request: dict[str, float]) -> str | None:
+        """Why the cluster has not started a replica it was asked to start, if it says."""
+
     def node_ips(self) -> dict[str, str]:
         """The IP address of each alive node."""
 

@@ -35,6 +35,8 @@ logger = logging.getLogger("schooner.controller")
 _ACTOR_CONCURRENCY = 4
 
 _RemoteReplica = ray.remote(ReplicaActor)
+#: How often Ray is asked why a replica actor is not placed yet.
+_ASK_EVERY_S = 2.0
 
 
 def list_nodes() -> list[Node]:
@@ -89,6 +91,9 @@ class RayReplica:
         #: the replica's failure to start is the cluster's, not its code's.
         self.exit_reason: str | None = None
         self.node_lost = False
+        #: Why Ray has not placed it yet, and when that was last asked (see waiting_reason).
+        self.waiting: str | None = None
+        self.asked_at = float("-inf")
 
     @property
     def pid(self) -> int:
@@ -263,6 +268,38 @@ class RayBackend:
     def tick(self) -> None:
         if self.proxies is not None:
             self.proxies.reconcile(self.placement.nodes())
+
+    def waiting_reason(self, process: object, request: dict[str, float]) -> str | None:
+        """Why Ray has not yet placed a replica actor that Schooner placed (other Ray work
+        on the cluster holds the resources), or None if it has."""
+        if not isinstance(process, RayReplica):
+            return None
+        now = time.monotonic()
+        if now - process.asked_at < _ASK_EVERY_S:  # the GCS is asked once in a while
+            return process.waiting
+        process.asked_at = now
+        process.waiting = self._ask_why_waiting(process, request)
+        return process.waiting
+
+    def _ask_why_waiting(self, process: RayReplica, request: dict[str, float]) -> str | None:
+        try:
+            from ray._private.state import actors, available_resources_per_node
+
+            state = actors(process.actor._actor_id.hex()).get("State")
+            if state not in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"):
+                return None
+            free = available_resources_per_node().get(process.node_id or "", {})
+        except Exception:
+            return None
+        short = [
+            f"{name}: needs {amount:g}, {free.get(name, 0.0):g} free"
+            for name, amount in request.items()
+            if amount > 0 and free.get(name, 0.0) < amount
+        ]
+        where = f"node {process.node_id[:8]}" if process.node_id else "the cluster"
+        return f"Waiting for Ray to place it on {where}, whose resources other Ray work holds" + (
+            f" ({'; '.join(short)})." if short else "."
+        )
 
     def node_ips(self) -> dict[str, str]:
         return {n.node_id: n.ip for n in self.placement.nodes()}

@@ -1,12 +1,13 @@
 """Proxies on the nodes of a Ray cluster (``proxy_location``).
 
-The head node's proxy is the head's own child process, as on the embedded
-runtime. With ``EveryNode``, every other alive node gets a proxy actor
-(:class:`ProxyActor`, no CPU reserved, pinned to its node) whose child
-process is the same proxy (:mod:`schooner.proxy.main`): it binds the HTTP
-port on its node, connects to the controller over authenticated TCP and
-routes to replicas on any node. A node that joins gets one; a node that
-leaves takes its proxy with it.
+Each proxy is a proxy actor (:class:`ProxyActor`, no CPU reserved, pinned to
+its node) whose child process is the same proxy as on the embedded runtime
+(:mod:`schooner.proxy.main`): it binds the HTTP port on its node (with
+SO_REUSEPORT, so nodes sharing one machine can share the port), connects to
+the controller over authenticated TCP and routes to replicas on any node.
+``HeadOnly``: one on the head node; ``EveryNode``: one on every alive node (a
+node that joins gets one; a node that leaves takes its proxy with it). Proxy
+actors outlive a restart of the head or of its host actor and are re-adopted.
 """
 
 from __future__ import annotations
