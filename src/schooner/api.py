@@ -211,7 +211,7 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
     from schooner.rpc.transport import set_default_secret
     from schooner.runtime.ray_backend import host
     from schooner.runtime.ray_backend.names import InstanceAlive, host_exists
-    from schooner.runtime_env.spec import BACKEND_ENV
+    from schooner.runtime_env.spec import use_ray_backend
 
     if not ray.is_initialized():
         ray.init(address=os.environ["SCHOONER_RAY_ADDRESS"])
@@ -219,7 +219,7 @@ def _attach_ray(options: Any, kwargs: dict[str, Any], *, create: bool) -> bool:
     if info is None:
         return False
     set_default_secret(bytes.fromhex(info["secret"]))
-    os.environ[BACKEND_ENV] = "ray"  # runtime_envs may use Ray's own fields (conda, ...)
+    use_ray_backend(True)  # runtime_envs may use Ray's own fields (conda, ...)
     node_id = host.driver_node_id()
     set_local_node_id(node_id)
     # Always TCP: its port outlives the head and the host actor, where the Unix socket of a
@@ -583,6 +583,10 @@ def _disconnect(*, stop: bool) -> None:
         _deployed_here.clear()
         core.close()
         _core.set_core(None)
+        if on_ray:
+            from schooner.runtime_env.spec import use_ray_backend
+
+            use_ray_backend(None)
         if stop and on_ray:  # as Ray Serve's shutdown: the instance leaves the cluster
             from schooner.runtime.ray_backend.host import stop_instance
 

@@ -517,10 +517,14 @@ def test_concurrent_resolvers_install_once(tmp_path: Path, logged_python: tuple[
 def test_on_a_ray_cluster_rays_own_fields_go_to_ray(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from schooner.runtime_env import spec
+
+    monkeypatch.setattr(spec, "_ray_backend", None)
+    monkeypatch.delenv("SCHOONER_BACKEND", raising=False)
     env = {"conda": {"dependencies": ["numpy"]}, "env_vars": {"A": "1"}}
     with pytest.raises(RuntimeEnvSetupError, match="does not support the runtime_env field"):
         validate_runtime_env(env)
-    monkeypatch.setenv("SCHOONER_BACKEND", "ray")
+    monkeypatch.setenv("SCHOONER_BACKEND", "ray")  # as in the head of an instance on Ray
     resolved = resolve_runtime_env(env, tmp_path)
     assert resolved.ray_fields == {"conda": {"dependencies": ["numpy"]}}
     assert resolved.env_vars == {"A": "1"}

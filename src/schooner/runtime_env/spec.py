@@ -45,13 +45,25 @@ _UNSUPPORTED_RAY_FIELDS = {
 
 _PIP_KEYS = ("packages", "pip_check", "pip_version")
 
-#: On a Ray cluster (``SCHOONER_BACKEND=ray``, set in the processes of an instance there),
-#: these fields go to Ray as they are: Ray builds the environment on each node.
+#: On a Ray cluster these fields go to Ray as they are: Ray builds the environment on each
+#: node. The head of an instance there (and its builder processes) has
+#: ``SCHOONER_BACKEND=ray`` in its environment; a driver attached to one says so with
+#: :func:`use_ray_backend`.
 RAY_BACKEND_FIELDS = ("conda", "uv", "container", "image_uri")
 BACKEND_ENV = "SCHOONER_BACKEND"
+_ray_backend: bool | None = None
+
+
+def use_ray_backend(on: bool | None) -> None:
+    """This process deploys to an instance on a Ray cluster (True), or not (False/None:
+    as ``SCHOONER_BACKEND`` says)."""
+    global _ray_backend
+    _ray_backend = on
 
 
 def _on_ray() -> bool:
+    if _ray_backend is not None:
+        return _ray_backend
     return os.environ.get(BACKEND_ENV) == "ray"
 
 
