@@ -333,7 +333,12 @@ def test_node_death_without_room_waits_with_a_reason_until_a_node_joins(
         ray_cluster.kill_node(gpuish)
         # First the replica is reported dead, then its replacement waits, saying for what.
         message = wait_for(
-            lambda: (m := waiting_message("needy", "Where")) and "accel" in m and m,
+            lambda: (
+                (m := waiting_message("needy", "Where"))
+                and "Waiting for resources" in m
+                and "accel" in m
+                and m
+            ),
             timeout_s=90,
             interval_s=0.5,
             message="a reason naming the missing resource in serve.status()",

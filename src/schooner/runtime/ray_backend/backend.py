@@ -297,9 +297,8 @@ class RayBackend:
             if amount > 0 and free.get(name, 0.0) < amount
         ]
         where = f"node {process.node_id[:8]}" if process.node_id else "the cluster"
-        return f"Waiting for Ray to place it on {where}, whose resources other Ray work holds" + (
-            f" ({'; '.join(short)})." if short else "."
-        )
+        reported = f" (Ray reports {'; '.join(short)} there)" if short else ""
+        return f"Waiting for Ray to place it on {where}{reported}."
 
     def node_ips(self) -> dict[str, str]:
         return {n.node_id: n.ip for n in self.placement.nodes()}
