@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from schooner.admin.client import AdminClient, AdminError, AdminUnreachable
@@ -81,9 +82,10 @@ def _start_on_ray(args: argparse.Namespace) -> int:
 
     from schooner.rpc.transport import instance_environment
     from schooner.runtime.ray_backend import host
+    from schooner.runtime.ray_backend.names import host_exists
 
     ray.init(address=args.ray_address, logging_level="WARNING", log_to_driver=False)
-    existing = host.find_host() is not None
+    existing = host_exists()
     info = host.attach(
         {
             "http_host": args.http_host,
@@ -111,11 +113,11 @@ def _start_on_ray(args: argparse.Namespace) -> int:
         flush=True,
     )
     if args.block:
-        return _block_on_ray(host)
+        return _block_on_ray(host_exists)
     return 0
 
 
-def _block_on_ray(host: Any) -> int:
+def _block_on_ray(exists: Callable[[], bool]) -> int:
     """``--block`` on Ray: until the instance is gone; SIGTERM or Ctrl-C shuts it down."""
     stop = {"asked": False}
 
@@ -124,7 +126,7 @@ def _block_on_ray(host: Any) -> int:
 
     signal.signal(signal.SIGTERM, ask)
     signal.signal(signal.SIGINT, ask)
-    while host.find_host() is not None and not stop["asked"]:
+    while exists() and not stop["asked"]:
         time.sleep(0.5)
     if stop["asked"]:
         import schooner as serve

@@ -30,7 +30,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from schooner.runtime.head_launch import HeadHandle, launch_head
 from schooner.runtime.ray_backend.head_side import SECRET_ENV
-from schooner.runtime.ray_backend.names import CONTROLLER_ACTOR, KV_SECRET, NAMESPACE
+from schooner.runtime.ray_backend.names import CONTROLLER_ACTOR, KV_SECRET, NAMESPACE, find_host
 
 #: How long a driver waits for the instance to start on the cluster.
 START_TIMEOUT_S = 120.0
@@ -144,13 +144,6 @@ def _head_node_id() -> str:
         if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
             return str(node["NodeID"])
     return str(ray.get_runtime_context().get_node_id())
-
-
-def find_host() -> Any | None:
-    try:
-        return ray.get_actor(CONTROLLER_ACTOR, namespace=NAMESPACE)
-    except ValueError:
-        return None
 
 
 def attach(options: dict[str, Any] | None, create: bool) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -37,13 +38,17 @@ def node_session(instance: str, node_id: str) -> Session:
     return Session.open(root)
 
 
+def find_host() -> Any | None:
+    """The instance's host actor (alive or being restarted), or None if there is none."""
+    try:
+        return ray.get_actor(CONTROLLER_ACTOR, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
 def host_exists() -> bool:
     """Whether the instance's host actor exists (it is alive or being restarted)."""
-    try:
-        ray.get_actor(CONTROLLER_ACTOR, namespace=NAMESPACE)
-    except ValueError:
-        return False
-    return True
+    return find_host() is not None
 
 
 class InstanceAlive:
