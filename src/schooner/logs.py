@@ -18,6 +18,7 @@ import logging
 import os
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,6 +69,67 @@ def instance_logging_config() -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+#: The last lines this process logged, for the dashboard (see :func:`recent_lines`).
+RECENT_LINES = 200
+_recent: deque[str] = deque(maxlen=RECENT_LINES)
+
+
+def recent_lines(limit: int = RECENT_LINES) -> list[str]:
+    """The last ``limit`` formatted lines this process logged (oldest first)."""
+    lines = list(_recent)
+    return lines[-limit:] if limit < len(lines) else lines
+
+
+class _RecentLines(logging.Handler):
+    """Keeps the last :data:`RECENT_LINES` formatted records in memory."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _recent.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+class AccessLog:
+    """Access lines of one process: the proxy's one per HTTP request, a replica's one
+    per call it serves (``logging_config.enable_access_log``).
+
+    ``record`` is called on the hot path, once per request: it must not do I/O itself.
+    """
+
+    def __init__(self, component: str, enabled: bool | None = None) -> None:
+        self.component = component
+        if enabled is None:
+            enabled = bool(instance_logging_config().get("enable_access_log", True))
+        self.enabled = enabled
+        self._logger = logging.getLogger(f"schooner.access.{component}")
+
+    def record(
+        self,
+        *,
+        method: str,
+        route: str,
+        status: int | str,
+        latency_ms: float,
+        request_id: str,
+        application: str = "",
+        deployment: str = "",
+        client: str = "",
+    ) -> None:
+        """One finished request (proxy) or call (replica; ``method`` is the
+        deployment method's name, ``status`` ``OK``/``ERROR``/``CANCELLED``)."""
+        if not self.enabled:
+            return
+        self._logger.info(
+            "%s %s %s %.1fms",
+            method,
+            route,
+            status,
+            latency_ms,
+            extra={"request_id_override": request_id, "route": route, "application": application},
+        )
 
 
 class _ContextFilter(logging.Filter):
@@ -159,7 +221,12 @@ def setup_process_logging(
         handler.setFormatter(JSONFormatter(config.get("additional_log_standard_attrs")))
     else:
         handler.setFormatter(logging.Formatter(LINE_FORMAT))
-    handler.addFilter(_ContextFilter(component, replica, request_id))
+    context_filter = _ContextFilter(component, replica, request_id)
+    handler.addFilter(context_filter)
     root.addHandler(handler)
+    recent = _RecentLines()
+    recent.setFormatter(logging.Formatter(LINE_FORMAT))
+    recent.addFilter(context_filter)
+    root.addHandler(recent)
     root.setLevel(level)
     return path
