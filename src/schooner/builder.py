@@ -62,6 +62,16 @@ def apply_overrides(spec: AppSpec, entries: list[Any]) -> None:
         dep.config = dep.config.merge(entry.overrides())
 
 
+def apply_app_logging_config(spec: AppSpec, logging_config: Any) -> None:
+    """The application's ``logging_config`` applies, whole, to its deployments that set
+    none (in code or in the config's ``deployments:``), as in Ray."""
+    if logging_config is None:
+        return
+    for dep in spec.deployments:
+        if dep.config.logging_config is None:
+            dep.config = dep.config.merge({"logging_config": logging_config})
+
+
 def build_from_config(request: BuildRequest) -> AppSpec:
     """Set up the runtime_env, import and build the application, apply the overrides."""
     from schooner.deployment import build_app
@@ -83,6 +93,7 @@ def build_from_config(request: BuildRequest) -> AppSpec:
     application = build_application(target, config.args, config.import_path)
     spec = build_app(application, config.name, config.route_prefix, source="declarative")
     apply_overrides(spec, list(config.deployments))
+    apply_app_logging_config(spec, config.logging_config)
     attach_process_envs(spec, app_env, resolved, cache_dir, base_dir)
     for dep in spec.deployments:
         if request.restart_nonce:

@@ -121,12 +121,6 @@ def normalize(
             grpc.model_dump(exclude_defaults=True),
         )
     logging_options = _model(LoggingConfig, logging_config, "logging_config")
-    if logging_options.logs_dir is not None:
-        logger.warning(
-            "logging_config.logs_dir (%s) is not supported for the instance yet: logs go to the "
-            "session's logs/ directory.",
-            logging_options.logs_dir,
-        )
     tracing = _model(TracingConfig, tracing_config, "tracing_config")
     if tracing.enabled:
         logger.warning(

@@ -820,7 +820,7 @@ def test_a_replica_saved_while_being_reconfigured_is_reconfigured_once_it_rejoin
         new.ctl.tick()
         await new.settle()
         assert [c for c in conn.calls if c[0] not in ("check_health", "set_rank")] == [
-            ("update", ({"x": 2}, 5))
+            ("update", ({"x": 2}, 5, {}))  # {}: the default logging config
         ]
         assert replica.state == ReplicaState.RUNNING
         assert replica.reconfig_version == new.dep().reconfig_version

@@ -22,6 +22,7 @@ unit-tested without processes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -38,6 +39,13 @@ from schooner.controller.snapshots import replica_set, route_table
 from schooner.controller.spares import Spare, Spares
 from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
 from schooner.exceptions import ServeConfigError
+from schooner.logs import (
+    LOGGING_CONFIG_ENV,
+    effective_logging_config,
+    instance_logging_config,
+    log_file_path,
+    replica_file_stem,
+)
 from schooner.router.router import DELETED
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
 from schooner.rpc.messages import AppSpec
@@ -412,6 +420,7 @@ class Controller:
         env = {**process_env.env_vars, "SCHOONER_SYS_PATH": os.pathsep.join(sys_path)}
         if process_env.cwd is not None:
             env["SCHOONER_CWD"] = process_env.cwd
+        env[LOGGING_CONFIG_ENV] = json.dumps(replica_logging_config(dep))
         # Always set: a replica without a GPU must not see the node's GPUs (as in Ray).
         env["CUDA_VISIBLE_DEVICES"] = self.resources.cuda_visible_devices(allocation)
         # A spare process was started without the runtime_env's variables: only plain ones.
@@ -450,6 +459,7 @@ class Controller:
         env = dict(process_env.env_vars)
         if process_env.cwd is not None:
             env["SCHOONER_CWD"] = process_env.cwd
+        env[LOGGING_CONFIG_ENV] = json.dumps(replica_logging_config(dep))
         try:
             process = backend.start_replica(
                 replica_id, dep.id, config, env, sys_path, allocation, process_env.ray_fields
@@ -473,7 +483,11 @@ class Controller:
             allocation=allocation,
             address=self.session.replica_socket(replica_id),
             log_file=str(
-                self.session.logs / f"replica_{dep.id.app_name}_{dep.id.name}_{replica_id}.log"
+                log_file_path(
+                    self.session.logs,
+                    replica_logging_config(dep),
+                    replica_file_stem(dep.id.app_name, dep.id.name, replica_id),
+                )
             ),
             start_time_s=self.wall_clock(),
             started_monotonic=self.clock(),
@@ -663,7 +677,12 @@ class Controller:
         config = dep.spec.config
         assert replica.conn is not None
         try:
-            await replica.conn.call("update", config.user_config, int(config.max_ongoing_requests))
+            log_file = await replica.conn.call(
+                "update",
+                config.user_config,
+                int(config.max_ongoing_requests),
+                replica_logging_config(dep),
+            )
         except (RemoteCallError, ConnectionLost) as exc:
             logger.warning(
                 "reconfiguring replica %s of %s failed; replacing it: %s",
@@ -675,6 +694,8 @@ class Controller:
                 replica.state = ReplicaState.RUNNING
                 self._stop_replica(dep, replica)
             return
+        if log_file:
+            replica.log_file = str(log_file)
         if replica.state == ReplicaState.UPDATING:
             replica.state = ReplicaState.RUNNING
             replica.reconfig_version = target
@@ -840,3 +861,10 @@ class Controller:
         return app is not None and any(
             d.status == DeploymentStatus.DEPLOY_FAILED for d in app.deployments.values()
         )
+
+
+def replica_logging_config(dep: DeploymentState) -> dict[str, Any]:
+    """The logging config of a deployment's replicas: the deployment's own (an application's
+    ``logging_config`` was merged into the deployments that set none when it was built),
+    else the instance's (``serve.start(logging_config=)``), else the defaults (``{}``)."""
+    return effective_logging_config(dep.spec.config.logging_config, None, instance_logging_config())

@@ -13,7 +13,9 @@ runs untouched.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import pickle
 import secrets
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from schooner.builder import BuildRequest, BuildResult
 from schooner.exceptions import ServeConfigError
+from schooner.logs import LOGGING_CONFIG_ENV, configure_process_logging, instance_logging_config
 from schooner.rpc.messages import AppSpec
 from schooner.runtime.launcher import ProcessHandle, ProcessSpec
 
@@ -33,6 +36,25 @@ logger = logging.getLogger("schooner.controller")
 
 #: How often a running build is checked for completion.
 _BUILD_POLL_S = 0.02
+
+#: Long-poll key of the instance-wide logging config (proxies apply it when it changes).
+LOGGING_CONFIG_KEY = "logging_config"
+
+
+def apply_instance_logging_config(controller: Controller, doc: ServeDeploySchema) -> None:
+    """A document's top-level ``logging_config`` (as in Ray): it becomes the logging config
+    of its applications that set none, and the instance's: the controller applies it at
+    once, proxies when the long poll brings it, processes started later inherit it."""
+    if doc.logging_config is None:
+        return
+    for app in doc.applications:
+        if app.logging_config is None:
+            app.logging_config = doc.logging_config
+    config = doc.logging_config.model_dump(mode="json")
+    if instance_logging_config() != config:
+        os.environ[LOGGING_CONFIG_ENV] = json.dumps(config)
+        configure_process_logging(config)
+    controller.long_poll.publish(LOGGING_CONFIG_KEY, config)
 
 
 def _fingerprint(spec: AppSpec) -> list[Any]:
@@ -124,6 +146,7 @@ class DeclarativeConfig:
                         + "). Pick another route_prefix, or delete that application first."
                     )
         # Valid: from here on, change the goal.
+        apply_instance_logging_config(controller, doc)
         if merge and self.document is not None:
             kept = [a for a in self.document.applications if a.name not in names]
             self.document = self.document.model_copy(
@@ -168,6 +191,7 @@ class DeclarativeConfig:
 
         self.document = parse_config_document(document)
         self.app_configs = dict(app_configs)
+        apply_instance_logging_config(self.controller, self.document)
 
     def rebuild(self, name: str) -> None:
         """Build ``name``'s entry again (a head crash cut its build short)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
+from schooner.logs import current_log_file
 
 if TYPE_CHECKING:
     from schooner.controller.controller import Controller
@@ -45,7 +46,7 @@ def instance_details(
             "node_ip": controller.node_ips.get(node, NODE_IP),
             "actor_name": CONTROLLER_ACTOR_NAME,
             "worker_id": str(controller_pid),
-            "log_file_path": str(logs / "controller.log"),
+            "log_file_path": str(current_log_file() or logs / "controller.log"),
         },
         "proxy_location": proxy_location,
         "http_options": http_options,

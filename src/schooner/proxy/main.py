@@ -18,10 +18,10 @@ import socket
 import ssl
 import sys
 from pathlib import Path
+from typing import Any
 
-from schooner import _core, tls
+from schooner import _core, logs, tls
 from schooner.exceptions import ServeConfigError
-from schooner.logs import setup_process_logging
 from schooner.proxy import http_server
 from schooner.proxy.app import ProxyApp
 from schooner.runtime.lifeline import watch_parent
@@ -81,6 +81,14 @@ async def _serve(
     # Take connections only once the route table is known (a restarted instance may already
     # have applications running: an early request must not get a 404).
     await core.registry.wait_for_snapshot("routes", 10)
+
+    # The instance's logging config, when a config file's top-level logging_config changes it.
+    # (None until a config file sets one: the proxy keeps the one it started with.)
+    def apply_logging_config(config: dict[str, Any] | None) -> None:
+        if config is not None:
+            logs.configure_process_logging(config)
+
+    core.registry.subscribe("logging_config", apply_logging_config)
     server = await http_server.serve(
         app.handle,
         sock,
@@ -98,7 +106,7 @@ async def _serve(
         "pid": os.getpid(),
         "actor_id": actor_id,
         "worker_id": worker_id,
-        "log_file_path": str(session.logs / "proxy.log"),
+        "log_file_path": str(logs.current_log_file() or session.logs / "proxy.log"),
     }
     core.keep_connected(on_reconnect=lambda conn: conn.call("register_proxy", node_id, info))
     core.on_lost(stopped.set)
@@ -113,7 +121,7 @@ async def _serve(
 def main(argv: list[str] | None = None) -> None:
     args = _parse(sys.argv[1:] if argv is None else argv)
     session = Session.open(Path(args.session))
-    setup_process_logging(session.logs, "proxy", "proxy")
+    logs.setup_process_logging(session.logs, "proxy", "proxy")
     try:
         ssl_context = _ssl_context(args, os.environ.pop(tls.PASSWORD_ENV, None))
     except ServeConfigError as exc:
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         os._exit(1)
     loop = new_event_loop()
     loop.run_until_complete(_serve(args, session, ssl_context))
+    logs.flush()
     os._exit(0)
 
 

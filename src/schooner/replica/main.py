@@ -26,8 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schooner import _core, context
-from schooner.logs import setup_process_logging
+from schooner import _core, context, logs
 from schooner.replica.replica import Replica
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import DeploymentID
@@ -64,13 +63,17 @@ def enter_working_dir(path: str | None) -> None:
 
 
 def setup_replica_logging(session: Session, replica_id: str, app: str, deployment: str) -> None:
-    setup_process_logging(
+    """Log to the replica's file, with its deployment's effective logging config (the
+    controller puts it in the environment: :data:`schooner.logs.LOGGING_CONFIG_ENV`)."""
+    logs.setup_process_logging(
         session.logs,
-        f"replica_{app}_{deployment}_{replica_id}",
+        logs.replica_file_stem(app, deployment, replica_id),
         "replica",
-        replica=f"{app}#{deployment}#{replica_id}",
         echo_prefix=f"(ServeReplica:{app}:{deployment} pid={os.getpid()}) ",
-        request_id=lambda: context.current_request().request_id,
+        request_context=context.current_request,
+        application=app,
+        deployment=deployment,
+        replica_id=replica_id,
     )
 
 
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
                 os.unlink(process.socket_path)
             except OSError:
                 pass
+    logs.flush()
     os._exit(0)  # don't wait for stray user threads
 
 

@@ -228,8 +228,20 @@ class Replica:
         if changed and self.initialized and self._reconfigure_takes_rank():
             await self.rpc_reconfigure(self._user_config)
 
-    async def rpc_update(self, user_config: Any, max_ongoing_requests: int) -> None:
-        """Apply a live config change: ``reconfigure()`` if user_config changed, pool size."""
+    async def rpc_update(
+        self,
+        user_config: Any,
+        max_ongoing_requests: int,
+        logging_config: dict[str, Any] | None = None,
+    ) -> str | None:
+        """Apply a live config change: ``reconfigure()`` if user_config changed, pool size,
+        the effective logging config (when given). Returns the log file's path."""
+        log_file = None
+        if logging_config is not None:
+            from schooner.logs import configure_process_logging
+
+            path = configure_process_logging(logging_config)
+            log_file = str(path) if path is not None else None
         if self._executor is not None:
             self._executor.set_max_workers(max_ongoing_requests)
         self._max_ongoing = max(1, max_ongoing_requests)
@@ -237,6 +249,7 @@ class Replica:
             self._hand_slot()
         if user_config != self._user_config:
             await self.rpc_reconfigure(user_config)
+        return log_file
 
     async def rpc_reconfigure(self, user_config: Any) -> None:
         self._user_config = user_config

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from schooner import _core
+from schooner.logs import current_log_file
 from schooner.replica.main import (
     ReplicaProcess,
     add_sys_path,
@@ -140,9 +141,7 @@ async def _serve(actor: ReplicaActor) -> None:
         **actor.placement,
         "address": format_tcp_address(host, port),
         "local_address": process.socket_path,
-        "log_file": str(
-            session.logs / f"replica_{launch.app}_{launch.deployment}_{launch.replica_id}.log"
-        ),
+        "log_file": str(current_log_file()),
     }
     await core.controller.call("register_replica", launch.replica_id, endpoint)
     await process.stopped.wait()

@@ -1,0 +1,240 @@
+"""Access lines: the proxy's one per HTTP request, a replica's one per call it serves.
+
+:meth:`AccessLog.record` is on the hot path, so it only appends a tuple to an
+in-memory queue. A background thread formats what is queued, every
+:data:`FLUSH_INTERVAL_S`, into the process's log file (TEXT or JSON, as the
+process's other lines); so does any other line the process logs, first, so the
+file stays in order, and so does :func:`schooner.logs.flush` at exit.
+
+Text as in Ray: ``GET /route 200 1.2ms`` (proxy), ``CALL method OK 1.2ms`` (replica).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from schooner.logs.output import LogContext, Sink, asctime
+from schooner.logs.settings import LogSettings
+
+__all__ = ["FLUSH_INTERVAL_S", "AccessBuffer", "AccessLog"]
+
+#: How often queued access lines are written.
+FLUSH_INTERVAL_S = 0.1
+#: At most this many lines wait; past it the oldest are dropped (the file cannot keep up).
+MAX_PENDING = 100_000
+
+# (created, proxy_style, method, route, status, latency_ms, request_id, application,
+#  deployment, client)
+_Entry = tuple[float, bool, str, str, "int | str", float, str, str, str, str]
+
+
+class AccessBuffer:
+    """Queued access records of one process and the thread that writes them."""
+
+    def __init__(self) -> None:
+        self.pending: deque[_Entry] = deque(maxlen=MAX_PENDING)
+        #: Whether access lines are written (``enable_access_log`` and level <= INFO).
+        self.on = False
+        self.sink: Sink | None = None
+        self.context = LogContext("")
+        self.settings = LogSettings()
+        #: Receives each flushed batch's TEXT lines (the recent-lines ring).
+        self.on_text: Callable[[list[str]], None] | None = None
+        self._flush_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def configure(
+        self,
+        sink: Sink | None,
+        context: LogContext,
+        settings: LogSettings,
+        on_text: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.flush()  # what is queued is written as it was configured
+        self.sink, self.context, self.settings, self.on_text = sink, context, settings, on_text
+        self.on = sink is not None and settings.access_log_on
+        if sink is not None and self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="schooner-access-log", daemon=True
+            )
+            self._thread.start()
+            atexit.register(self.flush)
+
+    def stop(self) -> None:
+        """Stop the thread (after a last flush). For tests; processes just exit."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            try:
+                self.flush()
+            except Exception:  # a full disk must not kill the thread
+                pass
+
+    def flush(self) -> None:
+        """Write what is queued (in this thread)."""
+        pending = self.pending
+        if not pending:
+            return
+        with self._flush_lock:
+            entries = []
+            try:
+                while True:
+                    entries.append(pending.popleft())
+            except IndexError:
+                pass
+            sink = self.sink
+            if not entries or sink is None:
+                return
+            settings = self.settings
+            if settings.json:
+                lines = [self._json_line(e) for e in entries]
+            else:
+                lines = [self._text_line(e) for e in entries]
+            sink.write("".join(lines))
+            if self.on_text is not None:
+                tail = entries[-50:]
+                if settings.json:
+                    self.on_text([self._text_line(e).rstrip("\n") for e in tail])
+                else:
+                    self.on_text([line.rstrip("\n") for line in lines[-len(tail) :]])
+
+    @staticmethod
+    def message(entry: _Entry) -> str:
+        _, proxy_style, method, route, status, latency_ms, *_ = entry
+        if proxy_style:
+            return f"{method} {route} {status} {latency_ms:.1f}ms"
+        return f"CALL {method} {status} {latency_ms:.1f}ms"
+
+    def _attr(self, name: str, entry: _Entry) -> Any:
+        """A ``LogRecord`` attribute asked for by ``additional_log_standard_attrs``."""
+        created = entry[0]
+        values: dict[str, Any] = {
+            "name": f"schooner.access.{self.context.component}",
+            "levelname": "INFO",
+            "levelno": 20,
+            "filename": "access",
+            "module": "access",
+            "lineno": 0,
+            "funcName": "record",
+            "process": os.getpid(),
+            "created": created,
+            "msecs": int((created - int(created)) * 1000),
+        }
+        return values.get(name)
+
+    def _text_line(self, entry: _Entry) -> str:
+        ctx = self.context
+        extras = "".join(
+            f"{attr}={self._attr(attr, entry)} "
+            for attr in self.settings.additional_log_standard_attrs
+        )
+        return (
+            f"INFO {asctime(entry[0])} {ctx.component} {ctx.text_id} req={entry[6] or '-'} "
+            f"access {extras}- {self.message(entry)}\n"
+        )
+
+    def _json_line(self, entry: _Entry) -> str:
+        created, _, method, route, status, latency_ms, request_id, app, deployment, client = entry
+        ctx = self.context
+        line: dict[str, Any] = {
+            "asctime": asctime(created),
+            "levelname": "INFO",
+            "message": self.message(entry),
+            "filename": "access",
+            "lineno": 0,
+            "process": os.getpid(),
+            "timestamp_ns": int(created * 1e9),
+            "component_name": ctx.component,
+            "component_id": ctx.component_id,
+            "application": app or ctx.application,
+            "deployment": deployment or ctx.deployment,
+            "replica": ctx.replica,
+            "request_id": request_id,
+            "route": route,
+            "method": method,
+            "status_code": status,
+            "latency_ms": round(latency_ms, 3),
+        }
+        if client:
+            line["client"] = client
+        for attr in self.settings.additional_log_standard_attrs:
+            line[attr] = self._attr(attr, entry)
+        return json.dumps(line, default=str) + "\n"
+
+
+#: This process's access lines (configured by ``setup_process_logging``).
+ACCESS = AccessBuffer()
+
+
+class AccessLog:
+    """Access lines of one process: the proxy's one per HTTP request, a replica's one
+    per call it serves (``logging_config.enable_access_log``).
+
+    ``record`` is called on the hot path, once per request: it does no I/O and no
+    formatting (see the module's docstring). ``enabled=None`` follows the process's
+    logging config, also when it changes; ``True``/``False`` override it.
+    """
+
+    def __init__(
+        self, component: str, enabled: bool | None = None, *, buffer: AccessBuffer | None = None
+    ) -> None:
+        self.component = component
+        self._enabled = enabled
+        self._buffer = buffer if buffer is not None else ACCESS
+        self._proxy_style = component != "replica"
+
+    @property
+    def enabled(self) -> bool:
+        buffer = self._buffer
+        if self._enabled is None:
+            return buffer.on
+        return self._enabled and buffer.sink is not None
+
+    @enabled.setter
+    def enabled(self, value: bool | None) -> None:
+        self._enabled = value
+
+    def record(
+        self,
+        *,
+        method: str,
+        route: str,
+        status: int | str,
+        latency_ms: float,
+        request_id: str,
+        application: str = "",
+        deployment: str = "",
+        client: str = "",
+    ) -> None:
+        """One finished request (proxy) or call (replica; ``method`` is the
+        deployment method's name, ``status`` ``OK``/``ERROR``/``CANCELLED``)."""
+        buffer = self._buffer
+        if not (buffer.on if self._enabled is None else self._enabled and buffer.sink):
+            return
+        buffer.pending.append(
+            (
+                time.time(),
+                self._proxy_style,
+                method,
+                route,
+                status,
+                latency_ms,
+                request_id,
+                application,
+                deployment,
+                client,
+            )
+        )
