@@ -40,6 +40,7 @@ class Talker:
         logging.getLogger("ray").info("ray says hi")
         logging.getLogger("user.module").debug("a debug line")
         logging.getLogger("user.module").warning("a warning line")
+        print("printed by the user")
         return "ok"
 
     def chatter(self, lines: int) -> int:
@@ -93,8 +94,8 @@ def test_json_replica_file_every_line_parses_with_the_request_id(clean: Instance
         Talker.options(logging_config={"encoding": "JSON"}).bind(), name="j", route_prefix="/j"
     )
     request_id = call(clean, "/j")
-    lines = wait_for_lines("j", "ray says hi", "CALL __call__ OK")
-    entries = json_lines(lines)  # every line, also the replica's start-up lines
+    lines = wait_for_lines("j", "ray says hi", "printed by the user", "CALL __call__ OK")
+    entries = json_lines(lines)  # every line: start-up lines, printed lines too
     for entry in entries:
         for field in FIELDS:
             assert field in entry, (field, entry)
@@ -105,6 +106,8 @@ def test_json_replica_file_every_line_parses_with_the_request_id(clean: Instance
         user = by_message[message]
         assert (user["request_id"], user["route"]) == (request_id, "/j")
     assert "a debug line" not in by_message  # INFO by default
+    printed = by_message["printed by the user"]
+    assert printed["stream"] == "stdout" and printed["request_id"] == request_id
     (access,) = [e for e in entries if e["message"].startswith("CALL __call__ OK")]
     assert access["request_id"] == request_id
     assert access["status_code"] == "OK" and access["latency_ms"] >= 0 and access["method"]

@@ -167,6 +167,24 @@ def test_stdout_copies_rotate_with_the_file(tmp_path: Path) -> None:
     assert terminal.text.splitlines()[0] == "(r) print 0"
 
 
+def test_printed_lines_in_a_json_file_are_json(tmp_path: Path) -> None:
+    from schooner.logs.output import FormattedSink, stream_line_formatter
+
+    logfile = LogFile(tmp_path / "r.log", Rotation())
+    terminal = _Terminal()
+    wrap = stream_line_formatter("stdout", ContextFilter(REPLICA), JSONFormatter())
+    tee = Tee(terminal, logfile, "(r) ", wrap)  # type: ignore[arg-type]
+    tee.write("one\ntw")
+    tee.write("o\nthree")
+    tee.flush()  # the unfinished line too
+    FormattedSink(tee).write('{"already": "formatted"}\n')
+    logfile.close()
+    entries = [json.loads(line) for line in _lines(tmp_path / "r.log")]
+    assert [e.get("message") for e in entries] == ["one", "two", "three", None]
+    assert entries[0]["stream"] == "stdout" and entries[0]["replica"] == "r1"
+    assert terminal.text.startswith("(r) one\n(r) two\n(r) three")
+
+
 class _Terminal:
     def __init__(self) -> None:
         self.text = ""
@@ -249,7 +267,7 @@ def test_config_document_top_level_applies_to_apps_without_their_own(
     from schooner.controller.long_poll import LongPollHost
     from schooner.schema import parse_config_document
 
-    monkeypatch.delenv(LOGGING_CONFIG_ENV, raising=False)
+    monkeypatch.setenv(LOGGING_CONFIG_ENV, "{}")  # restored (removed) after the test
     doc = parse_config_document(
         {
             "logging_config": {"encoding": "JSON"},

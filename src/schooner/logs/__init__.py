@@ -30,12 +30,14 @@ from typing import Any
 from schooner.logs.access import ACCESS, FLUSH_INTERVAL_S, AccessBuffer, AccessLog
 from schooner.logs.output import (
     ContextFilter,
+    FormattedSink,
     JSONFormatter,
     LogContext,
     LogFile,
     Sink,
     Tee,
     TextFormatter,
+    stream_line_formatter,
 )
 from schooner.logs.settings import (
     LOGGING_CONFIG_ENV,
@@ -119,6 +121,7 @@ class _ProcessLogging:
     default_dir: Path
     stem: str
     context: LogContext
+    context_filter: ContextFilter
     rotation: Rotation
     settings: LogSettings
     logfile: LogFile
@@ -128,7 +131,7 @@ class _ProcessLogging:
 
     @property
     def sink(self) -> Sink:
-        return self.tee[1] if self.tee is not None else self.logfile
+        return FormattedSink(self.tee[1]) if self.tee is not None else self.logfile
 
 
 _process: _ProcessLogging | None = None
@@ -200,7 +203,7 @@ def setup_process_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
     context_filter = ContextFilter(context, request_context)
-    handler = ProcessHandler(tee[1] if tee is not None else logfile, ACCESS)
+    handler = ProcessHandler(FormattedSink(tee[1]) if tee is not None else logfile, ACCESS)
     handler.addFilter(context_filter)
     root.addHandler(handler)
     recent = _RecentLines()
@@ -219,6 +222,7 @@ def setup_process_logging(
             default_dir=logs_dir,
             stem=file_stem,
             context=context,
+            context_filter=context_filter,
             rotation=rotation,
             settings=settings,
             logfile=logfile,
@@ -244,7 +248,16 @@ class _RequestId:
 
 def _apply(process: _ProcessLogging, settings: LogSettings) -> None:
     process.settings = settings
-    process.handler.setFormatter(_formatter(settings))
+    formatter = _formatter(settings)
+    process.handler.setFormatter(formatter)
+    if process.tee is not None:
+        for name, tee in zip(("stdout", "stderr"), process.tee, strict=True):
+            tee.flush()
+            tee.wrap = (
+                stream_line_formatter(name, process.context_filter, formatter)
+                if settings.json
+                else None
+            )
     level = process.level_override if process.level_override is not None else settings.log_level
     logging.getLogger().setLevel(level)
     ACCESS.configure(process.sink, process.context, settings, _to_recent)

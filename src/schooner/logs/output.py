@@ -25,12 +25,14 @@ from typing import Any, Protocol, TextIO
 from schooner.logs.settings import Rotation
 
 __all__ = [
+    "FormattedSink",
     "JSONFormatter",
     "LogContext",
     "LogFile",
     "Sink",
     "TextFormatter",
     "asctime",
+    "stream_line_formatter",
 ]
 
 #: The attributes every ``LogRecord`` has; anything else on a record came from
@@ -240,37 +242,100 @@ class LogFile(logging.handlers.RotatingFileHandler):
 
 class Tee(io.TextIOBase):
     """A text stream (a replica's ``sys.stdout``/``sys.stderr``) that writes to its
-    log file and, line-prefixed, to the terminal."""
+    log file and, line-prefixed, to the terminal.
 
-    def __init__(self, terminal: TextIO | None, logfile: LogFile, prefix: str) -> None:
+    With ``wrap`` set (JSON files), what user code writes is cut into lines and each
+    goes to the file as ``wrap(line)`` (a JSON object), so every line of the file
+    parses; the terminal still gets the text as written. Lines that are already
+    formatted (log records, access lines) come in through :meth:`write_formatted`.
+    """
+
+    def __init__(
+        self,
+        terminal: TextIO | None,
+        logfile: LogFile,
+        prefix: str,
+        wrap: Callable[[str], str] | None = None,
+    ) -> None:
         self._terminal = terminal
         self.logfile = logfile
         self._prefix = prefix
+        self.wrap = wrap
         self._lock = threading.Lock()
         self._at_line_start = True
+        self._partial = ""
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
         with self._lock:
-            self.logfile.write(text)
-            if self._terminal is not None:
-                out = []
-                for piece in text.splitlines(keepends=True):
-                    if self._at_line_start:
-                        out.append(self._prefix)
-                    out.append(piece)
-                    self._at_line_start = piece.endswith("\n")
-                try:
-                    self._terminal.write("".join(out))
-                    self._terminal.flush()
-                except (OSError, ValueError):
-                    self._terminal = None
+            wrap = self.wrap
+            if wrap is None:
+                self.logfile.write(text)
+            else:
+                pieces = (self._partial + text).split("\n")
+                self._partial = pieces.pop()
+                if pieces:
+                    self.logfile.write("".join(wrap(piece) for piece in pieces))
+            self._echo(text)
         return len(text)
 
+    def write_formatted(self, text: str) -> int:
+        """Write whole lines that are already in the file's format."""
+        with self._lock:
+            self.logfile.write(text)
+            self._echo(text)
+        return len(text)
+
+    def _echo(self, text: str) -> None:
+        if self._terminal is None:
+            return
+        out = []
+        for piece in text.splitlines(keepends=True):
+            if self._at_line_start:
+                out.append(self._prefix)
+            out.append(piece)
+            self._at_line_start = piece.endswith("\n")
+        try:
+            self._terminal.write("".join(out))
+            self._terminal.flush()
+        except (OSError, ValueError):
+            self._terminal = None
+
     def flush(self) -> None:
-        pass  # every write is flushed
+        """Every write is flushed; a JSON file gets an unfinished line now (as Ray does)."""
+        with self._lock:
+            if self._partial and self.wrap is not None:
+                self.logfile.write(self.wrap(self._partial))
+                self._partial = ""
 
     def fileno(self) -> int:
         return self.logfile.fileno()
+
+
+class FormattedSink:
+    """The :class:`Sink` of already formatted lines in front of a :class:`Tee`."""
+
+    def __init__(self, tee: Tee) -> None:
+        self.tee = tee
+
+    def write(self, text: str) -> int:
+        return self.tee.write_formatted(text)
+
+
+def stream_line_formatter(
+    stream: str, context_filter: ContextFilter, formatter: logging.Formatter
+) -> Callable[[str], str]:
+    """``wrap`` for a :class:`Tee`: one line printed to ``stream`` (``stdout``/``stderr``)
+    as a formatted INFO record (tagged like any other, with ``"stream"``), as Ray logs
+    a replica's redirected output."""
+
+    def wrap(line: str) -> str:
+        record = logging.LogRecord(stream, logging.INFO, stream, 0, line, None, None)
+        record.filename = stream
+        record.stream = stream
+        context_filter.filter(record)
+        return formatter.format(record) + "\n"
+
+    return wrap
