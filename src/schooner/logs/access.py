@@ -25,6 +25,8 @@ from schooner.logs.settings import LogSettings
 
 __all__ = ["FLUSH_INTERVAL_S", "AccessBuffer", "AccessLog"]
 
+_ENCODER = json.JSONEncoder(default=str)  # made once: json.dumps(default=) makes one per call
+
 #: How often queued access lines are written.
 FLUSH_INTERVAL_S = 0.1
 #: At most this many lines wait; past it the oldest are dropped (the file cannot keep up).
@@ -50,6 +52,7 @@ class AccessBuffer:
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._static: tuple[Any, str] = (None, "")
 
     def configure(
         self,
@@ -62,6 +65,7 @@ class AccessBuffer:
         self.sink, self.context, self.settings, self.on_text = sink, context, settings, on_text
         self.on = sink is not None and settings.access_log_on
         if sink is not None and self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(
                 target=self._run, name="schooner-access-log", daemon=True
             )
@@ -146,22 +150,32 @@ class AccessBuffer:
             f"access {extras}- {self.message(entry)}\n"
         )
 
+    def _static_json(self) -> str:
+        """The fields every access line of this process shares, serialized once."""
+        ctx = self.context
+        key = (ctx, os.getpid())
+        if self._static[0] != key:
+            static = {
+                "levelname": "INFO",
+                "filename": "access",
+                "lineno": 0,
+                "process": key[1],
+                "component_name": ctx.component,
+                "component_id": ctx.component_id,
+                "replica": ctx.replica,
+            }
+            self._static = (key, json.dumps(static)[1:-1])
+        return self._static[1]
+
     def _json_line(self, entry: _Entry) -> str:
         created, _, method, route, status, latency_ms, request_id, app, deployment, client = entry
         ctx = self.context
         line: dict[str, Any] = {
             "asctime": asctime(created),
-            "levelname": "INFO",
             "message": self.message(entry),
-            "filename": "access",
-            "lineno": 0,
-            "process": os.getpid(),
             "timestamp_ns": int(created * 1e9),
-            "component_name": ctx.component,
-            "component_id": ctx.component_id,
             "application": app or ctx.application,
             "deployment": deployment or ctx.deployment,
-            "replica": ctx.replica,
             "request_id": request_id,
             "route": route,
             "method": method,
@@ -172,7 +186,7 @@ class AccessBuffer:
             line["client"] = client
         for attr in self.settings.additional_log_standard_attrs:
             line[attr] = self._attr(attr, entry)
-        return json.dumps(line, default=str) + "\n"
+        return f"{_ENCODER.encode(line)[:-1]}, {self._static_json()}}}\n"
 
 
 #: This process's access lines (configured by ``setup_process_logging``).

@@ -54,6 +54,9 @@ _CONTEXT_ATTRS = frozenset(
 )
 
 
+_ENCODER = json.JSONEncoder(default=str)  # made once: json.dumps(default=) makes one per call
+
+
 class Sink(Protocol):
     """Where formatted text goes (a :class:`LogFile`, or a :class:`Tee` in front of one)."""
 
@@ -178,7 +181,7 @@ class JSONFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _STANDARD_ATTRS and key not in _CONTEXT_ATTRS and key not in entry:
                 entry[key] = value
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
 
 
 class LogFile(logging.handlers.RotatingFileHandler):
