@@ -96,3 +96,32 @@ def test_http_options_and_logging_config_apply(
         serve.start(proxy_location="Disabled", http_options={"port": port + 1})
     assert "already running" in caplog.text
     assert "proxy_location" in caplog.text and "'port'" in caplog.text
+
+
+def test_instance_logs_dir_takes_every_file(stopped: None, tmp_path: Path) -> None:
+    """serve.start(logging_config=) with logs_dir: the controller's, the proxy's and (as
+    the fallback of deployments that set none) the replicas' files go there, in JSON."""
+    port = free_port()
+    logs_dir = tmp_path / "instance-logs"
+    serve.start(
+        proxy_location="HeadOnly",
+        http_options={"port": port},
+        logging_config={"encoding": "JSON", "logs_dir": str(logs_dir)},
+    )
+    serve.run(Echo.bind(), name="e", route_prefix="/e")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+        assert http.get("/e").text == "echo"
+    wait_for(lambda: list(logs_dir.glob("replica_e_Echo_*.log")), message="the replica's file")
+    wait_for(
+        lambda: "GET /e 200" in (logs_dir / "proxy.log").read_text(),
+        message="the proxy's access line",
+    )
+    for name in ("controller.log", "proxy.log"):
+        lines = (logs_dir / name).read_text().splitlines()
+        assert lines and all(json.loads(line)["component_name"] for line in lines)
+    details = api._controller_call("details")
+    assert details["controller_info"]["log_file_path"] == str(logs_dir / "controller.log")
+    (proxy,) = details["proxies"].values()
+    assert proxy["log_file_path"] == str(logs_dir / "proxy.log")
+    (replica,) = details["applications"]["e"]["deployments"]["Echo"]["replicas"]
+    assert Path(replica["log_file_path"]).parent == logs_dir
