@@ -6,6 +6,7 @@ an application under traffic; custom metrics from a replica arrive with their ta
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -195,7 +196,8 @@ def test_prometheus_answers_rays_serve_dashboard_queries(
     serve.run(Shop.bind(Pricer.bind()), name=APP, route_prefix=ROUTE)
     sd_file = Path(metered["session"]) / "prom_metrics_service_discovery.json"
     metrics_target = metered["metrics_url"].removeprefix("http://").removesuffix("/metrics")
-    assert metrics_target in sd_file.read_text()
+    (entry,) = json.loads(sd_file.read_text())
+    assert entry["targets"] == [metrics_target]  # one target: every series once
 
     prometheus = Prometheus(tmp_path, sd_file)
     try:

@@ -336,9 +336,10 @@ class Head:
 
     async def start_metrics(self) -> None:
         """Serve ``/metrics`` alone on ``--metrics-port``; write the Prometheus
-        service-discovery file listing where the metrics are."""
+        service-discovery file naming where to scrape: that port if there is one, else
+        the admin API (one target: each would export the same series)."""
         targets = []
-        if self.admin_url is not None:
+        if self.admin_url is not None and self.args.metrics_port < 0:
             targets.append(self.admin_url.removeprefix("http://"))
         if self.args.metrics_port >= 0:
             sock = bind_listening(
