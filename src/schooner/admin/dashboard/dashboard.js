@@ -261,7 +261,7 @@ function logPane(key) {
 
 function metricsLine(rate) {
   const m = ui.metrics;
-  if (m.state !== "ok") return h("div", { class: "metrics" }, m.note);
+  if (m.state !== "ok") return h("div", { class: "metrics" }, "–"); // said once, at the top
   if (!rate) return h("div", { class: "metrics" }, m.rates ? "no requests yet" : "collecting…");
   const ratio = rate.errorRatio === null ? "" : ` (${fmtNumber(rate.errorRatio * 100)}%)`;
   return h("div", { class: "metrics" },
@@ -279,8 +279,15 @@ function replicaCounts(dep) {
     h("span", { class: "muted" }, ` target ${dep.target_num_replicas}`));
 }
 
+/** The options people look for first, then the rest as the config lists them. */
+const FIRST_OPTIONS = ["num_replicas", "autoscaling_config", "max_ongoing_requests",
+  "user_config", "ray_actor_options"];
+
 function optionsList(config) {
-  return h("dl", { class: "options" }, Object.entries(config || {}).map(([name, value]) => [
+  const entries = Object.entries(config || {}).filter(([name]) => name !== "name");
+  const rank = (name) => (FIRST_OPTIONS.includes(name) ? FIRST_OPTIONS.indexOf(name) : 99);
+  entries.sort((a, b) => rank(a[0]) - rank(b[0]));
+  return h("dl", { class: "options" }, entries.map(([name, value]) => [
     h("dt", {}, name),
     h("dd", {}, typeof value === "object" && value !== null ? JSON.stringify(value) : String(value)),
   ]));
@@ -290,7 +297,7 @@ function replicaRows(dep, nowS) {
   const rows = [];
   for (const r of dep.replicas || []) {
     const key = `replica:${r.replica_id}`;
-    rows.push(h("tr", { "data-key": key },
+    rows.push(h("tr", { "data-key": key, "data-replica": r.replica_id },
       h("td", { class: "mono" }, r.replica_id),
       h("td", {}, h("span", { class: statusClass(r.state) }, r.state)),
       h("td", { class: "num" }, r.pid),
@@ -310,7 +317,7 @@ function replicaRows(dep, nowS) {
 function deploymentRows(app, dep, nowS) {
   const key = `dep:${deploymentKey(app.name, dep.name)}`;
   const rate = ui.metrics.rates && ui.metrics.rates.deployment[deploymentKey(app.name, dep.name)];
-  const rows = [h("tr", { "data-key": key },
+  const rows = [h("tr", { "data-key": key, "data-deployment": dep.name },
     h("td", {}, h("strong", {}, dep.name)),
     h("td", {}, h("span", { class: statusClass(dep.status) }, dep.status)),
     h("td", {}, replicaCounts(dep)),
@@ -326,7 +333,8 @@ function deploymentRows(app, dep, nowS) {
         h("th", { class: i === 2 || i === 4 ? "num" : null }, t)))),
       h("tbody", {}, replicaRows(dep, nowS))));
   }
-  if (detail.length) rows.push(h("tr", { class: "sub", "data-key": `${key}:detail` },
+  if (detail.length) rows.push(h("tr", { class: "sub", "data-key": `${key}:detail`,
+    "data-deployment-detail": dep.name },
     h("td", { colspan: 5 }, detail)));
   return rows;
 }
@@ -337,7 +345,7 @@ function applicationCard(app, nowS) {
   const rate = ui.metrics.rates && ui.metrics.rates.app[app.name];
   const open = isOpen(key, true);
   const deployments = Object.values(app.deployments || {});
-  return h("section", { class: "card application", "data-key": key },
+  return h("section", { class: "card application", "data-key": key, "data-app": app.name },
     h("div", { class: "card-head" },
       toggle(key, true, ""),
       h("h3", {}, app.name),
