@@ -3,7 +3,10 @@ log tails, over a real socket with the fake backend of test_admin_server.py."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +18,10 @@ from schooner.admin.server import (
     ReplicaLogsUnavailable,
     ReplicaNotFound,
 )
+from schooner.controller import head as head_module
+from schooner.controller.head import AdminAPI
+from schooner.rpc.connection import ConnectionLost
+from schooner.schema import ReplicaState
 
 STATIC = ("/static/dashboard.js", "/static/dashboard.css")
 
@@ -183,3 +190,47 @@ def test_replica_logs_errors(
 ) -> None:
     backend.logs_error = error
     assert_json(client.get("/api/schooner/replicas/zz/logs"), status, {"error": message})
+
+
+# -- the head's side: asking the replica ------------------------------------------------
+class FakeConn:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def call(self, method: str, *args: Any) -> Any:
+        self.calls.append((method, *args))
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        if self.answer is None:
+            await asyncio.Event().wait()  # a replica that never answers
+        return self.answer
+
+
+def _head_with(conn: FakeConn | None) -> AdminAPI:
+    replica = SimpleNamespace(replica_id="r1", conn=conn, state=ReplicaState.STARTING)
+    dep = SimpleNamespace(replicas={"r1": replica})
+    app = SimpleNamespace(deployments={"D": dep})
+    head = SimpleNamespace(controller=SimpleNamespace(apps={"app": app}))
+    return AdminAPI(head)  # type: ignore[arg-type]
+
+
+def test_replica_logs_are_asked_of_the_replica() -> None:
+    conn = FakeConn(["a", "b"])
+    assert asyncio.run(_head_with(conn).replica_logs("r1", 5)) == ["a", "b"]
+    assert conn.calls == [("recent_logs", 5)]
+
+
+def test_replica_logs_of_an_unknown_or_unconnected_replica() -> None:
+    with pytest.raises(ReplicaNotFound, match="There is no replica with id 'r2'"):
+        asyncio.run(_head_with(FakeConn([])).replica_logs("r2", 5))
+    with pytest.raises(ReplicaLogsUnavailable, match="r1 is STARTING and not connected yet"):
+        asyncio.run(_head_with(None).replica_logs("r1", 5))
+    with pytest.raises(ReplicaLogsUnavailable, match="r1 did not send its log lines"):
+        asyncio.run(_head_with(FakeConn(ConnectionLost("gone"))).replica_logs("r1", 5))
+
+
+def test_replica_logs_time_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(head_module, "REPLICA_LOGS_TIMEOUT_S", 0.05)
+    with pytest.raises(TimeoutError):
+        asyncio.run(_head_with(FakeConn(None)).replica_logs("r1", 5))
