@@ -314,5 +314,5 @@ def test_without_metrics_the_page_says_so(
     browser.get(admin_without_metrics.url + "/")
     wait_until(browser, "the application", lambda d: "shop" in text_of(d, '[data-app="shop"]'))
     assert "metrics unavailable" in text_of(browser, "#metrics-state")
-    assert text_of(browser, '[data-app="shop"] > .metrics') == "–"
+    assert text_of(browser, '[data-app="shop"] > .metrics') == "\N{EN DASH}"
     assert "10.0.0.1" in text_of(browser, "#proxies")

@@ -464,6 +464,22 @@ function openLogPanes() {
   return [...ui.open].filter(([key, open]) => open && key.startsWith("logs:")).map(([key]) => key);
 }
 
+/** Stop tailing the logs of replicas that are gone (their panes went with them). */
+function forgetGoneReplicas(details) {
+  const live = new Set();
+  for (const app of Object.values(details.applications || {})) {
+    for (const dep of Object.values(app.deployments || {})) {
+      for (const r of dep.replicas || []) live.add(`logs:replica:${r.replica_id}`);
+    }
+  }
+  for (const key of [...ui.open.keys()]) {
+    if (key.startsWith("logs:replica:") && !live.has(key)) {
+      ui.open.delete(key);
+      ui.logs.delete(key);
+    }
+  }
+}
+
 async function refresh() {
   try {
     const [details] = await Promise.all([
@@ -473,6 +489,7 @@ async function refresh() {
     ]);
     ui.details = details;
     ui.error = null;
+    forgetGoneReplicas(details);
     document.getElementById("updated").textContent =
       `updated ${new Date().toLocaleTimeString()} · every ${POLL_MS / 1000} s`;
   } catch (err) {
