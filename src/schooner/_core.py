@@ -26,6 +26,7 @@ from schooner.router.registry import LoopRouters, RouterRegistry
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
 from schooner.rpc.transport import connect
 from schooner.runtime.session import Session
+from schooner.telemetry.reporter import Reporter
 
 T = TypeVar("T")
 
@@ -76,6 +77,9 @@ class Core:
         self._on_lost: list[Callable[[], None]] = []
         self._alive: Callable[[], bool] = lambda: True
         self._reconnecting: asyncio.Task[None] | None = None
+        #: Sends this process's metrics to the head every few seconds.
+        self.reporter = Reporter(lambda: self.controller)
+        loop.call_soon_threadsafe(self.reporter.start)
 
     # -- surviving a head restart ---------------------------------------------------
     def keep_connected(
@@ -239,6 +243,8 @@ class Core:
         def shutdown() -> None:
             if self._reconnecting is not None:
                 self._reconnecting.cancel()
+            self.reporter.stop()
+            self.reporter.report()  # the last counts (a driver's handle calls)
             self.registry.close()
             self.controller.close()
             if self._thread is not None:

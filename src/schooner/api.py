@@ -61,7 +61,7 @@ _deployed_here: set[str] = set()
 #: Whether the instance this process started serves HTTP (``proxy_location`` not Disabled).
 _serves_http = True
 #: Keyword arguments of :func:`start` beyond Ray's (this node's capacity, the checkpoint store).
-_START_EXTRAS = frozenset({"num_cpus", "num_gpus", "resources", "checkpoint_path"})
+_START_EXTRAS = frozenset({"num_cpus", "num_gpus", "resources", "checkpoint_path", "metrics_port"})
 _lock = threading.RLock()
 _atexit_registered = False
 #: How long serve.run waits for an application to become RUNNING.
@@ -95,6 +95,8 @@ def start(
     detected), and ``checkpoint_path`` the checkpoint store's URI (``file://``,
     ``redis://``, ``s3://``, ``custom://``; by default a directory in the
     session) from which the instance recovers its applications when it starts.
+    ``metrics_port`` serves the instance's Prometheus metrics (``/metrics``) on that
+    port of 127.0.0.1 (0: any free port; see docs/operating.md).
     """
     global _head, _atexit_registered, _pending_head, _serves_http
     for key in ("http_host", "http_port", "http_middlewares"):
@@ -145,6 +147,7 @@ def start(
                 num_gpus=kwargs.get("num_gpus"),
                 resources=kwargs.get("resources"),
                 checkpoint_path=kwargs.get("checkpoint_path"),
+                metrics_port=kwargs.get("metrics_port"),
                 env=options.head_env(),
             ).wait_ready()
             _serves_http = options.serves_http
@@ -254,6 +257,7 @@ def _ray_start_options(options: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         "http_options": http.model_dump(mode="json", exclude={"location"}),
         "admin_port": admin_port if admin_port >= 0 else None,
         "checkpoint_path": kwargs.get("checkpoint_path"),
+        "metrics_port": kwargs.get("metrics_port"),
         "env": {**options.head_env(), **instance_environment()},
     }
 

@@ -29,6 +29,7 @@ from schooner.router.registry import LoopRouters, RouterRegistry
 from schooner.router.router import Router
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
 from schooner.rpc.messages import DeploymentID, ReplicaInfo
+from schooner.telemetry import catalog, recorder, reporter
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
 
@@ -162,13 +163,19 @@ class DeploymentHandle:
         """Send a request; see the module docstring for what comes back."""
         core = _core.get_core()
         options = self._options
-        request_id = current_request().request_id or _new_request_id()
+        request = current_request()
+        request_id = request.request_id or _new_request_id()
+        if recorder.ENABLED:
+            deployment = self._deployment_id
+            _handle_requests.inc(
+                (reporter.identity()[1], deployment.name, request.route, deployment.app_name)
+            )
         meta = (
             request_id,
             options.method_name,
             options.multiplexed_model_id,
             options.session_id,
-            "",
+            request.route,
         )
         if options.stream:
             return DeploymentResponseGenerator(core, self._deployment_id, meta, args, kwargs)
@@ -196,6 +203,8 @@ class DeploymentHandle:
 
 
 #: Values Ray accepts for ``request_serialization`` / ``response_serialization``.
+#: ``ray_serve_handle_request_counter``; handles may be called from any thread.
+_handle_requests = recorder.counter(catalog.HANDLE_REQUESTS, lock=True)
 _SERIALIZATIONS = frozenset({"cloudpickle", "pickle", "msgpack", "orjson"})
 _ID_PREFIX = uuid.uuid4().hex[:12]
 _id_counter = itertools.count(1)

@@ -26,12 +26,14 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from schooner import context
+from schooner.telemetry import catalog, recorder
 
 __all__ = ["get_multiplexed_model_id", "multiplexed"]
 
@@ -39,6 +41,25 @@ logger = logging.getLogger("schooner.multiplex")
 
 _MISSING: Any = object()
 _caches: weakref.WeakSet[_ModelCache] = weakref.WeakSet()
+
+_get_model_requests = recorder.counter(catalog.GET_MODEL_REQUESTS)
+_models_loaded = recorder.counter(catalog.MODELS_LOADED)
+_models_unloaded = recorder.counter(catalog.MODELS_UNLOADED)
+_load_latency = recorder.histogram(catalog.MODEL_LOAD_LATENCY)
+_unload_latency = recorder.histogram(catalog.MODEL_UNLOAD_LATENCY)
+
+
+def _loaded_models() -> list[recorder.Series]:
+    """Gauges: how many models this replica holds, and 1 per model id (as Ray has them)."""
+    loaded = [model_id for cache in list(_caches) for model_id in cache.models]
+    if not loaded and not _caches:
+        return []
+    series: list[recorder.Series] = [(catalog.NUM_MODELS, (), float(len(loaded)))]
+    series.extend((catalog.REGISTERED_MODEL, (model_id,), 1.0) for model_id in loaded)
+    return series
+
+
+recorder.add_collector(_loaded_models)
 
 
 def get_multiplexed_model_id() -> str:
@@ -75,6 +96,7 @@ class _ModelCache:
                 "The model ID cannot be empty: send the 'serve_multiplexed_model_id' header, "
                 "or call the handle with `.options(multiplexed_model_id=...)`."
             )
+        _get_model_requests.inc(())
         model = self.models.get(model_id, _MISSING)
         if model is not _MISSING:
             self.models.move_to_end(model_id)
@@ -97,7 +119,10 @@ class _ModelCache:
                 while self.capacity > 0 and len(self.models) >= self.capacity:
                     await self._evict_lru()
                 logger.info("Loading model '%s'.", model_id)
+                started = time.perf_counter()
                 model = await self._load_fn(model_id)
+                _load_latency.observe((), (time.perf_counter() - started) * 1000.0)
+                _models_loaded.inc(())
                 self.models[model_id] = model
             future.set_result(model)
         except BaseException as exc:
@@ -114,9 +139,11 @@ class _ModelCache:
     async def _evict_lru(self) -> None:
         model_id, model = self.models.popitem(last=False)
         logger.info("Unloading model '%s'.", model_id)
+        _models_unloaded.inc(())
         unload = getattr(model, "__del__", None)
         if unload is None:
             return
+        started = time.perf_counter()
         try:
             if inspect.iscoroutinefunction(unload):
                 await unload()
@@ -124,6 +151,7 @@ class _ModelCache:
                 await asyncio.to_thread(unload)
         except Exception:
             logger.exception("Unloading model '%s' failed.", model_id)
+        _unload_latency.observe((), (time.perf_counter() - started) * 1000.0)
 
 
 def multiplexed(func: Callable[..., Any] | None = None, max_num_models_per_replica: int = 3) -> Any:

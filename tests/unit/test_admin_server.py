@@ -40,6 +40,9 @@ DETAILS: dict[str, Any] = {
 }
 
 
+METRICS_TEXT = b"# TYPE up gauge\nup 1.0\n"
+
+
 class FakeBackend:
     """Records every call; the test decides what each one does."""
 
@@ -81,6 +84,9 @@ class FakeBackend:
     def instance_info(self) -> dict[str, Any]:
         return {"address": "unix:///tmp/x.sock", "pid": 42}
 
+    def metrics_text(self) -> bytes:
+        return METRICS_TEXT
+
     async def shutdown(self) -> None:
         self.calls.append(("shutdown",))
         self.shutdown_called.set()
@@ -99,9 +105,9 @@ class FakeBackend:
 class Running:
     """An AdminServer on 127.0.0.1:<free port>, served by an event loop in a thread."""
 
-    def __init__(self, backend: FakeBackend, token: str | None) -> None:
+    def __init__(self, backend: FakeBackend, token: str | None, **options: bool) -> None:
         self.loop = new_event_loop()
-        self.server = AdminServer(backend, token=token)
+        self.server = AdminServer(backend, token=token, **options)
         sock = bind_admin_socket("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -499,3 +505,25 @@ def test_bind_admin_socket_ipv6() -> None:
         assert sock.family == socket.AF_INET6
     finally:
         sock.close()
+
+
+def test_metrics_in_prometheus_text_format(client: httpx.Client) -> None:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert response.content == METRICS_TEXT
+
+
+def test_metrics_need_the_token_on_the_admin_port(auth_client: httpx.Client) -> None:
+    assert auth_client.get("/metrics").status_code == 401
+
+
+def test_metrics_port_serves_metrics_alone_without_token(backend: FakeBackend) -> None:
+    running = Running(backend, TOKEN, metrics_only=True)
+    try:
+        with httpx.Client(base_url=running.url, timeout=TIMEOUT_S) as client:
+            assert client.get("/metrics").content == METRICS_TEXT
+            assert client.get(APPS).status_code == 404
+            assert client.post("/metrics").status_code == 405
+    finally:
+        running.stop()

@@ -11,6 +11,7 @@ DELETE  /api/serve/applications/                             delete every applic
 POST    /api/v1/applications/{app}/deployments/{dep}/scale   set a deployment's replica count
 GET     /api/gcs_healthz, /api/local_raylet_healthz,         probes; never need a token
         /api/healthz
+GET     /metrics                                             Prometheus metrics of the instance
 GET     /api/schooner/instance                               how local clients attach
 POST    /api/schooner/shutdown                               stop the whole instance
 GET     /  (Ray users open ``/#/serve``), /static/<file>     the web dashboard; no token
@@ -84,7 +85,10 @@ CLOSE_TIMEOUT_S = 1.0
 _JSON = b"application/json; charset=utf-8"
 _TEXT = b"text/plain; charset=utf-8"
 _PROBE = b"application/text; charset=utf-8"
-_EMPTY = b"application/octet-stream"  # what aiohttp sends with an empty body
+_EMPTY = b"application/octet-stream"
+METRICS_CONTENT_TYPE = (
+    b"text/plain; version=0.0.4; charset=utf-8"  # what aiohttp sends with an empty body
+)
 
 _PROBE_BODIES = {
     "/api/gcs_healthz": b"success",
@@ -162,6 +166,10 @@ class AdminBackend(Protocol):
         """``{"session_name": ..., "schooner_version": ...}``, merged into the version answer."""
         ...
 
+    def metrics_text(self) -> bytes:
+        """Every process's metrics in the Prometheus text format."""
+        ...
+
     def instance_info(self) -> dict[str, Any]:
         """How local clients attach to this instance (answered as JSON)."""
         ...
@@ -237,10 +245,16 @@ class AdminServer:
 
     ``probes_only``: answer the health probes alone (every other path is 404);
     for the port KubeRay's injected probes call (Ray's agent port, 52365).
+    ``metrics_only``: answer ``GET /metrics`` alone, without a token (``--metrics-port``).
     """
 
     def __init__(
-        self, backend: AdminBackend, *, token: str | None = None, probes_only: bool = False
+        self,
+        backend: AdminBackend,
+        *,
+        token: str | None = None,
+        probes_only: bool = False,
+        metrics_only: bool = False,
     ) -> None:
         self.backend = backend
         self._token = token.encode() if token else None
@@ -255,12 +269,14 @@ class AdminServer:
                 "DELETE": self._delete_applications,
             },
             "/api/schooner/instance": {"GET": self._get_instance},
+            "/metrics": {"GET": self._get_metrics},
             "/api/schooner/shutdown": {"POST": self._post_shutdown},
             "/api/authentication_mode": {"GET": self._get_authentication_mode},
             "/api/authenticate": {"POST": self._post_authenticate},
             "/api/schooner/controller/logs": {"GET": self._get_controller_logs},
         }
         self._probes_only = probes_only
+        self._metrics_only = metrics_only
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on ``sock``, a bound and listening socket (see :func:`bind_admin_socket`)."""
@@ -300,6 +316,14 @@ class AdminServer:
     def _dispatch(self, exchange: _Exchange) -> None:
         request = exchange.request
         method = "GET" if request.method == "HEAD" else request.method
+        if self._metrics_only:
+            if request.path != "/metrics":
+                exchange.text(404, "404: Not Found (this port serves /metrics only)")
+            elif method != "GET":
+                exchange.method_not_allowed(("GET",))
+            else:
+                self._get_metrics(exchange)
+            return
         probe = _PROBE_BODIES.get(request.path)
         if probe is not None:
             if method == "GET":
@@ -443,6 +467,9 @@ class AdminServer:
             exchange.json(503, {"error": "Internal Server Error"})
         else:
             exchange.json(200, _SCALE_ACCEPTED)
+
+    def _get_metrics(self, exchange: _Exchange) -> None:
+        exchange.send(200, METRICS_CONTENT_TYPE, self.backend.metrics_text())
 
     def _get_instance(self, exchange: _Exchange) -> None:
         exchange.json(200, self.backend.instance_info())

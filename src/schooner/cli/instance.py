@@ -52,6 +52,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         proxy_location=args.proxy_location,
         probe_port=args.probe_port,
         checkpoint_path=args.checkpoint_path,
+        metrics_port=args.metrics_port,
     ).wait_ready()
     head.release()
     admin = head.admin_url or address
@@ -93,6 +94,7 @@ def _start_on_ray(args: argparse.Namespace) -> int:
             "http_options": _tls_options(args),
             "admin_host": args.admin_host,
             "admin_port": args.admin_port,
+            "metrics_port": args.metrics_port,
             "proxy_location": args.proxy_location,
             "checkpoint_path": args.checkpoint_path,
             "env": instance_environment(),

@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="admin API port of an instance this command starts (default 8265 when free; -1: none)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve Prometheus metrics (/metrics) on this port of 127.0.0.1",
+    )
     _add_address(p)
     _add_resources(p)
     _add_ray_address(p)
@@ -122,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument("--admin-host", default="127.0.0.1", help="admin API host (default 127.0.0.1)")
     p.add_argument("--admin-port", type=int, default=8265, help="admin API port (default 8265)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve Prometheus metrics (/metrics) on this port of the admin host "
+        "(they are always at the admin API's /metrics)",
+    )
     p.add_argument(
         "--probe-port",
         type=int,

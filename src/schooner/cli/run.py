@@ -134,6 +134,7 @@ def _launch(args: argparse.Namespace, document: dict[str, Any] | None) -> Pendin
         num_gpus=args.num_gpus,
         resources=parse_resources(args.resources),
         admin_port=_admin_port(args.admin_port),
+        metrics_port=args.metrics_port,
         proxy_location=location,
     )
 

@@ -133,6 +133,9 @@ class Controller:
         self.health = HealthChecks(self)
         #: Called after every reconcile tick (the checkpointer watches for changes).
         self.after_tick: list[Callable[[], None]] = []
+        #: How long the last reconcile pass took, and how many there were (metrics).
+        self.last_tick_s = 0.0
+        self.num_ticks = 0
         #: After a recovery: when to stop replica processes of this session nobody adopted.
         self._sweep_at: float | None = None
         self.long_poll.publish("routes", {})
@@ -141,10 +144,13 @@ class Controller:
     async def run(self) -> None:
         """Reconcile until shut down."""
         while not self.stopped.is_set():
+            started = time.perf_counter()
             try:
                 self.tick()
             except Exception:
                 logger.exception("reconcile tick failed")
+            self.last_tick_s = time.perf_counter() - started
+            self.num_ticks += 1
             self._ticked.set()
             self._ticked = asyncio.Event()
             self._wake.clear()

@@ -40,6 +40,7 @@ from schooner.controller import checkpoint, ownership
 from schooner.controller.controller import Controller
 from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import app_info, instance_details, serve_status
+from schooner.controller.metrics import controller_series
 from schooner.exceptions import RayServeException
 from schooner.logs import recent_lines, setup_process_logging
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError, serve_unix
@@ -59,13 +60,19 @@ from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.resources import ResourcePool
 from schooner.runtime.session import Session
+from schooner.runtime.sockets import bind_listening
 from schooner.runtime.supervisor import report
+from schooner.telemetry import recorder, reporter
+from schooner.telemetry.exposition import MetricsStore, write_service_discovery
 
 logger = logging.getLogger("schooner.controller")
 
 SHUTDOWN_TIMEOUT_S = 30.0
 REPLICA_LOGS_TIMEOUT_S = 2.0
 """How long the dashboard's log tail waits for a replica's lines."""
+#: In the session directory: a Prometheus ``file_sd_configs`` file naming the metrics
+#: endpoints (Ray writes ``prom_metrics_service_discovery.json`` likewise).
+SERVICE_DISCOVERY_FILE = "prom_metrics_service_discovery.json"
 
 
 _PROXY_MODULE = "schooner.proxy.main"
@@ -121,6 +128,12 @@ class Head:
             backend=self.cluster,
         )
         self.declarative = DeclarativeConfig(self.controller, Path.cwd(), None)
+        reporter.identify("controller", "controller", "127.0.0.1")
+        recorder.add_collector(lambda: controller_series(self.controller))
+        #: Every process's metrics, served at the admin API's /metrics and --metrics-port.
+        self.metrics = MetricsStore(session.root.name, local=reporter.identity())
+        self.metrics_server: AdminServer | None = None
+        self.metrics_url: str | None = None
         self.checkpoints: checkpoint.Checkpointer | None = None
         self.owner = ownership.Owner.here(str(session.root), args.supervisor_pid or os.getppid())
         self.claim_task: asyncio.Task[None] | None = None
@@ -299,6 +312,7 @@ class Head:
             "http_port": self.args.http_port if self.serves_http else None,
             "http_scheme": "https" if self.http_options.get("ssl_certfile") else "http",
             "admin_url": self.admin_url,
+            "metrics_url": self.metrics_url,
             "node_id": self.controller.node_id,
             "backend": "ray" if self.cluster is not None else "embedded",
         }
@@ -327,6 +341,29 @@ class Head:
             probe_sock = socket.socket(fileno=self.args.probe_fd)
             self.probes = AdminServer(AdminAPI(self), probes_only=True)
             await self.probes.start(probe_sock)
+
+    async def start_metrics(self) -> None:
+        """Serve ``/metrics`` alone on ``--metrics-port``; write the Prometheus
+        service-discovery file naming where to scrape: that port if there is one, else
+        the admin API (one target: each would export the same series)."""
+        targets = []
+        if self.admin_url is not None and self.args.metrics_port < 0:
+            targets.append(self.admin_url.removeprefix("http://"))
+        if self.args.metrics_port >= 0:
+            sock = bind_listening(
+                self.args.admin_host,
+                self.args.metrics_port,
+                what="the metrics endpoint",
+                flag="--metrics-port",
+                backlog=128,
+            )
+            self.metrics_server = AdminServer(AdminAPI(self), metrics_only=True)
+            await self.metrics_server.start(sock)
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self.metrics_url = f"http://{shown}:{port}/metrics"
+            targets.append(f"{shown}:{port}")
+        write_service_discovery(self.session.root / SERVICE_DISCOVERY_FILE, targets)
 
     # -- shutdown -----------------------------------------------------------
     async def shutdown(self) -> None:
@@ -427,6 +464,9 @@ class AdminAPI:
 
     def instance_info(self) -> dict[str, Any]:
         return self.head.instance_info()
+
+    def metrics_text(self) -> bytes:
+        return self.head.metrics.render()
 
     async def shutdown(self) -> None:
         self.head.explicit_stop = True
@@ -532,6 +572,12 @@ class ControllerSession:
         assert self.conn is not None
         self.controller.replica_rejoined(replica_id, self.conn, initialized)
 
+    def rpc_report_metrics(
+        self, worker_id: str, component: str, node: str, families: list[Any]
+    ) -> None:
+        """A process's latest metrics (see :mod:`schooner.telemetry.reporter`)."""
+        self.head.metrics.update(worker_id, component, node, families)
+
     def rpc_register_spare(self, spare_id: str) -> None:
         assert self.conn is not None
         self.controller.spare_registered(spare_id, self.conn)
@@ -571,6 +617,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=-1, help="-1: no admin API")
     parser.add_argument("--probe-port", type=int, default=-1, help="health probes only")
+    parser.add_argument("--metrics-port", type=int, default=-1, help="/metrics only")
     parser.add_argument("--detached", action="store_true")
     parser.add_argument("--http-fd", type=int, default=-1, help="bound by the supervisor")
     parser.add_argument("--admin-fd", type=int, default=-1)
@@ -619,6 +666,7 @@ async def _run(
             head.take_http_socket()
         recovered = head.recover(head.open_checkpoints())
         await head.start_admin()
+        await head.start_metrics()
     except (RuntimeError, RayServeException) as exc:
         logger.error("%s", exc)
         report(args.ready_fd, f"ERROR {exc}")
@@ -656,7 +704,7 @@ async def _run(
         watcher.cancel()
     await head.shutdown()
     reconcile.cancel()
-    for admin in (head.admin, head.probes):
+    for admin in (head.admin, head.probes, head.metrics_server):
         if admin is not None:
             await admin.close()
     await asyncio.sleep(0.05)  # let the shutdown RPC's answer reach the caller

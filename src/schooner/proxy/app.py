@@ -24,6 +24,7 @@ from schooner._core import Core
 from schooner.exceptions import BackPressureError, ReplicaUnavailableError, http_status_for
 from schooner.proxy import websocket
 from schooner.proxy.http_server import Request
+from schooner.proxy.observer import RequestObserver
 from schooner.proxy.ws_relay import WebSocketRelay
 from schooner.router.router import Router
 from schooner.rpc.connection import ConnectionLost, RemoteCallError, StreamSink
@@ -58,8 +59,10 @@ class ProxyApp:
         server: tuple[str, int] | None = None,
         request_timeout_s: float | None = None,
         scheme: str = "http",
+        observer: RequestObserver | None = None,
     ) -> None:
         self.core = core
+        self.observer = observer or RequestObserver("", "127.0.0.1")
         self.scheme = scheme
         self.root_path = root_path
         self.request_timeout_s = request_timeout_s
@@ -92,13 +95,16 @@ class ProxyApp:
         path = request.path
         if self.root_path and path.startswith(self.root_path):
             path = path[len(self.root_path) :] or "/"
+        observer = self.observer
         if path == "/-/healthz":
+            observer.begin(request, request_id, path, "", "")
             if self.routes:
                 _text(request, 200, b"success", request_id)
             else:
                 _text(request, 503, b"Route table is not populated yet.", request_id)
             return
         if path == "/-/routes":
+            observer.begin(request, request_id, path, "", "")
             if self.routes:
                 table = {p: r.app_name for p, r in self.routes.items()}
                 body = json.dumps(table, separators=(",", ":")).encode()
@@ -115,6 +121,7 @@ class ProxyApp:
             return
         route = self.match(path) if self.routes else None
         if route is None:
+            observer.begin(request, request_id, "", "", "")
             host = (request.header(b"host") or b"127.0.0.1").decode("latin-1")
             _text(
                 request,
@@ -126,6 +133,7 @@ class ProxyApp:
                 request_id,
             )
             return
+        observer.begin(request, request_id, route.route_prefix, route.app_name, route.ingress.name)
         try:
             timeout_s = self._timeout_for(request)
         except ValueError as exc:

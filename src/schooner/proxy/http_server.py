@@ -106,9 +106,13 @@ class Request:
         "keep_alive",
         "method",
         "on_disconnect",
+        "on_end",
         "path",
         "query_string",
         "raw_path",
+        "received_at",
+        "status",
+        "tags",
     )
 
     def __init__(
@@ -136,6 +140,14 @@ class Request:
         self._finished = False
         self._chunked = False
         self.on_disconnect: Callable[[], None] | None = None
+        #: Called once when the response has ended, or the client left before it did
+        #: (``status`` is then 499). For metrics and access logs.
+        self.on_end: Callable[[Request], None] | None = None
+        #: The status of the response once started (0 before).
+        self.status = 0
+        #: What the application attaches for ``on_end`` (when it started, its route...).
+        self.received_at = 0.0
+        self.tags: Any = None
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -151,6 +163,7 @@ class Request:
             if key != b"content-length" and key != b"transfer-encoding":
                 head.append(key + b": " + value + b"\r\n")
         head.append(b"content-length: %d\r\n" % len(body))
+        self.status = status
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
@@ -162,6 +175,7 @@ class Request:
     def start(self, status: int, headers: Headers) -> None:
         """Start a streamed response; chunked unless ``headers`` give a content-length."""
         self._started = True
+        self.status = status
         chunked = True
         head = [_status_line(status), self._conn.date()]
         for key, value in headers:
@@ -214,6 +228,10 @@ class Request:
             return
         self._finished = True
         self._conn.finish(self, data)
+        on_end = self.on_end
+        if on_end is not None:
+            self.on_end = None
+            on_end(self)
 
     def detach(self) -> tuple[asyncio.Transport, bytes]:
         """Take this upgrade request's connection over from the HTTP server.
@@ -278,8 +296,14 @@ class HttpProtocol(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         current = self._current
-        if current is not None and not current.finished and current.on_disconnect is not None:
-            current.on_disconnect()
+        if current is not None and not current.finished:
+            if current.on_disconnect is not None:
+                current.on_disconnect()
+            on_end = current.on_end
+            if on_end is not None:
+                current.on_end = None
+                current.status = 499
+                on_end(current)
         self._pipeline.clear()
         for waiter in self._drain_waiters:
             if not waiter.done():

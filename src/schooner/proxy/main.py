@@ -24,9 +24,11 @@ from schooner.exceptions import ServeConfigError
 from schooner.logs import setup_process_logging
 from schooner.proxy import http_server
 from schooner.proxy.app import ProxyApp
+from schooner.proxy.observer import RequestObserver
 from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.session import Session
+from schooner.telemetry import reporter
 
 logger = logging.getLogger("schooner.proxy")
 
@@ -67,6 +69,9 @@ async def _serve(
     args: argparse.Namespace, session: Session, ssl_context: ssl.SSLContext | None
 ) -> None:
     loop = asyncio.get_running_loop()
+    node_id = os.environ.get("SCHOONER_NODE_ID") or None  # set on a Ray cluster
+    node_ip = os.environ.get("SCHOONER_NODE_IP") or "127.0.0.1"
+    reporter.identify("proxy", f"proxy-{node_id or 'local'}-{os.getpid()}", node_ip)
     core = await _core.Core.connect(session, address=args.controller_address)
     _core.set_core(core)
     sock = socket.socket(fileno=args.http_fd)
@@ -77,6 +82,7 @@ async def _serve(
         server=(str(host), int(port)),
         request_timeout_s=args.request_timeout_s,
         scheme="http" if ssl_context is None else "https",
+        observer=RequestObserver(node_id or "", node_ip),
     )
     # Take connections only once the route table is known (a restarted instance may already
     # have applications running: an early request must not get a 404).
@@ -92,7 +98,6 @@ async def _serve(
     )
     stopped = asyncio.Event()
     watch_parent(args.lifeline_fd, lambda: loop.call_soon_threadsafe(stopped.set))
-    node_id = os.environ.get("SCHOONER_NODE_ID") or None  # set on a Ray cluster
     actor_id, _, worker_id = os.environ.get("SCHOONER_PROXY_ACTOR", "").partition(" ")
     info = {
         "pid": os.getpid(),

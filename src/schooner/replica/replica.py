@@ -28,11 +28,12 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from schooner import context
-from schooner.logs import recent_lines
+from schooner.logs import AccessLog, recent_lines
 from schooner.replica import http, websocket
 from schooner.replica.executor import SyncExecutor
 from schooner.rpc.connection import Connection, Inbox
 from schooner.rpc.messages import CodeRef, DeploymentID
+from schooner.telemetry import catalog, recorder, reporter
 
 if TYPE_CHECKING:
     from schooner.schema import ReplicaRank
@@ -55,25 +56,41 @@ def load_code(code: CodeRef) -> Any:
 
 
 class _Serving:
-    """One request in a replica: its request context, and one of the replica's slots."""
+    """One request in a replica: its request context, one of the replica's slots, and
+    its metrics and access line once it ends."""
 
-    __slots__ = ("_meta", "_replica", "_token")
+    __slots__ = ("_meta", "_replica", "_started", "_token", "error")
 
     def __init__(self, replica: Replica, meta: tuple[str, ...]) -> None:
         self._replica = replica
         self._meta = meta
+        #: The type name of an exception user code raised that did not fail the call
+        #: (an HTTP handler's exception, answered with a 500).
+        self.error: str | None = None
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _Serving:
+        self._started = time.perf_counter()
         self._token = self._replica._enter(self._meta)
         try:
             await self._replica._take_slot()
         except BaseException:
             self._replica._exit(self._token)
             raise
+        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._replica._free_slot()
-        self._replica._exit(self._token)
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: object, tb: object
+    ) -> None:
+        replica = self._replica
+        replica._free_slot()
+        replica._exit(self._token)
+        if exc_type is not None:
+            error: str | None = exc_type.__name__
+            if issubclass(exc_type, asyncio.CancelledError):
+                error = ""
+        else:
+            error = self.error
+        replica._observe(self._meta, (time.perf_counter() - self._started) * 1000.0, error)
 
 
 class _MethodInfo:
@@ -139,6 +156,20 @@ class Replica:
         self.stopped = asyncio.Event()
         self._initializing: asyncio.Future[float] | None = None
         self._rank: ReplicaRank | None = None
+        recorder.set_replica_labels(deployment.name, replica_id, deployment.app_name)
+        reporter.identify(
+            "replica",
+            f"{deployment.app_name}#{deployment.name}#{replica_id}",
+            reporter.identity()[2],
+        )
+        self._access_log = AccessLog("replica")
+        self._metrics = recorder.ENABLED
+        self._latency = recorder.histogram(
+            catalog.PROCESSING_LATENCY, count_as=catalog.DEPLOYMENT_REQUESTS
+        )
+        self._errors = recorder.counter(catalog.DEPLOYMENT_ERRORS)
+        recorder.counter(catalog.REPLICA_STARTS).inc(())
+        recorder.add_collector(lambda: [(catalog.PROCESSING_QUERIES, (), float(self._ongoing))])
         self._world_size = 0
 
     @property
@@ -402,6 +433,26 @@ class Replica:
         context._request_context.reset(token)
         self._ongoing -= 1
 
+    def _observe(self, meta: tuple[str, ...], latency_ms: float, error: str | None) -> None:
+        """A call ended (``error``: the exception's type name, ``""`` if cancelled)."""
+        route = meta[4]
+        if self._metrics:
+            self._latency.observe((route,), latency_ms)
+            if error:
+                self._errors.inc((route, error))
+        access = self._access_log
+        if access.enabled:
+            status = "OK" if error is None else ("CANCELLED" if error == "" else "ERROR")
+            access.record(
+                method=meta[1],
+                route=route,
+                status=status,
+                latency_ms=latency_ms,
+                request_id=meta[0],
+                application=self.deployment.app_name,
+                deployment=self.deployment.name,
+            )
+
     async def rpc_call(
         self, meta: tuple[str, ...], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -468,8 +519,8 @@ class Replica:
                 emit(list(pending))
                 pending.clear()
 
-        async with _Serving(self, meta):
-            whole = await self._serve_http(scope, body, send)
+        async with _Serving(self, meta) as serving:
+            whole = await self._serve_http(scope, body, send, serving)
         return whole if whole is not None else pending
 
     async def rpc_websocket(
@@ -508,7 +559,7 @@ class Replica:
                 )
 
     async def _serve_http(
-        self, scope: dict[str, Any], body: bytes, send: http.Send
+        self, scope: dict[str, Any], body: bytes, send: http.Send, serving: _Serving
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         if self._asgi_app is not None:
             scope = _app_scope(scope)
@@ -519,6 +570,7 @@ class Replica:
                 await call_asgi(self._asgi_app, scope, body, tracker)
             except Exception as exc:
                 logger.exception("ASGI app raised")
+                serving.error = type(exc).__name__
                 if not tracker.started:
                     await http.error_response(exc)(scope, http.make_receive(b""), send)
             return None
@@ -537,6 +589,7 @@ class Replica:
             response = http.to_response(result)
         except Exception as exc:
             logger.exception("request failed")
+            serving.error = type(exc).__name__
             response = http.error_response(exc)
         await response(scope, receive, send)
         return None

@@ -19,6 +19,7 @@ from schooner.router.pool import ConnectionPool
 from schooner.router.router import Router
 from schooner.rpc.connection import Connection, ConnectionLost
 from schooner.rpc.messages import DeploymentID
+from schooner.telemetry import catalog, recorder, reporter
 
 logger = logging.getLogger("schooner.router")
 
@@ -39,6 +40,20 @@ class RouterRegistry:
         self._listen_task: asyncio.Task[None] | None = None
         self._keys_changed = asyncio.Event()
         self._first_snapshot: dict[str, asyncio.Event] = {}
+        self._stop_collecting = recorder.add_collector(self._collect)
+
+    def _collect(self) -> list[recorder.Series]:
+        """Each router's counts, as metrics (read when the process reports them)."""
+        actor_id = reporter.identity()[1]
+        series: list[recorder.Series] = []
+        for deployment, router in list(self._routers.items()):
+            labels = (deployment.name, deployment.app_name, "", actor_id)
+            series.append((catalog.QUEUED_QUERIES, labels, float(router.num_queued)))
+            series.append((catalog.ONGOING_AT_REPLICAS, labels, float(router.num_inflight)))
+            if router.requests:
+                by_route = (deployment.name, "", deployment.app_name, "", actor_id)
+                series.append((catalog.ROUTER_REQUESTS, by_route, float(router.requests)))
+        return series
 
     def router(self, deployment: DeploymentID) -> Router:
         """The router for ``deployment`` (created and subscribed on first use)."""
@@ -130,6 +145,7 @@ class RouterRegistry:
     def close(self) -> None:
         if self._listen_task is not None:
             self._listen_task.cancel()
+        self._stop_collecting()
         self.pool.close()
 
 

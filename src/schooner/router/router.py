@@ -50,6 +50,8 @@ class Router:
         self._unavailable = ""
         self._known = asyncio.Event()  # set once the controller's first snapshot arrived
         self._watched: set[str] = set()  # replica ids whose connection's loss we watch
+        #: Requests given a replica so far (a metric: ``ray_serve_num_router_requests``).
+        self.requests = 0
 
     # -- replica set ------------------------------------------------------------
     def update(self, replica_set: ReplicaSet | str | None) -> None:
@@ -93,6 +95,11 @@ class Router:
     def num_queued(self) -> int:
         return len(self._waiters)
 
+    @property
+    def num_inflight(self) -> int:
+        """Requests of this caller sent to a replica and not finished."""
+        return sum(self._inflight.values())
+
     # -- slots ------------------------------------------------------------------
     def _choose(self) -> ReplicaInfo | None:
         replicas = self._replicas
@@ -122,6 +129,7 @@ class Router:
         replica = self._choose()
         if replica is not None:
             self._inflight[replica.replica_id] = self._inflight.get(replica.replica_id, 0) + 1
+            self.requests += 1
         return replica
 
     def release(self, replica: ReplicaInfo) -> None:
@@ -129,6 +137,7 @@ class Router:
         self._release(replica)
 
     async def _acquire(self) -> ReplicaInfo:
+        self.requests += 1
         if self._deleted:
             raise DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")
         if not self._known.is_set():

@@ -118,6 +118,7 @@ def launch_head(
     resources: dict[str, float] | None = None,
     admin_host: str = "127.0.0.1",
     admin_port: int | None = None,
+    metrics_port: int | None = None,
     proxy_location: str = "EveryNode",
     http_options: dict[str, Any] | None = None,
     probe_port: int | None = None,
@@ -130,7 +131,8 @@ def launch_head(
 
     ``detached``: the head outlives this process (no lifeline; its output goes
     to ``logs/head.out`` in the session, as with ``output_to_log``). ``admin_port``: serve
-    the admin REST API there (``None``: no admin API; ``0``: any free port).
+    the admin REST API there (``None``: no admin API; ``0``: any free port); the admin
+    API serves ``/metrics`` too. ``metrics_port``: also serve ``/metrics`` alone there.
     ``checkpoint_path``: the checkpoint store's URI (default: a directory in the
     session). ``env``: extra environment of the instance's processes (head, proxy,
     replicas).
@@ -185,6 +187,8 @@ def launch_head(
         head_args += ["--num-gpus", str(num_gpus)]
     if checkpoint_path is not None:
         head_args += ["--checkpoint-path", checkpoint_path]
+    if metrics_port is not None:
+        head_args += ["--metrics-port", str(metrics_port)]
     head_args += extra_args or []
     args = [sys.executable, "-m", "schooner.runtime.supervisor", "--ready-fd", str(ready_w)]
     pass_fds = [ready_w]

@@ -80,6 +80,7 @@ class InstanceHost:
             http_options=options.get("http_options"),
             admin_host=options.get("admin_host", "127.0.0.1"),
             admin_port=options.get("admin_port"),
+            metrics_port=options.get("metrics_port"),
             checkpoint_path=checkpoint,
             env=env,
             output_to_log=True,

@@ -74,6 +74,7 @@ class ProxyActor:
             "SCHOONER_PROXY_ACTOR": f"{context.get_actor_id()} {context.get_worker_id()}",
             "SCHOONER_SECRET": secret.hex(),
             "SCHOONER_NODE_ID": self.node_id,
+            "SCHOONER_NODE_IP": ray.util.get_node_ip_address(),
         }
         self.process = subprocess.Popen(
             [

@@ -1,0 +1,78 @@
+"""What the proxy records about each HTTP request when it ends: Ray Serve's HTTP
+metrics (count, errors, latency, ongoing) and the access log line.
+
+:meth:`RequestObserver.begin` is called as a request is routed; it stamps the
+request and sets its ``on_end`` hook, which records once the response has ended
+(or the client left: status 499). Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import time
+
+from schooner.logs import AccessLog
+from schooner.proxy.http_server import Request
+from schooner.telemetry import catalog, recorder
+
+__all__ = ["RequestObserver"]
+
+
+class RequestObserver:
+    """The proxy's per-request metrics and access log."""
+
+    def __init__(self, node_id: str, node_ip: str, access_log: AccessLog | None = None) -> None:
+        self.access_log = access_log or AccessLog("proxy")
+        self.metrics = recorder.ENABLED
+        #: Off entirely (no hook on requests) when there are neither metrics nor access lines.
+        self.enabled = self.metrics or self.access_log.enabled
+        self._latency = recorder.histogram(catalog.HTTP_LATENCY, count_as=catalog.HTTP_REQUESTS)
+        self._errors = recorder.counter(catalog.HTTP_ERRORS)
+        self._deployment_errors = recorder.counter(catalog.HTTP_DEPLOYMENT_ERRORS)
+        self._began = 0
+        self._ended = 0
+        self._node = (node_id, node_ip)
+        self._codes: dict[int, str] = {}
+        recorder.add_collector(self._ongoing)
+
+    def _ongoing(self) -> list[recorder.Series]:
+        return [(catalog.HTTP_ONGOING, self._node, float(self._began - self._ended))]
+
+    def begin(
+        self, request: Request, request_id: str, route: str, application: str, deployment: str
+    ) -> None:
+        """``request`` is being answered (by ``deployment`` of ``application``, or by the
+        proxy itself when ``application`` is empty)."""
+        if not self.enabled:
+            return
+        request.received_at = time.perf_counter()
+        request.tags = (route, application, deployment, request_id)
+        request.on_end = self._end
+        self._began += 1
+
+    def _end(self, request: Request) -> None:
+        self._ended += 1
+        latency_ms = (time.perf_counter() - request.received_at) * 1000.0
+        route, application, deployment, request_id = request.tags
+        status = request.status
+        code = self._codes.get(status)
+        if code is None:
+            code = self._codes[status] = str(status)
+        method = request.method
+        if self.metrics:
+            self._latency.observe((method, route, application, code), latency_ms)
+            if status >= 400:
+                self._errors.inc((route, code, method, application))
+                self._deployment_errors.inc((deployment, code, method, route, application))
+        access = self.access_log
+        if access.enabled:
+            client = request.client
+            access.record(
+                method=method,
+                route=route,
+                status=status,
+                latency_ms=latency_ms,
+                request_id=request_id,
+                application=application,
+                deployment=deployment,
+                client=f"{client[0]}:{client[1]}" if client else "",
+            )
