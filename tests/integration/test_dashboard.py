@@ -153,9 +153,15 @@ def test_page_shows_the_instance(
     # The controller and the proxy.
     assert "SERVE_CONTROLLER_ACTOR" in text_of(browser, "#controller")
     wait_until(browser, "a HEALTHY proxy", lambda d: "HEALTHY" in text_of(d, "#proxies"))
-    # Metrics: live once the instance serves /metrics, else said to be unavailable.
-    state = text_of(browser, "#metrics-state")
-    assert "metrics unavailable" in state or "live metrics" in state, state
+    # Live traffic: requests sent now show up as a rate between two scrapes of /metrics.
+    wait_until(browser, "live metrics", lambda d: "live metrics" in text_of(d, "#metrics-state"))
+    for i in range(20):
+        assert instance.http.get("/", params={"name": f"n{i}"}).status_code == 200
+    busy = re.compile(r"(?<![\d.])(?!0 req/s)[\d.]+ req/s")
+    wait_until(
+        browser, "the app's request rate", lambda d: busy.search(text_of(d, f"{app} > .metrics"))
+    )
+    wait_until(browser, "Greeter's request rate", lambda d: busy.search(deployment_row("Greeter")))
 
     # Options, then the replica's log lines, expanded by a click.
     shouter = f'{app} tr[data-deployment-detail="Shouter"]'

@@ -141,6 +141,7 @@ def test_formatting() -> None:
         "3.14",
         "42.4",
     ]
+    assert js("[d.fmtMs(null), d.fmtMs(1.5)]") == ["\N{EN DASH}", "1.50 ms"]
     assert js("[5, 65, 3720, 90000].map(d.fmtDuration)") == ["5s", "1m 05s", "1h 02m", "1d 01h"]
     assert js("['RUNNING', 'DEPLOY_FAILED', 'UPDATING', 'DELETING'].map(d.statusClass)") == [
         "status ok",

@@ -173,6 +173,10 @@ function fmtNumber(x) {
   return x.toFixed(2);
 }
 
+function fmtMs(ms) {
+  return ms === null || ms === undefined ? "–" : `${fmtNumber(ms)} ms`;
+}
+
 function fmtDuration(seconds) {
   if (!(seconds >= 0)) return "–";
   const s = Math.floor(seconds);
@@ -192,7 +196,7 @@ function statusClass(status) {
 
 if (typeof module !== "undefined") {
   module.exports = { parsePrometheus, summarize, quantile, rates, deploymentKey, fmtNumber,
-    fmtDuration, statusClass };
+    fmtMs, fmtDuration, statusClass };
 }
 
 // -- the page -----------------------------------------------------------------------------
@@ -266,8 +270,7 @@ function metricsLine(rate) {
   const ratio = rate.errorRatio === null ? "" : ` (${fmtNumber(rate.errorRatio * 100)}%)`;
   return h("div", { class: "metrics" },
     `${fmtNumber(rate.rps)} req/s · ${fmtNumber(rate.errorsPerS)} errors/s${ratio} · ` +
-    `latency avg ${fmtNumber(rate.meanMs)} ms, p50 ${fmtNumber(rate.p50Ms)} ms, ` +
-    `p99 ${fmtNumber(rate.p99Ms)} ms`);
+    `latency avg ${fmtMs(rate.meanMs)}, p50 ${fmtMs(rate.p50Ms)}, p99 ${fmtMs(rate.p99Ms)}`);
 }
 
 function replicaCounts(dep) {
@@ -407,7 +410,15 @@ function render() {
         : Object.values(d.applications).map((app) => applicationCard(app, nowS)),
       systemSection(d),
     ] : (ui.error ? null : h("p", { class: "muted" }, "Loading…")));
+  // Log panes follow new lines, unless the reader scrolled up.
+  const following = new Map();
+  for (const pre of root.querySelectorAll("pre.logs")) {
+    following.set(pre.dataset.logs, pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4);
+  }
   morph(root, fresh);
+  for (const pre of document.querySelectorAll("#root pre.logs")) {
+    if (following.get(pre.dataset.logs) !== false) pre.scrollTop = pre.scrollHeight;
+  }
 }
 
 // -- fetching ---------------------------------------------------------------------------
