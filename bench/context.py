@@ -80,10 +80,12 @@ class Context:
         self.warnings.append(message)
 
     @contextlib.contextmanager
-    def serving(self, system: str, app: str, cli: bool = False) -> Iterator[tuple[Server, int]]:
+    def serving(
+        self, system: str, app: str, cli: bool = False, extra_env: dict[str, str] | None = None
+    ) -> Iterator[tuple[Server, int]]:
         """Start ``app`` on ``system``, wait for its first 200 OK, stop it afterwards."""
         port = free_port()
-        server = systems.start_http(self.servers, self.options, system, app, port, cli)
+        server = systems.start_http(self.servers, self.options, system, app, port, cli, extra_env)
         try:
             interval = 0.1 if system == systems.RAY else 0.01
             server.wait_http_ok(port, systems.READY_TIMEOUT_S[system], interval_s=interval)

@@ -169,6 +169,37 @@ def memory(ctx: Context) -> None:
         )
 
 
+#: The metrics A/B: Schooner's hello world with each switch, in this order, twice.
+METRICS_VARIANTS: dict[str, dict[str, str]] = {
+    "metrics on": {},
+    "metrics off": {"SCHOONER_METRICS": "0"},
+}
+
+
+def metrics_cost(ctx: Context) -> None:
+    """What built-in metrics cost: hello world @32c with metrics on and off, alternating
+    (on, off, on, off) so that drift of the machine hits both; the best run of each."""
+    best: dict[str, LoadResult] = {}
+    for _ in range(2):
+        for variant, env in METRICS_VARIANTS.items():
+            try:
+                with ctx.serving(SCHOONER, "hello", extra_env=env) as (server, port):
+                    check_body(port, b"hello")
+                    result = ctx.load("metrics", server, port, 32)
+            except Exception as exc:
+                ctx.fail("metrics", SCHOONER, exc)
+                return
+            if variant not in best or result.requests_per_s > best[variant].requests_per_s:
+                best[variant] = result
+    for variant, result in best.items():
+        _record_load(ctx, "metrics", SCHOONER, f"@32c {variant}", result)
+    on, off = best["metrics on"].requests_per_s, best["metrics off"].requests_per_s
+    log(
+        f"[metrics] hello @32c: {on:,.0f} req/s with metrics, {off:,.0f} without: "
+        f"{100 * (1 - on / off):+.1f}% cost"
+    )
+
+
 SCENARIOS: dict[str, Callable[[Context], None]] = {
     "hello": hello,
     "chain": chain,
@@ -180,4 +211,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "updates": live_updates,
     "faults": faults,
     "ray": on_ray,
+    "metrics": metrics_cost,
 }

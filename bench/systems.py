@@ -60,14 +60,21 @@ def _python(options: Options, system: str) -> str:
 
 
 def start_http(
-    servers: ServerSet, options: Options, system: str, app: str, port: int, cli: bool = False
+    servers: ServerSet,
+    options: Options,
+    system: str,
+    app: str,
+    port: int,
+    cli: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
     """Start ``app`` (a name in bench_apps) on ``system``, serving HTTP on ``port``.
 
     ``cli`` selects Ray's ``serve run`` instead of the ``ray.init(num_cpus=2)``
-    script (Schooner and bare are always started by their command line).
+    script (Schooner and bare are always started by their command line). ``extra_env``:
+    more environment for the system's processes (the metrics A/B's switch).
     """
-    env = _env(system, options.max_ongoing)
+    env = {**_env(system, options.max_ongoing), **(extra_env or {})}
     if system in (SCHOONER, BASELINE):
         argv = [*schooner_argv(_python(options, system)), "run", f"bench_apps:{app}"]
         argv += ["--port", str(port), "--app-dir", str(APPS_DIR)]

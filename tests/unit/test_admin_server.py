@@ -54,6 +54,7 @@ class FakeBackend:
         self.delete_release: concurrent.futures.Future[None] | None = None
         self.delete_started = threading.Event()
         self.shutdown_called = threading.Event()
+        self.logs_error: Exception | None = None
 
     def details(self, api_type: str | None) -> dict[str, Any]:
         self.calls.append(("details", api_type))
@@ -89,6 +90,16 @@ class FakeBackend:
     async def shutdown(self) -> None:
         self.calls.append(("shutdown",))
         self.shutdown_called.set()
+
+    def controller_logs(self, limit: int) -> list[str]:
+        self.calls.append(("controller_logs", limit))
+        return ["INFO controller - head ready"]
+
+    async def replica_logs(self, replica_id: str, limit: int) -> list[str]:
+        self.calls.append(("replica_logs", replica_id, limit))
+        if self.logs_error is not None:
+            raise self.logs_error
+        return [f"INFO replica {replica_id} - hello"]
 
 
 class Running:

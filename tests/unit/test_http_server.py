@@ -26,9 +26,11 @@ class Server:
         self.seen: list[tuple[str, int]] = []
         self.hold = asyncio.Event()
         self.port = 0
+        self.ended: list[tuple[str, int]] = []
 
     def handle(self, request: http_server.Request) -> None:
         self.seen.append((request.path, len(request.body)))
+        request.on_end = lambda r: self.ended.append((r.path, r.status))
         if request.path == "/slow":
             asyncio.get_running_loop().create_task(self._answer_later(request))
         else:
@@ -162,5 +164,28 @@ def test_keep_alive_continues_after_a_body_within_the_limit() -> None:
             writer.write(post("/ok", size) + b"z" * size)
             assert (await read_response(reader))[::2] == (200, b"%d" % size)
         writer.close()
+
+    run(body)
+
+
+# -- on_end: when a response has ended, or the client left (metrics, access log) -------------
+def test_on_end_sees_the_status_once_the_response_is_written() -> None:
+    async def body(server: Server) -> None:
+        ended = server.ended
+        reader, writer = await connect(server)
+        writer.write(post("/fast", 3) + b"abc")
+        assert (await read_response(reader))[0] == 200
+        assert ended == [("/fast", 200)]
+        writer.write(post("/slow", 0))
+        await writer.drain()
+        while len(server.seen) < 2:
+            await asyncio.sleep(0.01)
+        writer.close()  # the client leaves before /slow is answered
+        while len(ended) < 2:
+            await asyncio.sleep(0.01)
+        assert ended == [("/fast", 200), ("/slow", 499)]
+        server.hold.set()  # answering later does not call it again
+        await asyncio.sleep(0.05)
+        assert ended == [("/fast", 200), ("/slow", 499)]
 
     run(body)

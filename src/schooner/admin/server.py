@@ -14,6 +14,11 @@ GET     /api/gcs_healthz, /api/local_raylet_healthz,         probes; never need 
 GET     /metrics                                             Prometheus metrics of the instance
 GET     /api/schooner/instance                               how local clients attach
 POST    /api/schooner/shutdown                               stop the whole instance
+GET     /  (Ray users open ``/#/serve``), /static/<file>     the web dashboard; no token
+GET     /api/authentication_mode                             ``token`` or ``disabled``; no token
+POST    /api/authenticate                                    token header → HttpOnly cookie
+GET     /api/schooner/controller/logs?lines=N                the controller's recent lines
+GET     /api/schooner/replicas/{replica_id}/logs?lines=N     a replica's recent lines
 ======  ===================================================  ===============================
 
 The work is done by the :class:`AdminBackend` the head provides; this module
@@ -22,6 +27,12 @@ Ray's dashboard sends (the KubeRay REST contract, §1.4 and §2). GET routes
 also answer HEAD. Requests are answered on the event loop: synchronous backend
 calls at once, awaited ones (DELETE, shutdown) in tasks, so a slow request
 never holds up the others.
+
+The dashboard's files (:mod:`schooner.admin.static`) and the authentication
+mode need no token, as in Ray: they hold no data, and the page must load to
+ask for the token. It then presents it to ``POST /api/authenticate``, which
+answers with the ``ray-authentication-token`` cookie (HttpOnly, SameSite=Strict)
+that every later request of the page carries.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote_to_bytes
 
+from schooner.admin.static import dashboard_files
 from schooner.exceptions import RayServeException, ServeConfigError
 from schooner.proxy import http_server
 from schooner.proxy.http_server import Request
@@ -48,6 +60,8 @@ __all__ = [
     "API_TYPES",
     "AdminBackend",
     "AdminServer",
+    "ReplicaLogsUnavailable",
+    "ReplicaNotFound",
     "ScaleNotFound",
     "ScaleRejected",
     "bind_admin_socket",
@@ -82,12 +96,18 @@ _PROBE_BODIES = {
     "/api/healthz": b"raylet: success\ngcs: success",
 }
 _SCALE_PATH = re.compile(rb"/api/v1/applications/([^/]+)/deployments/([^/]+)/scale")
+_REPLICA_LOGS_PATH = re.compile(rb"/api/schooner/replicas/([^/]+)/logs")
+_PUBLIC_PATHS = ("/api/authentication_mode",)
 _SCALE_ACCEPTED = {
     "message": "Scaling request received. Deployment will get scaled asynchronously."
 }
 _SCALE_NOT_FOUND = "Application or Deployment not found"
 _TOKEN_HEADERS = (b"authorization", b"x-ray-authorization")
 _TOKEN_COOKIE = b"ray-authentication-token"
+_TOKEN_COOKIE_MAX_AGE_S = 30 * 24 * 60 * 60  # as Ray's dashboard
+LOG_LINES = 100
+"""Lines a log route answers when ``?lines=`` is not given."""
+MAX_LOG_LINES = 1000
 
 
 class ScaleNotFound(RayServeException):
@@ -105,6 +125,19 @@ class ScaleRejected(RayServeException):
     For example it is being deleted, or its application does not have
     ``external_scaler_enabled: true``. Answered with 412 and the message.
     """
+
+
+class ReplicaNotFound(RayServeException):
+    """Raised by :meth:`AdminBackend.replica_logs` when no live replica has that id.
+
+    Answered with 404 and the message."""
+
+
+class ReplicaLogsUnavailable(RayServeException):
+    """Raised by :meth:`AdminBackend.replica_logs` when the replica exists but cannot
+    answer (not connected yet, or its process went away meanwhile). Answered with 503.
+
+    A replica that does not answer in time raises :class:`TimeoutError` instead (504)."""
 
 
 class AdminBackend(Protocol):
@@ -143,6 +176,15 @@ class AdminBackend(Protocol):
 
     async def shutdown(self) -> None:
         """Stop the whole instance."""
+        ...
+
+    def controller_logs(self, limit: int) -> list[str]:
+        """The controller's last ``limit`` log lines (oldest first)."""
+        ...
+
+    async def replica_logs(self, replica_id: str, limit: int) -> list[str]:
+        """A replica's last ``limit`` log lines, asked of the replica itself; raises
+        ReplicaNotFound, ReplicaLogsUnavailable, or TimeoutError when it does not answer."""
         ...
 
 
@@ -229,6 +271,9 @@ class AdminServer:
             "/api/schooner/instance": {"GET": self._get_instance},
             "/metrics": {"GET": self._get_metrics},
             "/api/schooner/shutdown": {"POST": self._post_shutdown},
+            "/api/authentication_mode": {"GET": self._get_authentication_mode},
+            "/api/authenticate": {"POST": self._post_authenticate},
+            "/api/schooner/controller/logs": {"GET": self._get_controller_logs},
         }
         self._probes_only = probes_only
         self._metrics_only = metrics_only
@@ -286,6 +331,8 @@ class AdminServer:
             else:
                 exchange.method_not_allowed(("GET",))
             return
+        if not self._probes_only and self._public(exchange, method):
+            return
         # As with Ray's auth middleware, unknown paths need the token too.
         if self._token is not None and not self._authorized(exchange):
             return
@@ -306,11 +353,31 @@ class AdminServer:
         if routes is not None:
             return routes
         # Split the raw path: the decoded one would split an encoded '/' in a name.
-        match = _SCALE_PATH.fullmatch(request.raw_path.partition(b"?")[0])
-        if match is None:
-            return None
-        app, deployment = (_decode_segment(segment) for segment in match.groups())
-        return {"POST": lambda exchange: self._post_scale(exchange, app, deployment)}
+        raw_path = request.raw_path.partition(b"?")[0]
+        match = _SCALE_PATH.fullmatch(raw_path)
+        if match is not None:
+            app, deployment = (_decode_segment(segment) for segment in match.groups())
+            return {"POST": lambda exchange: self._post_scale(exchange, app, deployment)}
+        match = _REPLICA_LOGS_PATH.fullmatch(raw_path)
+        if match is not None:
+            replica_id = _decode_segment(match.group(1))
+            return {"GET": lambda exchange: self._get_replica_logs(exchange, replica_id)}
+        return None
+
+    def _public(self, exchange: _Exchange, method: str) -> bool:
+        """Answer the routes that need no token (the dashboard's files); True if answered."""
+        path = exchange.request.path
+        static = dashboard_files().get(path)
+        if static is None and path not in _PUBLIC_PATHS:
+            return False
+        if method != "GET":
+            exchange.method_not_allowed(("GET",))
+        elif static is not None:
+            headers = [(b"cache-control", static.cache_control), *_PAGE_HEADERS]
+            exchange.send(200, static.content_type, static.body, headers)
+        else:
+            self._routes[path]["GET"](exchange)
+        return True
 
     def _authorized(self, exchange: _Exchange) -> bool:
         assert self._token is not None
@@ -412,6 +479,54 @@ class AdminServer:
         if self._shutdown_task is None:
             self._shutdown_task = asyncio.get_running_loop().create_task(self._shutdown())
 
+    def _get_authentication_mode(self, exchange: _Exchange) -> None:
+        mode = "token" if self._token is not None else "disabled"
+        headers = [] if self._token is not None else [(b"set-cookie", _clear_cookie())]
+        exchange.send(200, _JSON, json.dumps({"authentication_mode": mode}).encode(), headers)
+
+    def _post_authenticate(self, exchange: _Exchange) -> None:
+        """The page hands over the token the user typed (``Authorization: Bearer``; the
+        dispatch has checked it) and gets it back as an HttpOnly cookie, as from Ray."""
+        if self._token is None:
+            exchange.text(401, "Unauthorized: Token authentication is not enabled")
+            return
+        doc = {"status": "authenticated", "message": "Token is valid"}
+        cookie = (
+            _TOKEN_COOKIE
+            + b"="
+            + self._token
+            + b"; Max-Age=%d; Path=/; HttpOnly; SameSite=Strict" % _TOKEN_COOKIE_MAX_AGE_S
+        )
+        exchange.send(200, _JSON, json.dumps(doc).encode(), [(b"set-cookie", cookie)])
+
+    def _get_controller_logs(self, exchange: _Exchange) -> None:
+        limit = _log_lines(exchange)
+        if limit is not None:
+            exchange.json(200, {"lines": self.backend.controller_logs(limit)})
+
+    def _get_replica_logs(self, exchange: _Exchange, replica_id: str) -> None:
+        limit = _log_lines(exchange)
+        if limit is not None:
+            self._spawn(self._answer_replica_logs(exchange, replica_id, limit))
+
+    async def _answer_replica_logs(self, exchange: _Exchange, replica_id: str, limit: int) -> None:
+        try:
+            lines = await self.backend.replica_logs(replica_id, limit)
+        except ReplicaNotFound as exc:
+            exchange.json(404, {"error": str(exc)})
+        except ReplicaLogsUnavailable as exc:
+            exchange.json(503, {"error": str(exc)})
+        except TimeoutError:
+            error = f"Replica {replica_id} did not send its log lines in time."
+            exchange.json(504, {"error": error})
+        except asyncio.CancelledError:
+            exchange.json(503, {"error": "The admin server is shutting down."})
+            raise
+        except Exception:
+            exchange.failed()
+        else:
+            exchange.json(200, {"replica_id": replica_id, "lines": lines})
+
     async def _shutdown(self) -> None:
         # The answer is with the transport; give it time to reach the client
         # before the process goes away.
@@ -420,6 +535,29 @@ class AdminServer:
             await self.backend.shutdown()
         except Exception:
             logger.exception("shutting down failed")
+
+
+_PAGE_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
+def _clear_cookie() -> bytes:
+    return _TOKEN_COOKIE + b"=; Max-Age=0; Path=/"
+
+
+def _log_lines(exchange: _Exchange) -> int | None:
+    """``?lines=N`` of a log route (default LOG_LINES, at most MAX_LOG_LINES); None if
+    invalid, after answering 400."""
+    query = parse_qs(exchange.request.query_string.decode("utf-8", "replace"))
+    given = query.get("lines", [""])[0]
+    if not given:
+        return LOG_LINES
+    if not given.isdigit() or int(given) < 1:
+        exchange.json(400, {"error": f"'lines' must be a positive integer, got {given!r}"})
+        return None
+    return min(int(given), MAX_LOG_LINES)
 
 
 def _decode_segment(segment: bytes) -> str:

@@ -27,22 +27,26 @@ import logging
 import math
 import os
 import secrets
-import string
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from schooner.controller.cluster import explain_waiting, start_on_cluster
 from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
 from schooner.controller.ranks import Rank, deliver_rank, sync_ranks
 from schooner.controller.snapshots import replica_set, route_table
 from schooner.controller.spares import Spare, Spares
-from schooner.controller.state import ApplicationState, DeploymentState, ReplicaRecord
+from schooner.controller.state import (
+    ApplicationState,
+    DeploymentState,
+    ReplicaRecord,
+    new_replica_id,
+)
 from schooner.exceptions import ServeConfigError
 from schooner.logs import (
     LOGGING_CONFIG_ENV,
-    effective_logging_config,
-    instance_logging_config,
+    deployment_logging_config,
     log_file_path,
     replica_file_stem,
 )
@@ -77,22 +81,15 @@ TICK_S = 0.1
 STARTUP_TIMEOUT_S = 600.0
 #: After asking a replica to stop, how long it may take on top of its graceful timeout.
 STOP_GRACE_S = 5.0
-#: A replica a cluster backend has not started after this long gets its reason asked for.
-PLACEMENT_PATIENCE_S = 3.0
 #: After a head restart, how long a re-adopted replica has to reconnect before it is replaced.
 REJOIN_TIMEOUT_S = 10.0
 _REPLICA_MODULE = "schooner.replica.main"
-_ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
 def _rollout_batch(target: int, fraction: float) -> int:
     """How many new-version replicas a rolling update starts at once (``fraction`` of the
     target: ``rolling_update_percentage``, 20% by default; at least one)."""
     return max(1, math.ceil(target * fraction))
-
-
-def _new_replica_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
 class Controller:
@@ -136,7 +133,7 @@ class Controller:
             launcher,
             lambda identity: self._replica_process_spec(identity, {}),
             clock,
-            _new_replica_id,
+            new_replica_id,
         )
         self.health = HealthChecks(self)
         #: Called after every reconcile tick (the checkpointer watches for changes).
@@ -294,25 +291,10 @@ class Controller:
             for replica in extra[: len(current) - target]:
                 self._stop_replica(dep, replica)
         if self.backend is not None and dep.pending_reason is None:
-            self._explain_waiting(dep, self.backend, now)
+            explain_waiting(dep, self.backend, now)
         # 5. Status, then ranks (dense again once settled; replicas told of changes).
         dep.update_status()
         sync_ranks(dep, lambda r, rank, size: self.spawn(deliver_rank(r, rank, size)))
-
-    def _explain_waiting(self, dep: DeploymentState, backend: ClusterBackend, now: float) -> None:
-        """A replica the cluster was asked for but has not started for a while: say why."""
-        for replica in dep.replicas.values():
-            if (
-                replica.state == ReplicaState.STARTING
-                and replica.conn is None
-                and now - replica.started_monotonic > PLACEMENT_PATIENCE_S
-            ):
-                reason = backend.waiting_reason(replica.process, replica.allocation.request)
-                if reason:
-                    dep.pending_reason = (
-                        f"Deployment '{dep.id.name}' has replicas waiting to start. {reason}"
-                    )
-                    return
 
     def _make_room_for_rollout(
         self, dep: DeploymentState, outdated: list[ReplicaRecord], current: list[ReplicaRecord]
@@ -412,7 +394,7 @@ class Controller:
 
     def _start_replica(self, dep: DeploymentState) -> bool:
         if self.backend is not None:
-            return self._start_on_cluster(dep, self.backend)
+            return start_on_cluster(self, dep, self.backend)
         request = dep.spec.config.required_resources()
         allocation = self.resources.allocate(request)
         if allocation is None:
@@ -420,19 +402,21 @@ class Controller:
                 self.resources.why_not(request) or ""
             )
             return False
-        replica_id = _new_replica_id()
+        replica_id = new_replica_id()
         process_env = dep.spec.process_env
         sys_path = [*process_env.sys_path, *self.apps[dep.id.app_name].spec.sys_path]
         env = {**process_env.env_vars, "SCHOONER_SYS_PATH": os.pathsep.join(sys_path)}
         if process_env.cwd is not None:
             env["SCHOONER_CWD"] = process_env.cwd
-        env[LOGGING_CONFIG_ENV] = json.dumps(replica_logging_config(dep))
+        env[LOGGING_CONFIG_ENV] = json.dumps(
+            deployment_logging_config(dep.spec.config.logging_config)
+        )
         # Always set: a replica without a GPU must not see the node's GPUs (as in Ray).
         env["CUDA_VISIBLE_DEVICES"] = self.resources.cuda_visible_devices(allocation)
         # A spare process was started without the runtime_env's variables: only plain ones.
         spare = self.spares.take() if not process_env.env_vars else None
         if spare is not None:
-            replica = self._record_replica(dep, replica_id, spare.process, allocation)
+            replica = self.record_replica(dep, replica_id, spare.process, allocation)
             logger.info(
                 "replica %s of %s adopts spare process %d", replica_id, dep.id, spare.process.pid
             )
@@ -448,37 +432,11 @@ class Controller:
             self.resources.release(allocation)
             dep.record_startup_failure(f"Could not start a replica process: {exc}")
             return False
-        self._record_replica(dep, replica_id, process, allocation)
+        self.record_replica(dep, replica_id, process, allocation)
         logger.info("starting replica %s of %s (pid %d)", replica_id, dep.id, process.pid)
         return True
 
-    def _start_on_cluster(self, dep: DeploymentState, backend: ClusterBackend) -> bool:
-        config = dep.spec.config
-        allocation = backend.place(dep.id, config)
-        if isinstance(allocation, str):
-            dep.pending_reason = f"Deployment '{dep.id.name}' has replicas waiting to start. "
-            dep.pending_reason += allocation
-            return False
-        replica_id = _new_replica_id()
-        process_env = dep.spec.process_env
-        sys_path = [*process_env.sys_path, *self.apps[dep.id.app_name].spec.sys_path]
-        env = dict(process_env.env_vars)
-        if process_env.cwd is not None:
-            env["SCHOONER_CWD"] = process_env.cwd
-        env[LOGGING_CONFIG_ENV] = json.dumps(replica_logging_config(dep))
-        try:
-            process = backend.start_replica(
-                replica_id, dep.id, config, env, sys_path, allocation, process_env.ray_fields
-            )
-        except Exception as exc:
-            backend.release(allocation)
-            dep.record_startup_failure(f"Could not start a replica actor: {exc!r}")
-            return False
-        self._record_replica(dep, replica_id, process, allocation)
-        logger.info("starting replica actor %s of %s", replica_id, dep.id)
-        return True
-
-    def _record_replica(
+    def record_replica(
         self, dep: DeploymentState, replica_id: str, process: ProcessHandle, allocation: Allocation
     ) -> ReplicaRecord:
         replica = ReplicaRecord(
@@ -491,7 +449,7 @@ class Controller:
             log_file=str(
                 log_file_path(
                     self.session.logs,
-                    replica_logging_config(dep),
+                    deployment_logging_config(dep.spec.config.logging_config),
                     replica_file_stem(dep.id.app_name, dep.id.name, replica_id),
                 )
             ),
@@ -687,7 +645,7 @@ class Controller:
                 "update",
                 config.user_config,
                 int(config.max_ongoing_requests),
-                replica_logging_config(dep),
+                deployment_logging_config(dep.spec.config.logging_config),
             )
         except (RemoteCallError, ConnectionLost) as exc:
             logger.warning(
@@ -867,10 +825,3 @@ class Controller:
         return app is not None and any(
             d.status == DeploymentStatus.DEPLOY_FAILED for d in app.deployments.values()
         )
-
-
-def replica_logging_config(dep: DeploymentState) -> dict[str, Any]:
-    """The logging config of a deployment's replicas: the deployment's own (an application's
-    ``logging_config`` was merged into the deployments that set none when it was built),
-    else the instance's (``serve.start(logging_config=)``), else the defaults (``{}``)."""
-    return effective_logging_config(dep.spec.config.logging_config, None, instance_logging_config())

@@ -28,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from schooner import tls
-from schooner.admin.server import AdminServer, ScaleNotFound, ScaleRejected
+from schooner.admin.server import (
+    AdminServer,
+    ReplicaLogsUnavailable,
+    ReplicaNotFound,
+    ScaleNotFound,
+    ScaleRejected,
+)
 from schooner.checkpoint import CheckpointStore, open_store
 from schooner.controller import checkpoint, ownership
 from schooner.controller.controller import Controller
@@ -36,8 +42,8 @@ from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import app_info, instance_details, serve_status
 from schooner.controller.metrics import controller_series
 from schooner.exceptions import RayServeException
-from schooner.logs import setup_process_logging
-from schooner.rpc.connection import Connection, serve_unix
+from schooner.logs import recent_lines, setup_process_logging
+from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError, serve_unix
 from schooner.rpc.messages import AppSpec
 from schooner.rpc.transport import serve_tcp
 from schooner.runtime.backend import ClusterBackend
@@ -62,6 +68,8 @@ from schooner.telemetry.exposition import MetricsStore, write_service_discovery
 logger = logging.getLogger("schooner.controller")
 
 SHUTDOWN_TIMEOUT_S = 30.0
+REPLICA_LOGS_TIMEOUT_S = 2.0
+"""How long the dashboard's log tail waits for a replica's lines."""
 #: In the session directory: a Prometheus ``file_sd_configs`` file naming the metrics
 #: endpoints (Ray writes ``prom_metrics_service_discovery.json`` likewise).
 SERVICE_DISCOVERY_FILE = "prom_metrics_service_discovery.json"
@@ -336,9 +344,10 @@ class Head:
 
     async def start_metrics(self) -> None:
         """Serve ``/metrics`` alone on ``--metrics-port``; write the Prometheus
-        service-discovery file listing where the metrics are."""
+        service-discovery file naming where to scrape: that port if there is one, else
+        the admin API (one target: each would export the same series)."""
         targets = []
-        if self.admin_url is not None:
+        if self.admin_url is not None and self.args.metrics_port < 0:
             targets.append(self.admin_url.removeprefix("http://"))
         if self.args.metrics_port >= 0:
             sock = bind_listening(
@@ -462,6 +471,33 @@ class AdminAPI:
     async def shutdown(self) -> None:
         self.head.explicit_stop = True
         self.head.stop_requested.set()
+
+    def controller_logs(self, limit: int) -> list[str]:
+        return recent_lines(limit)
+
+    async def replica_logs(self, replica_id: str, limit: int) -> list[str]:
+        """Asked of the replica over the controller's connection to it (``recent_logs``)."""
+        found = [
+            replica
+            for app in self.head.controller.apps.values()
+            for dep in app.deployments.values()
+            for replica in dep.replicas.values()
+            if replica.replica_id == replica_id
+        ]
+        if not found:
+            raise ReplicaNotFound(f"There is no replica with id '{replica_id}'.")
+        conn = found[0].conn
+        if conn is None:
+            raise ReplicaLogsUnavailable(
+                f"Replica {replica_id} is {found[0].state.value} and not connected yet."
+            )
+        try:
+            lines = await asyncio.wait_for(conn.call("recent_logs", limit), REPLICA_LOGS_TIMEOUT_S)
+        except (ConnectionLost, RemoteCallError) as exc:
+            raise ReplicaLogsUnavailable(
+                f"Replica {replica_id} did not send its log lines: {exc}"
+            ) from exc
+        return [str(line) for line in lines]
 
 
 class ControllerSession:

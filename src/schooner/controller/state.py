@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import json
+import secrets
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +57,14 @@ class Phase(enum.Enum):
 
     STEADY = "steady"
     UPDATING = "updating"  # a new spec is being rolled out
+
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_replica_id() -> str:
+    """A replica's unique id within its deployment (8 random lowercase letters and digits)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
 
 
 @dataclass

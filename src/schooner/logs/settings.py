@@ -34,6 +34,7 @@ __all__ = [
     "LOGGING_CONFIG_ENV",
     "LogSettings",
     "Rotation",
+    "deployment_logging_config",
     "effective_logging_config",
     "instance_logging_config",
     "log_file_path",
@@ -112,6 +113,14 @@ def effective_logging_config(
         if value is not None:
             return value
     return {}
+
+
+def deployment_logging_config(own: Any) -> dict[str, Any]:
+    """The logging config of a deployment's replicas, as the controller hands it to them:
+    the deployment's own (an application's ``logging_config`` was already merged into the
+    deployments that set none when it was built), else the instance's (this process's
+    :data:`LOGGING_CONFIG_ENV`), else the defaults (``{}``)."""
+    return effective_logging_config(own, None, instance_logging_config())
 
 
 def instance_logging_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from schooner import context
-from schooner.logs import AccessLog
+from schooner.logs import AccessLog, recent_lines
 from schooner.replica import http, websocket
 from schooner.replica.executor import SyncExecutor
 from schooner.rpc.connection import Connection, Inbox
@@ -343,6 +343,10 @@ class Replica:
 
     def rpc_ping(self) -> str:
         return "pong"
+
+    def rpc_recent_logs(self, limit: int) -> list[str]:
+        """The last ``limit`` lines this process logged (the dashboard's log tail)."""
+        return recent_lines(limit)
 
     async def rpc_check_health(self) -> None:
         check = getattr(self._callable, "check_health", None)

@@ -91,10 +91,34 @@ def tls_environment() -> dict[str, str]:
     return {k: os.environ[k] for k in TLS_ENV_VARS if os.environ.get(k)}
 
 
+#: Instance-wide settings every process of an instance reads from its environment
+#: (metrics, logging, tracing). Processes Ray starts do not inherit the environment of
+#: the process that asked for them, so these are handed on explicitly.
+SETTINGS_ENV = (
+    "SCHOONER_METRICS",
+    "SCHOONER_METRICS_REPORT_INTERVAL_S",
+    "SCHOONER_LOGGING_CONFIG",
+    "SCHOONER_LOG_ROTATION_MAX_BYTES",
+    "SCHOONER_LOG_ROTATION_BACKUP_COUNT",
+    "RAY_ROTATION_MAX_BYTES",
+    "RAY_ROTATION_BACKUP_COUNT",
+    "SCHOONER_TRACING_CONFIG",
+)
+
+
+def forwarded_environment() -> dict[str, str]:
+    """What a process this one starts on a cluster must be given: RPC TLS
+    (:func:`tls_environment`) and the instance-wide settings (:data:`SETTINGS_ENV`)."""
+    env = tls_environment()
+    env.update({name: os.environ[name] for name in SETTINGS_ENV if name in os.environ})
+    return env
+
+
 def instance_environment() -> dict[str, str]:
     """What an instance started from here on a cluster takes from this process's
-    environment: RPC TLS and the admin API's token (``SCHOONER_ADMIN_TOKEN``)."""
-    env = tls_environment()
+    environment: RPC TLS, the instance-wide settings and the admin API's token
+    (``SCHOONER_ADMIN_TOKEN``)."""
+    env = forwarded_environment()
     token = os.environ.get("SCHOONER_ADMIN_TOKEN")
     if token:
         env["SCHOONER_ADMIN_TOKEN"] = token

@@ -90,7 +90,7 @@ class MetricsStore:
             if now - report.at > FORGET_AFTER_S:
                 del self._reports[source]
         reports = list(self._reports.values())
-        if self._local is not None:
+        if self._local is not None and recorder.ENABLED:
             component, worker, node = self._local
             labels = (component, worker, node, self.session_name)
             reports.append(_Report(labels, recorder.snapshot(), self._clock()))

@@ -22,7 +22,7 @@ from ray.util.scheduling_strategies import (
 )
 
 from schooner.rpc.messages import DeploymentID
-from schooner.rpc.transport import tls_environment
+from schooner.rpc.transport import forwarded_environment
 from schooner.runtime.ray_backend.names import NAMESPACE, replica_actor_name
 from schooner.runtime.ray_backend.placement import ClusterPlacement, Node
 from schooner.runtime.ray_backend.proxies import ProxyFleet
@@ -199,7 +199,7 @@ class RayBackend:
             replica_id=replica_id,
             app=dep.app_name,
             deployment=dep.name,
-            env={**tls_environment(), **env},
+            env={**forwarded_environment(), **env},
             sys_path=sys_path,
         )
         actor = _RemoteReplica.options(name=name, **options).remote(launch)

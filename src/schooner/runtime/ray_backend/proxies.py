@@ -24,7 +24,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from schooner.rpc.transport import tls_environment
+from schooner.rpc.transport import forwarded_environment
 from schooner.runtime.lifeline import Lifeline
 from schooner.runtime.ray_backend.names import (
     NAMESPACE,
@@ -204,7 +204,7 @@ class ProxyFleet:
             self.http[0],
             self.http[1],
             self.proxy_args,
-            tls_environment(),
+            forwarded_environment(),
         )
         self.actors[node_id] = actor
         self.watch[node_id] = actor.wait_exit.remote()

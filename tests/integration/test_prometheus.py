@@ -6,6 +6,7 @@ an application under traffic; custom metrics from a replica arrive with their ta
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -184,6 +185,26 @@ def metered(
             serve.shutdown()
 
 
+DASHBOARD = Path(__file__).parents[2] / "dashboards" / "schooner_grafana_dashboard.json"
+
+
+def _shipped_dashboard_queries() -> list[tuple[str, list[str]]]:
+    """(title, queries) of each panel, with the variables as Grafana sets them for "All"."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    found = []
+    for panel in panels:
+        exprs = [
+            target["expr"]
+            .replace("$Application", ".*")
+            .replace("$Deployment", ".*")
+            .replace("$__rate_interval", "1m")
+            for target in panel.get("targets", [])
+        ]
+        if exprs:
+            found.append((panel["title"], exprs))
+    return found
+
+
 def _values(result: list[dict[str, Any]], **labels: str) -> list[float]:
     return [float(r["value"][1]) for r in result if labels.items() <= dict(r["metric"]).items()]
 
@@ -195,7 +216,8 @@ def test_prometheus_answers_rays_serve_dashboard_queries(
     serve.run(Shop.bind(Pricer.bind()), name=APP, route_prefix=ROUTE)
     sd_file = Path(metered["session"]) / "prom_metrics_service_discovery.json"
     metrics_target = metered["metrics_url"].removeprefix("http://").removesuffix("/metrics")
-    assert metrics_target in sd_file.read_text()
+    (entry,) = json.loads(sd_file.read_text())
+    assert entry["targets"] == [metrics_target]  # one target: every series once
 
     prometheus = Prometheus(tmp_path, sd_file)
     try:
@@ -287,6 +309,13 @@ def test_prometheus_answers_rays_serve_dashboard_queries(
             answered(
                 "sum(ray_serve_handle_request_counter_total) by (deployment)", deployment="Pricer"
             )
+            # Every panel of the Grafana dashboard we ship is valid and has data.
+            for title, exprs in _shipped_dashboard_queries():
+
+                def has_data(exprs: list[str] = exprs) -> bool:
+                    return any(prometheus.query(expr) for expr in exprs)
+
+                wait_for(has_data, timeout_s=60, message=f"data for the panel {title!r}")
             # The custom metric, with its tag and the replica's.
             answered(
                 'ray_price_lookups_total{currency="EUR"}',
@@ -297,3 +326,25 @@ def test_prometheus_answers_rays_serve_dashboard_queries(
         assert set(traffic.statuses) <= {200, 500}, traffic.statuses
     finally:
         prometheus.close()
+
+
+def test_metrics_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SCHOONER_METRICS=0`` (the benchmark's A/B switch): every process records nothing,
+    and /metrics answers with no series."""
+    monkeypatch.setenv("SCHOONER_METRICS", "0")
+    monkeypatch.setenv("SCHOONER_METRICS_REPORT_INTERVAL_S", "0.2")
+    if _core.get_core_or_none() is not None:
+        serve.shutdown()
+    http_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port}, metrics_port=0)
+    try:
+        serve.run(Shop.bind(Pricer.bind()), name=APP, route_prefix=ROUTE)
+        for _ in range(5):
+            response = httpx.get(f"http://127.0.0.1:{http_port}{ROUTE}", params={"item": "pear"})
+            assert response.json() == {"price": 4}
+        info = _core.get_core().call_controller_sync("instance_info")
+        time.sleep(1.0)  # five report intervals: a process that reported would have by now
+        text = httpx.get(info["metrics_url"]).text
+        assert "ray_" not in text, text[:2000]
+    finally:
+        serve.shutdown()
