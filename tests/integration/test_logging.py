@@ -204,3 +204,91 @@ def test_replica_file_rotates_under_many_lines(clean: Instance) -> None:
     # The newest lines (log lines and printed lines alike) are in the current file.
     text = path.read_text()
     assert "printed 01999" in text and "line 01999" in text
+
+
+TALK_MODULE = """
+import logging
+
+from starlette.requests import Request
+
+import schooner as serve
+
+
+@serve.deployment
+class Talk:
+    def __call__(self, request: Request) -> str:
+        logging.getLogger("ray.serve").debug("talk debug line")
+        logging.getLogger("ray.serve").info("talk info line")
+        return "ok"
+
+
+app = Talk.bind()
+"""
+
+
+def test_config_file_levels(tmp_path: Path) -> None:
+    """A config document's top-level logging_config reaches the running controller and
+    proxy and the applications without their own; an application's own beats it, and a
+    deployments[] entry's beats the application's."""
+    from detached import Detached
+
+    (tmp_path / "talk.py").write_text(TALK_MODULE)
+    inst = Detached(tmp_path)
+    inst.start()
+    try:
+        inst.deploy(
+            {
+                "logging_config": {"encoding": "JSON"},
+                "applications": [
+                    {"name": "plain", "route_prefix": "/plain", "import_path": "talk:app"},
+                    {
+                        "name": "own",
+                        "route_prefix": "/own",
+                        "import_path": "talk:app",
+                        "logging_config": {"encoding": "TEXT"},
+                        "deployments": [{"name": "Talk", "logging_config": {"log_level": "DEBUG"}}],
+                    },
+                    {
+                        "name": "app_level",
+                        "route_prefix": "/app_level",
+                        "import_path": "talk:app",
+                        "logging_config": {"encoding": "TEXT", "enable_access_log": False},
+                    },
+                ],
+            }
+        )
+        inst.wait_running("plain", "own", "app_level")
+        for route in ("/plain", "/own", "/app_level"):
+            assert inst.http.get(route).status_code == 200
+        assert inst.info is not None
+        logs = Path(inst.info["session"]) / "logs"
+
+        def lines(app: str) -> list[str]:
+            return [
+                line
+                for path in logs.glob(f"replica_{app}_Talk_*.log")
+                for line in path.read_text().splitlines()
+            ]
+
+        wait_for(lambda: any("GET /app_level 200" in x for x in _read(logs / "proxy.log")))
+        plain = wait_for(lambda: (found := lines("plain")) and "CALL" in found[-1] and found)
+        assert all(json.loads(line)["application"] == "plain" for line in plain)
+        own = "\n".join(wait_for(lambda: (found := lines("own")) and "CALL" in found[-1] and found))
+        assert "talk debug line" in own and "replica own#Talk#" in own  # DEBUG, TEXT
+        quiet = "\n".join(wait_for(lambda: (found := lines("app_level")) and found))
+        assert "talk info line" in quiet and "replica app_level#Talk#" in quiet
+        # The proxy took the document's config while running: its access lines are JSON.
+        access = [x for x in _read(logs / "proxy.log") if "GET /app_level 200" in x]
+        assert json.loads(access[-1])["status_code"] == 200
+        controller = _read(logs / "controller.log")
+        assert json.loads(controller[-1])["component_name"] == "controller"
+        # app_level's access log is off: its next line comes after no access line.
+        assert inst.http.get("/app_level").status_code == 200
+        wait_for(lambda: sum("talk info line" in x for x in lines("app_level")) == 2)
+        assert not any("CALL" in x for x in lines("app_level"))
+    finally:
+        inst.stop()
+
+
+def _read(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
