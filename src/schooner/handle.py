@@ -29,7 +29,7 @@ from schooner.router.registry import LoopRouters, RouterRegistry
 from schooner.router.router import Router
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
 from schooner.rpc.messages import DeploymentID, ReplicaInfo
-from schooner.telemetry import catalog, recorder, reporter
+from schooner.telemetry import catalog, recorder, reporter, tracing
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
 
@@ -176,6 +176,7 @@ class DeploymentHandle:
             options.multiplexed_model_id,
             options.session_id,
             request.route,
+            tracing.current_traceparent() if tracing.enabled() else "",
         )
         if options.stream:
             return DeploymentResponseGenerator(core, self._deployment_id, meta, args, kwargs)

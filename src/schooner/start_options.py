@@ -24,6 +24,7 @@ from schooner.instance_config import (
     gRPCOptions,
 )
 from schooner.logs import LOGGING_CONFIG_ENV
+from schooner.telemetry.tracing import TRACING_ENV
 
 __all__ = [
     "LOGGING_CONFIG_ENV",
@@ -69,6 +70,8 @@ class StartOptions:
         env = dict(runtime_env.get("env_vars", {}))
         if "logging_config" in self.given:
             env[LOGGING_CONFIG_ENV] = self.logging.model_dump_json()
+        if self.tracing.enabled:
+            env[TRACING_ENV] = self.tracing.model_dump_json()
         return env
 
 
@@ -122,10 +125,6 @@ def normalize(
         )
     logging_options = _model(LoggingConfig, logging_config, "logging_config")
     tracing = _model(TracingConfig, tracing_config, "tracing_config")
-    if tracing.enabled:
-        logger.warning(
-            "tracing_config.enabled=True has no effect: Schooner does not export traces yet."
-        )
     return StartOptions(
         proxy_location=location,
         http=http,

@@ -133,13 +133,15 @@ class ProxyApp:
                 request_id,
             )
             return
-        observer.begin(request, request_id, route.route_prefix, route.app_name, route.ingress.name)
+        traceparent = observer.begin(
+            request, request_id, route.route_prefix, route.app_name, route.ingress.name
+        )
         try:
             timeout_s = self._timeout_for(request)
         except ValueError as exc:
             _text(request, 400, str(exc).encode(), request_id)
             return
-        meta, http_request = self._request_parts(request, route, request_id)
+        meta, http_request = self._request_parts(request, route, request_id, traceparent)
         registry = self.core.registry
         router = registry.router(route.ingress)
         replica = router.try_acquire()
@@ -236,7 +238,7 @@ class ProxyApp:
         return value
 
     def _request_parts(
-        self, request: Request, route: Route, request_id: str
+        self, request: Request, route: Route, request_id: str, traceparent: str = ""
     ) -> tuple[tuple[str, ...], tuple[Any, ...]]:
         """(call metadata, request fields) as the replica's ``rpc_http`` takes them."""
         prefix = "" if route.route_prefix == "/" else route.route_prefix
@@ -252,6 +254,7 @@ class ProxyApp:
             model_id.decode("latin-1"),
             session_id.decode("latin-1"),
             route.route_prefix,
+            traceparent,
         )
         http_request = (
             request.method,

@@ -28,7 +28,7 @@ from schooner.proxy.observer import RequestObserver
 from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.session import Session
-from schooner.telemetry import reporter
+from schooner.telemetry import reporter, tracing
 
 logger = logging.getLogger("schooner.proxy")
 
@@ -71,7 +71,9 @@ async def _serve(
     loop = asyncio.get_running_loop()
     node_id = os.environ.get("SCHOONER_NODE_ID") or None  # set on a Ray cluster
     node_ip = os.environ.get("SCHOONER_NODE_IP") or "127.0.0.1"
-    reporter.identify("proxy", f"proxy-{node_id or 'local'}-{os.getpid()}", node_ip)
+    worker_id = f"proxy-{node_id or 'local'}-{os.getpid()}"
+    reporter.identify("proxy", worker_id, node_ip)
+    tracing.setup("proxy", worker_id, session.logs)
     core = await _core.Core.connect(session, address=args.controller_address)
     _core.set_core(core)
     sock = socket.socket(fileno=args.http_fd)

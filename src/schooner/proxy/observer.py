@@ -12,7 +12,7 @@ import time
 
 from schooner.logs import AccessLog
 from schooner.proxy.http_server import Request
-from schooner.telemetry import catalog, recorder
+from schooner.telemetry import catalog, recorder, tracing
 
 __all__ = ["RequestObserver"]
 
@@ -23,8 +23,9 @@ class RequestObserver:
     def __init__(self, node_id: str, node_ip: str, access_log: AccessLog | None = None) -> None:
         self.access_log = access_log or AccessLog("proxy")
         self.metrics = recorder.ENABLED
-        #: Off entirely (no hook on requests) when there are neither metrics nor access lines.
-        self.enabled = self.metrics or self.access_log.enabled
+        self.tracing = tracing.enabled()
+        #: Off entirely (no hook on requests) without metrics, access lines and tracing.
+        self.enabled = self.metrics or self.access_log.enabled or self.tracing
         self._latency = recorder.histogram(catalog.HTTP_LATENCY, count_as=catalog.HTTP_REQUESTS)
         self._errors = recorder.counter(catalog.HTTP_ERRORS)
         self._deployment_errors = recorder.counter(catalog.HTTP_DEPLOYMENT_ERRORS)
@@ -39,25 +40,44 @@ class RequestObserver:
 
     def begin(
         self, request: Request, request_id: str, route: str, application: str, deployment: str
-    ) -> None:
+    ) -> str:
         """``request`` is being answered (by ``deployment`` of ``application``, or by the
-        proxy itself when ``application`` is empty)."""
+        proxy itself when ``application`` is empty). Returns the W3C ``traceparent`` to
+        hand on to the replica ("" without tracing)."""
         if not self.enabled:
-            return
+            return ""
         request.received_at = time.perf_counter()
-        request.tags = (route, application, deployment, request_id)
+        span = None
+        traceparent = ""
+        if self.tracing:
+            header = request.header(b"traceparent")
+            span = tracing.open_span(
+                "proxy_http_request",
+                header.decode("latin-1") if header else "",
+                {
+                    "http.method": request.method,
+                    "http.route": route,
+                    "schooner.application": application,
+                    "schooner.request_id": request_id,
+                },
+            )
+            traceparent = tracing.traceparent_of(span)
+        request.tags = (route, application, deployment, request_id, span)
         request.on_end = self._end
         self._began += 1
+        return traceparent
 
     def _end(self, request: Request) -> None:
         self._ended += 1
         latency_ms = (time.perf_counter() - request.received_at) * 1000.0
-        route, application, deployment, request_id = request.tags
+        route, application, deployment, request_id, span = request.tags
         status = request.status
         code = self._codes.get(status)
         if code is None:
             code = self._codes[status] = str(status)
         method = request.method
+        if span is not None:
+            tracing.close_span(span, status_code=status)
         if self.metrics:
             self._latency.observe((method, route, application, code), latency_ms)
             if status >= 400:

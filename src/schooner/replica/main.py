@@ -33,6 +33,7 @@ from schooner.rpc.messages import DeploymentID
 from schooner.runtime.lifeline import watch_parent
 from schooner.runtime.loop import new_event_loop
 from schooner.runtime.session import Session
+from schooner.telemetry import tracing
 
 logger = logging.getLogger("schooner.replica")
 
@@ -90,6 +91,7 @@ class ReplicaProcess:
         self.on_assigned: Callable[[], None] | None = None
 
     async def become(self, replica_id: str, app: str, deployment: str) -> Replica:
+        tracing.setup("replica", f"{app}#{deployment}#{replica_id}", self.session.logs)
         replica = Replica(replica_id, DeploymentID(deployment, app))
         replica.stopped = self.stopped
         self.socket_path = self.session.replica_socket(replica_id)

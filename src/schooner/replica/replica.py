@@ -33,7 +33,7 @@ from schooner.replica import http, websocket
 from schooner.replica.executor import SyncExecutor
 from schooner.rpc.connection import Connection, Inbox
 from schooner.rpc.messages import CodeRef, DeploymentID
-from schooner.telemetry import catalog, recorder, reporter
+from schooner.telemetry import catalog, recorder, reporter, tracing
 
 if TYPE_CHECKING:
     from schooner.schema import ReplicaRank
@@ -59,7 +59,7 @@ class _Serving:
     """One request in a replica: its request context, one of the replica's slots, and
     its metrics and access line once it ends."""
 
-    __slots__ = ("_meta", "_replica", "_started", "_token", "error")
+    __slots__ = ("_meta", "_replica", "_span", "_span_token", "_started", "_token", "error")
 
     def __init__(self, replica: Replica, meta: tuple[str, ...]) -> None:
         self._replica = replica
@@ -71,12 +71,23 @@ class _Serving:
     async def __aenter__(self) -> _Serving:
         self._started = time.perf_counter()
         self._token = self._replica._enter(self._meta)
+        self._span = None
+        if tracing.enabled():
+            self._span = self._replica._open_span(self._meta)
+            self._span_token = tracing.activate(self._span)
         try:
             await self._replica._take_slot()
         except BaseException:
+            self._end_span("cancelled")
             self._replica._exit(self._token)
             raise
         return self
+
+    def _end_span(self, error: str | None) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            tracing.deactivate(self._span_token)
+            tracing.close_span(span, error)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: object, tb: object
@@ -90,6 +101,7 @@ class _Serving:
                 error = ""
         else:
             error = self.error
+        self._end_span(error)
         replica._observe(self._meta, (time.perf_counter() - self._started) * 1000.0, error)
 
 
@@ -445,6 +457,21 @@ class Replica:
     def _exit(self, token: contextvars.Token[context.RequestContext]) -> None:
         context._request_context.reset(token)
         self._ongoing -= 1
+
+    def _open_span(self, meta: tuple[str, ...]) -> Any:
+        """A tracing span for one call (child of the caller's, which ``meta[5]`` names)."""
+        return tracing.open_span(
+            "replica_handle_request",
+            meta[5] if len(meta) > 5 else "",
+            {
+                "schooner.application": self.deployment.app_name,
+                "schooner.deployment": self.deployment.name,
+                "schooner.replica": self.replica_id,
+                "schooner.method": meta[1],
+                "schooner.request_id": meta[0],
+                "schooner.route": meta[4],
+            },
+        )
 
     def _observe(self, meta: tuple[str, ...], latency_ms: float, error: str | None) -> None:
         """A call ended (``error``: the exception's type name, ``""`` if cancelled)."""
