@@ -61,10 +61,9 @@ def test_controller_env_vars_reach_the_instance_environment() -> None:
         normalize(controller_options={"runtime_env": {"working_dir": {}}})
 
 
-def test_enabled_tracing_warns_and_logs_dir_is_taken(caplog: pytest.LogCaptureFixture) -> None:
+def test_logs_dir_is_taken_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="schooner"):
-        options = normalize(tracing_config={"enabled": True}, logging_config={"logs_dir": "/tmp/x"})
-    assert "does not export traces" in caplog.text
+        options = normalize(logging_config={"logs_dir": "/tmp/x"})
     assert "logs_dir" not in caplog.text  # supported: the instance's files go there
     assert json.loads(options.head_env()[LOGGING_CONFIG_ENV])["logs_dir"] == "/tmp/x"
 
