@@ -476,3 +476,32 @@ def test_live_reconfiguration(tmp_path: Path, process_logging: None) -> None:
     assert stat.S_IMODE((moved / "proxy.log").stat().st_mode) == 0o600
     logs.configure_process_logging({"log_level": "WARNING"})
     assert not logs.AccessLog("proxy").enabled
+
+
+def test_batched_text_access_lines_match_one_by_one_formatting() -> None:
+    """The flush's fast path (seconds formatted once per second) writes exactly what the
+    line-by-line formatter does."""
+    import time as _time
+
+    from schooner.logs.access import AccessBuffer
+    from schooner.logs.output import LogContext
+
+    buffer = AccessBuffer()
+    buffer.context = LogContext("replica", component_id="x")
+    start = _time.time()
+    entries = [
+        (
+            start + i * 0.0007,
+            i % 2 == 0,
+            "GET" if i % 2 == 0 else "__call__",
+            "/route",
+            200 if i % 2 == 0 else "OK",
+            1.2345 * i,
+            f"rid{i}" if i % 3 else "",
+            "app",
+            "Model",
+            "",
+        )
+        for i in range(3000)
+    ]
+    assert buffer._text_lines(entries) == [buffer._text_line(e) for e in entries]  # type: ignore[arg-type]

@@ -262,7 +262,9 @@ def _apply(process: _ProcessLogging, settings: LogSettings) -> None:
             )
     level = process.level_override if process.level_override is not None else settings.log_level
     logging.getLogger().setLevel(level)
-    ACCESS.configure(process.sink, process.context, settings, _to_recent)
+    # Access lines go to the file only, never to the terminal a replica's output is copied
+    # to: one line per request there is noise, and costs the replica time on every request.
+    ACCESS.configure(process.logfile, process.context, settings, _to_recent)
 
 
 def configure_process_logging(config: Mapping[str, Any] | None) -> Path | None:

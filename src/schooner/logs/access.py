@@ -11,6 +11,7 @@ Text as in Ray: ``GET /route 200 1.2ms`` (proxy), ``CALL method OK 1.2ms`` (repl
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
@@ -53,6 +54,7 @@ class AccessBuffer:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._static: tuple[Any, str] = (None, "")
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def configure(
         self,
@@ -64,13 +66,37 @@ class AccessBuffer:
         self.flush()  # what is queued is written as it was configured
         self.sink, self.context, self.settings, self.on_text = sink, context, settings, on_text
         self.on = sink is not None and settings.access_log_on
-        if sink is not None and self._thread is None:
+        if sink is not None and self._thread is None and self._loop is None:
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._run, name="schooner-access-log", daemon=True
             )
             self._thread.start()
             atexit.register(self.flush)
+
+    def use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Flush from ``loop`` (a timer every :data:`FLUSH_INTERVAL_S`) instead of the
+        thread. Processes serving requests on an event loop call this: a second thread
+        formatting lines would fight the loop for the GIL, and the loop would lose (each
+        of its many system calls gives the GIL away and it waits to get it back)."""
+        if self._loop is loop:
+            return
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+        self._loop = loop
+        loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            self.flush()
+        except Exception:  # a full disk must not stop the timer
+            pass
+        loop.call_later(FLUSH_INTERVAL_S, self._tick)
 
     def stop(self) -> None:
         """Stop the thread (after a last flush). For tests; processes just exit."""
@@ -105,8 +131,10 @@ class AccessBuffer:
             settings = self.settings
             if settings.json:
                 lines = [self._json_line(e) for e in entries]
-            else:
+            elif settings.additional_log_standard_attrs:
                 lines = [self._text_line(e) for e in entries]
+            else:
+                lines = self._text_lines(entries)
             sink.write("".join(lines))
             if self.on_text is not None:
                 tail = entries[-50:]
@@ -149,6 +177,28 @@ class AccessBuffer:
             f"INFO {asctime(entry[0])} {ctx.component} {ctx.text_id} req={entry[6] or '-'} "
             f"access {extras}- {self.message(entry)}\n"
         )
+
+    def _text_lines(self, entries: list[_Entry]) -> list[str]:
+        """:meth:`_text_line` of each entry (without extra attributes), the time's
+        seconds formatted once per second: this runs for every request served."""
+        ctx = self.context
+        head = f" {ctx.component} {ctx.text_id} req="
+        lines = []
+        second = -1
+        stamp = ""
+        for created, proxy_style, method, route, status, latency_ms, request_id, *_ in entries:
+            if int(created) != second:
+                second = int(created)
+                stamp = asctime(created)[:-4]
+            millis = int((created - second) * 1000)
+            if proxy_style:
+                message = f"{method} {route} {status} {latency_ms:.1f}ms"
+            else:
+                message = f"CALL {method} {status} {latency_ms:.1f}ms"
+            lines.append(
+                f"INFO {stamp},{millis:03d}{head}{request_id or '-'} access - {message}\n"
+            )
+        return lines
 
     def _static_json(self) -> str:
         """The fields every access line of this process shares, serialized once."""
@@ -209,6 +259,15 @@ class AccessLog:
         self._enabled = enabled
         self._buffer = buffer if buffer is not None else ACCESS
         self._proxy_style = component != "replica"
+
+    def use_running_loop(self) -> None:
+        """Flush this process's access lines from the running event loop, if there is one
+        (see :meth:`AccessBuffer.use_loop`)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._buffer.use_loop(loop)
 
     @property
     def enabled(self) -> bool:

@@ -22,6 +22,7 @@ class RequestObserver:
 
     def __init__(self, node_id: str, node_ip: str, access_log: AccessLog | None = None) -> None:
         self.access_log = access_log or AccessLog("proxy")
+        self.access_log.use_running_loop()
         self.metrics = recorder.ENABLED
         self.tracing = tracing.enabled()
         #: Off entirely (no hook on requests) without metrics, access lines and tracing.

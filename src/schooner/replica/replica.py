@@ -175,6 +175,7 @@ class Replica:
             reporter.identity()[2],
         )
         self._access_log = AccessLog("replica")
+        self._access_log.use_running_loop()
         self._metrics = recorder.ENABLED
         self._latency = recorder.histogram(
             catalog.PROCESSING_LATENCY, count_as=catalog.DEPLOYMENT_REQUESTS
