@@ -169,47 +169,46 @@ def memory(ctx: Context) -> None:
         )
 
 
-#: The metrics A/B: Schooner's hello world with each switch, interleaved in rounds.
+#: The metrics A/B: pairs of environments for Schooner's processes, (on, off).
 NO_ACCESS_LOG = '{"enable_access_log": false}'
-METRICS_VARIANTS: dict[str, dict[str, str]] = {
-    "metrics on": {},
-    "metrics off": {"SCHOONER_METRICS": "0"},
-    "access log off": {"SCHOONER_LOGGING_CONFIG": NO_ACCESS_LOG},
-    "metrics and access log off": {
-        "SCHOONER_METRICS": "0",
-        "SCHOONER_LOGGING_CONFIG": NO_ACCESS_LOG,
-    },
+SWITCHES: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "metrics": ({}, {"SCHOONER_METRICS": "0"}),
+    "access log": ({}, {"SCHOONER_LOGGING_CONFIG": NO_ACCESS_LOG}),
 }
-METRICS_ROUNDS = 3
+AB_ROUNDS = 3
 
 
 def metrics_cost(ctx: Context) -> None:
-    """What built-in metrics (and access lines) cost: hello world @32c with each switch
-    on and off, the variants interleaved over :data:`METRICS_ROUNDS` rounds so that drift
-    of the machine hits all of them alike; the median round of each is recorded."""
-    runs: dict[str, list[LoadResult]] = {variant: [] for variant in METRICS_VARIANTS}
-    for _ in range(METRICS_ROUNDS):
-        for variant, env in METRICS_VARIANTS.items():
+    """What built-in metrics (and access lines) cost: hello world @32c with the switch
+    on and off, in rounds of on, off, off, on (ABBA: a machine whose speed drifts
+    during a round slows both alike). Each round gives an on/off throughput ratio;
+    the median round is recorded."""
+    for switch, (on_env, off_env) in SWITCHES.items():
+        ratios: list[tuple[float, LoadResult, LoadResult]] = []
+        for _ in range(AB_ROUNDS):
+            results: dict[str, list[LoadResult]] = {"on": [], "off": []}
             try:
-                with ctx.serving(SCHOONER, "hello", extra_env=env) as (server, port):
-                    check_body(port, b"hello")
-                    runs[variant].append(ctx.load("metrics", server, port, 32))
+                for state in ("on", "off", "off", "on"):
+                    env = on_env if state == "on" else off_env
+                    with ctx.serving(SCHOONER, "hello", extra_env=env) as (server, port):
+                        check_body(port, b"hello")
+                        results[state].append(ctx.load("metrics", server, port, 32))
             except Exception as exc:
                 ctx.fail("metrics", SCHOONER, exc)
                 return
-    median: dict[str, float] = {}
-    for variant, results in runs.items():
-        ordered = sorted(results, key=lambda r: r.requests_per_s)
-        chosen = ordered[len(ordered) // 2]
-        median[variant] = chosen.requests_per_s
-        _record_load(ctx, "metrics", SCHOONER, f"@32c {variant}", chosen)
-    on, off = median["metrics on"], median["metrics off"]
-    quiet = median["access log off"]
-    log(
-        f"[metrics] hello @32c, median of {METRICS_ROUNDS}: {on:,.0f} req/s with metrics, "
-        f"{off:,.0f} without ({100 * (1 - on / off):+.1f}% cost); access lines off: "
-        f"{quiet:,.0f}, both off: {median['metrics and access log off']:,.0f}"
-    )
+            on = statistics.mean(r.requests_per_s for r in results["on"])
+            off = statistics.mean(r.requests_per_s for r in results["off"])
+            ratios.append((on / off, results["on"][0], results["off"][0]))
+        ratios.sort(key=lambda item: item[0])
+        ratio, on_result, off_result = ratios[len(ratios) // 2]
+        _record_load(ctx, "metrics", SCHOONER, f"@32c {switch} on", on_result)
+        _record_load(ctx, "metrics", SCHOONER, f"@32c {switch} off", off_result)
+        ctx.record("metrics", f"{switch} on/off throughput", SCHOONER, ratio, "x", True)
+        log(
+            f"[metrics] {switch}: hello @32c throughput on/off, per round: "
+            f"{', '.join(f'{r:.3f}' for r, _, _ in ratios)}; median {ratio:.3f} "
+            f"({100 * (1 - ratio):+.1f}% cost)"
+        )
 
 
 SCENARIOS: dict[str, Callable[[Context], None]] = {
