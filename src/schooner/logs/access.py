@@ -195,9 +195,7 @@ class AccessBuffer:
                 message = f"{method} {route} {status} {latency_ms:.1f}ms"
             else:
                 message = f"CALL {method} {status} {latency_ms:.1f}ms"
-            lines.append(
-                f"INFO {stamp},{millis:03d}{head}{request_id or '-'} access - {message}\n"
-            )
+            lines.append(f"INFO {stamp},{millis:03d}{head}{request_id or '-'} access - {message}\n")
         return lines
 
     def _static_json(self) -> str:
