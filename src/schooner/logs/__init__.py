@@ -214,10 +214,7 @@ def setup_process_logging(
     root.addHandler(recent)
     if component == "replica":
         for name in USER_FACING_LOGGERS:
-            user_logger = logging.getLogger(name)
-            user_logger.propagate = True
-            if name != "ray":
-                user_logger.setLevel(logging.NOTSET)
+            logging.getLogger(name).propagate = True
     old_process, _process = (
         _process,
         _ProcessLogging(
@@ -262,6 +259,12 @@ def _apply(process: _ProcessLogging, settings: LogSettings) -> None:
             )
     level = process.level_override if process.level_override is not None else settings.log_level
     logging.getLogger().setLevel(level)
+    if process.context.component == "replica":
+        # Their own level decides for records logged through them (and for their
+        # children): where Ray is imported it has set `ray` to INFO, which would hide a
+        # deployment's DEBUG lines.
+        for name in USER_FACING_LOGGERS:
+            logging.getLogger(name).setLevel(level)
     # Access lines go to the file only, never to the terminal a replica's output is copied
     # to: one line per request there is noise, and costs the replica time on every request.
     ACCESS.configure(process.logfile, process.context, settings, _to_recent)
