@@ -427,6 +427,7 @@ def test_user_loggers_reach_the_replica_file_with_its_context(
 ) -> None:
     request = FakeRequest("/m", "req-9", "app")
     logging.getLogger("ray").propagate = False  # as Ray leaves it in its workers
+    logging.getLogger("ray").setLevel(logging.INFO)  # as importing ray sets it
     path = logs.setup_process_logging(
         tmp_path,
         "replica_app_Model_r1",
