@@ -337,7 +337,7 @@ def test_record_only_queues_and_a_flush_writes_the_line(
     buffer, sink = access
     log = AccessLog("proxy", buffer=buffer)
     _call(log)
-    assert len(buffer.pending) == 1 or sink.lines  # queued (or the thread already wrote it)
+    assert buffer.queued == 1 or sink.lines  # queued (or the thread already wrote it)
     buffer.flush()
     (line,) = sink.lines
     assert line.startswith("INFO ") and line.endswith(" req=req-1 access - GET /m 200 1.2ms")
@@ -377,7 +377,7 @@ def test_disabled_access_log_queues_nothing(access: tuple[AccessBuffer, _Sink]) 
     _call(follows_config)
     buffer.configure(sink, REPLICA, LogSettings(log_level="WARNING"))
     _call(follows_config)
-    assert not buffer.pending
+    assert not buffer.queued
     buffer.configure(sink, REPLICA, LogSettings())
     assert follows_config.enabled  # follows the process's config when it changes
 
@@ -386,7 +386,7 @@ def test_without_a_sink_nothing_is_recorded() -> None:
     log = AccessLog("proxy", enabled=True, buffer=AccessBuffer())
     assert not log.enabled
     _call(log)
-    assert not log._buffer.pending
+    assert not log._buffer.queued
 
 
 # ---------------------------------------------------------------- a whole process

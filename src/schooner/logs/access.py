@@ -43,6 +43,14 @@ class AccessBuffer:
 
     def __init__(self) -> None:
         self.pending: deque[_Entry] = deque(maxlen=MAX_PENDING)
+        #: Lines already formatted by :meth:`AccessLog.record` (TEXT without extra
+        #: attributes, the default: cheaper than queueing a tuple and formatting later).
+        self.lines: list[str] = []
+        #: Whether :meth:`AccessLog.record` formats the line itself, and what it needs.
+        self.text_fast = False
+        self.head = ""
+        self.second = -1
+        self.stamp = ""
         #: Whether access lines are written (``enable_access_log`` and level <= INFO).
         self.on = False
         self.sink: Sink | None = None
@@ -66,6 +74,8 @@ class AccessBuffer:
         self.flush()  # what is queued is written as it was configured
         self.sink, self.context, self.settings, self.on_text = sink, context, settings, on_text
         self.on = sink is not None and settings.access_log_on
+        self.text_fast = not settings.json and not settings.additional_log_standard_attrs
+        self.head = f" {context.component} {context.text_id} req="
         if sink is not None and self._thread is None and self._loop is None:
             self._stop.clear()
             self._thread = threading.Thread(
@@ -113,8 +123,15 @@ class AccessBuffer:
             except Exception:  # a full disk must not kill the thread
                 pass
 
+    @property
+    def queued(self) -> int:
+        """Access lines waiting to be written."""
+        return len(self.pending) + len(self.lines)
+
     def flush(self) -> None:
         """Write what is queued (in this thread)."""
+        if self.lines:
+            self._flush_lines()
         pending = self.pending
         if not pending:
             return
@@ -142,6 +159,19 @@ class AccessBuffer:
                     self.on_text([self._text_line(e).rstrip("\n") for e in tail])
                 else:
                     self.on_text([line.rstrip("\n") for line in lines[-len(tail) :]])
+
+    def _flush_lines(self) -> None:
+        with self._flush_lock:
+            lines = self.lines
+            count = len(lines)
+            chunk = lines[:count]
+            del lines[:count]  # lines appended meanwhile (another thread) stay queued
+            sink = self.sink
+            if not chunk or sink is None:
+                return
+            sink.write("".join(chunk))
+            if self.on_text is not None:
+                self.on_text([line.rstrip("\n") for line in chunk[-50:]])
 
     @staticmethod
     def message(entry: _Entry) -> str:
@@ -294,6 +324,23 @@ class AccessLog:
         deployment method's name, ``status`` ``OK``/``ERROR``/``CANCELLED``)."""
         buffer = self._buffer
         if not (buffer.on if self._enabled is None else self._enabled and buffer.sink):
+            return
+        if buffer.text_fast:
+            if len(buffer.lines) >= MAX_PENDING:
+                return  # the file cannot keep up: drop rather than grow without bound
+            now = time.time()
+            second = int(now)
+            if second != buffer.second:
+                buffer.second = second
+                buffer.stamp = asctime(now)[:-4]
+            if self._proxy_style:
+                message = f"{method} {route} {status} {latency_ms:.1f}ms"
+            else:
+                message = f"CALL {method} {status} {latency_ms:.1f}ms"
+            buffer.lines.append(
+                f"INFO {buffer.stamp},{int((now - second) * 1000):03d}{buffer.head}"
+                f"{request_id or '-'} access - {message}\n"
+            )
             return
         buffer.pending.append(
             (
