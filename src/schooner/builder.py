@@ -99,6 +99,7 @@ def build_from_config(request: BuildRequest) -> AppSpec:
         if request.restart_nonce:
             dep.code_version += ":" + request.restart_nonce
     spec.external_scaler_enabled = config.external_scaler_enabled
+    spec.autoscaling_policy = config.autoscaling_policy
     return spec
 
 

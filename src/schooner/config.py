@@ -176,6 +176,25 @@ class AutoscalingPolicy(BaseModel):
         fn: Callable[..., Any] = _import_attr(str(self.policy_function))
         return fn
 
+    @property
+    def carries_code(self) -> bool:
+        """The policy cannot be imported by its path (defined in ``__main__`` or inside a
+        function): the callable itself travels, pickled by value."""
+        path = str(self.policy_function)
+        return self._callable is not None and (
+            path.startswith("__main__:") or "<locals>" in path or "<lambda>" in path
+        )
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # An importable policy travels as its path: the head imports it with the
+        # application's sys.path (pickling it by reference would fail in the head).
+        state: dict[Any, Any] = super().__getstate__()
+        if not self.carries_code:
+            private = dict(state.get("__pydantic_private__") or {})
+            private["_callable"] = None
+            state["__pydantic_private__"] = private
+        return state
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AutoscalingPolicy):
             return NotImplemented

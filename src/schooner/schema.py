@@ -30,6 +30,7 @@ from schooner.config import (
     DEFAULT_REQUEST_ROUTER,
     RAY_DEFAULT_REQUEST_ROUTER,
     AutoscalingConfig,
+    AutoscalingPolicy,
     ControllerOptions,
     DeploymentConfig,
     HTTPOptions,
@@ -354,6 +355,27 @@ class ServeApplicationSchema(BaseModel):
     logging_config: LoggingConfig | None = None
     external_scaler_enabled: bool = False
     autoscaling_policy: dict[str, Any] | None = None
+
+    @field_validator("autoscaling_policy", mode="before")
+    @classmethod
+    def _check_app_policy(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, AutoscalingPolicy):
+            value = {"policy_function": value.policy_function, "policy_kwargs": value.policy_kwargs}
+        if not isinstance(value, Mapping) or not isinstance(value.get("policy_function"), str):
+            raise ValueError(
+                "autoscaling_policy must be a mapping with policy_function (an import path "
+                "'module:function') and optional policy_kwargs"
+            )
+        unknown = sorted(set(value) - {"policy_function", "policy_kwargs"})
+        if unknown:
+            raise ValueError(
+                f"autoscaling_policy has unknown keys {unknown}; it takes policy_function "
+                "and policy_kwargs"
+            )
+        policy = AutoscalingPolicy(**value)
+        return {"policy_function": policy.policy_function, "policy_kwargs": policy.policy_kwargs}
 
     @model_validator(mode="before")
     @classmethod

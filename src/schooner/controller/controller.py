@@ -31,7 +31,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from schooner.controller.autoscaler import Autoscaler, Change
 from schooner.controller.cluster import explain_waiting, start_on_cluster
+from schooner.controller.demand import DemandStore
 from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
 from schooner.controller.ranks import Rank, deliver_rank, sync_ranks
@@ -136,6 +138,9 @@ class Controller:
             new_replica_id,
         )
         self.health = HealthChecks(self)
+        #: Callers' reported demand per deployment, and the autoscaler deciding from it.
+        self.demand = DemandStore(clock)
+        self.autoscaler = Autoscaler(self.demand, wall_clock)
         #: Called after every reconcile tick (the checkpointer watches for changes).
         self.after_tick: list[Callable[[], None]] = []
         #: How long the last reconcile pass took, and how many there were (metrics).
@@ -182,6 +187,11 @@ class Controller:
             except Exception:
                 logger.exception("cluster backend tick failed")
         for app in list(self.apps.values()):
+            try:
+                for change in self.autoscaler.decide(app):
+                    self._autoscale(change)
+            except Exception:
+                logger.exception("autoscaling application %s failed", app.name)
             for dep in list(app.deployments.values()):
                 try:
                     self._reconcile_deployment(dep)
@@ -380,10 +390,17 @@ class Controller:
             return
         self.replica_registered(replica.replica_id, conn)
 
+    def _autoscale(self, change: Change) -> None:
+        dep = change.deployment
+        logger.info("deployment %s: %s", dep.id, change.reason)
+        dep.scaling_reason = change.reason
+        self.scale(dep, change.num_replicas)
+
     def _forget_deleted_deployments(self, app: ApplicationState) -> None:
         for name, dep in list(app.deployments.items()):
             if dep.deleting and not dep.replicas:
                 del app.deployments[name]
+                self.autoscaler.forget(dep.id)
                 self.long_poll.publish(dep.id.key, DELETED)
 
     def _release(self, allocation: Allocation) -> None:
@@ -714,7 +731,8 @@ class Controller:
         self.wake()
 
     def scale(self, dep: DeploymentState, target_num_replicas: int) -> None:
-        """Set a deployment's replica count (external scaler); kept until it is redeployed."""
+        """Set a deployment's replica count (autoscaler, external scaler); an external
+        scaler's count is kept until the deployment is redeployed."""
         if target_num_replicas == dep.target_num_replicas:
             return
         up = target_num_replicas > dep.target_num_replicas

@@ -63,6 +63,7 @@ def _fingerprint(spec: AppSpec) -> list[Any]:
         spec.route_prefix,
         spec.ingress,
         spec.external_scaler_enabled,
+        spec.autoscaling_policy,
         sorted(
             (d.name, d.code_version, d.process_env, d.config.model_dump_json())
             for d in spec.deployments

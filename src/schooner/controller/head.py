@@ -578,6 +578,16 @@ class ControllerSession:
         """A process's latest metrics (see :mod:`schooner.telemetry.reporter`)."""
         self.head.metrics.update(worker_id, component, node, families)
 
+    def rpc_report_demand(
+        self, source: str, report: dict[str, list[tuple[float, float]]], urgent: bool
+    ) -> None:
+        """A caller's requests to autoscaled deployments (see :mod:`schooner.router.demand`);
+        ``urgent``: one waits for a deployment with no replicas."""
+        for key, samples in report.items():
+            self.controller.demand.record(key, source, samples)
+        if urgent:
+            self.controller.wake()
+
     def rpc_register_spare(self, spare_id: str) -> None:
         assert self.conn is not None
         self.controller.spare_registered(spare_id, self.conn)

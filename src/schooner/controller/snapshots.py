@@ -38,6 +38,7 @@ def replica_set(app_name: str, dep: DeploymentState) -> ReplicaSet:
         unavailable,
         int(backpressure.status_code),
         backpressure.retry_after_s,
+        autoscaling=config.autoscaling_config is not None,
     )
 
 

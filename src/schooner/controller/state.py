@@ -127,6 +127,8 @@ class DeploymentState:
     #: deployment is back at its target. The deployment is UNHEALTHY meanwhile.
     unhealthy_reason: str | None = None
     ranks: DeploymentRanks = field(default_factory=DeploymentRanks)
+    #: The autoscaler's reason for the current target (shown while scaling).
+    scaling_reason: str = ""
 
     @classmethod
     def new(cls, app: str, spec: DeploymentSpec) -> DeploymentState:
@@ -139,11 +141,23 @@ class DeploymentState:
         )
 
     def apply_spec(self, spec: DeploymentSpec) -> None:
-        """Take a new goal; replicas of another version get rolled over."""
+        """Take a new goal; replicas of another version get rolled over.
+
+        An autoscaled deployment keeps its current count (within the new bounds) unless
+        its autoscaling config changed and sets ``initial_replicas``, as in Ray."""
+        old = self.spec.config.autoscaling_config
+        new = spec.config.autoscaling_config
+        if new is None:
+            self.target_num_replicas = target_replicas(spec.config)
+        elif new.initial_replicas is not None and old != new:
+            self.target_num_replicas = new.initial_replicas
+        else:
+            self.target_num_replicas = max(
+                new.min_replicas, min(new.max_replicas, self.target_num_replicas)
+            )
         self.spec = spec
         self.version = replica_version(spec)
         self.reconfig_version = reconfigure_version(spec)
-        self.target_num_replicas = target_replicas(spec.config)
         self.phase = Phase.UPDATING
         self.failed = False
         self.consecutive_failures = 0
@@ -218,6 +232,10 @@ class DeploymentState:
             self.status = DeploymentStatus.HEALTHY
             self.phase = Phase.STEADY
             self.message = ""
+            if self.target_num_replicas == 0 and self.spec.config.autoscaling_config is not None:
+                self.message = (
+                    "Scaled to zero replicas (min_replicas=0); the next request starts one."
+                )
             return
         if self.phase == Phase.UPDATING:
             self.status = DeploymentStatus.UPDATING
@@ -225,7 +243,7 @@ class DeploymentState:
             self.status = DeploymentStatus.UPSCALING
         else:
             self.status = DeploymentStatus.DOWNSCALING
-        self.message = self.pending_reason or ""
+        self.message = self.pending_reason or self.scaling_reason
 
     def replica_states(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from schooner.router.demand import DemandReporter
 from schooner.router.pool import ConnectionPool
 from schooner.router.router import Router
 from schooner.rpc.connection import Connection, ConnectionLost
@@ -41,6 +43,24 @@ class RouterRegistry:
         self._keys_changed = asyncio.Event()
         self._first_snapshot: dict[str, asyncio.Event] = {}
         self._stop_collecting = recorder.add_collector(self._collect)
+        #: Routers of this process on other event loops (their demand is reported too).
+        self._loop_routers: weakref.WeakSet[LoopRouters] = weakref.WeakSet()
+        self.demand = DemandReporter(lambda: self._controller, self._all_routers)
+
+    def _all_routers(self) -> Iterator[Router]:
+        yield from list(self._routers.values())
+        for other in list(self._loop_routers):
+            yield from list(other.routers.values())
+
+    def on_demand(self, cold: bool) -> None:
+        """A router's deployment is autoscaled (``cold``: a request waits at zero replicas)."""
+        if cold:
+            self.demand.wake()
+        else:
+            self.demand.watch()
+
+    def add_loop_routers(self, routers: LoopRouters) -> None:
+        self._loop_routers.add(routers)
 
     def _collect(self) -> list[recorder.Series]:
         """Each router's counts, as metrics (read when the process reports them)."""
@@ -60,6 +80,7 @@ class RouterRegistry:
         router = self._routers.get(deployment)
         if router is None:
             router = Router(deployment, self.pool)
+            router.on_demand = self.on_demand
             self._routers[deployment] = router
             self.subscribe(deployment.key, router.update)
         return router
@@ -145,6 +166,7 @@ class RouterRegistry:
     def close(self) -> None:
         if self._listen_task is not None:
             self._listen_task.cancel()
+        self.demand.stop()
         self._stop_collecting()
         self.pool.close()
 
@@ -167,13 +189,19 @@ class LoopRouters:
         self._registry_loop = registry_loop
         self._loop = loop
         self.pool = ConnectionPool()
-        self._routers: dict[DeploymentID, Router] = {}
+        self.routers: dict[DeploymentID, Router] = {}
+        registry_loop.call_soon_threadsafe(registry.add_loop_routers, self)
+
+    def _on_demand(self, cold: bool) -> None:
+        if not self._registry_loop.is_closed():
+            self._registry_loop.call_soon_threadsafe(self._registry.on_demand, cold)
 
     def router(self, deployment: DeploymentID) -> Router:
-        router = self._routers.get(deployment)
+        router = self.routers.get(deployment)
         if router is None:
             router = Router(deployment, self.pool)
-            self._routers[deployment] = router
+            router.on_demand = self._on_demand
+            self.routers[deployment] = router
             loop = self._loop
 
             def forward(value: Any, router: Router = router) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from schooner.exceptions import (
@@ -52,6 +52,11 @@ class Router:
         self._watched: set[str] = set()  # replica ids whose connection's loss we watch
         #: Requests given a replica so far (a metric: ``ray_serve_num_router_requests``).
         self.requests = 0
+        #: The deployment is autoscaled: its demand is reported (see router.demand).
+        self.autoscaling = False
+        #: Set by the registry: called with False when the deployment becomes autoscaled,
+        #: with True when a request waits for an autoscaled deployment with no replicas.
+        self.on_demand: Callable[[bool], None] | None = None
 
     # -- replica set ------------------------------------------------------------
     def update(self, replica_set: ReplicaSet | str | None) -> None:
@@ -80,6 +85,9 @@ class Router:
                     waiter.set_exception(DeploymentUnavailableError(self._unavailable))
         self._max_ongoing = replica_set.max_ongoing_requests
         self._max_queued = replica_set.max_queued_requests
+        self.autoscaling = replica_set.autoscaling
+        if self.autoscaling and self.on_demand is not None:
+            self.on_demand(bool(self._waiters) and not self._replicas)
         self._backpressure = (replica_set.backpressure_status_code, replica_set.retry_after_s)
         live = {r.replica_id for r in self._replicas}
         for replica_id in [r for r in self._inflight if r not in live]:
@@ -162,6 +170,8 @@ class Router:
             )
         waiter: asyncio.Future[ReplicaInfo] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        if not self._replicas and self.autoscaling and self.on_demand is not None:
+            self.on_demand(True)  # scaled to zero: wake the deployment now
         try:
             return await waiter
         except asyncio.CancelledError:

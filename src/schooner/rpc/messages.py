@@ -52,6 +52,8 @@ class ReplicaSet:
     #: ``backpressure_config``: the HTTP status of a rejected request, and its Retry-After.
     backpressure_status_code: int = 503
     retry_after_s: float | None = None
+    #: The deployment is autoscaled: callers report their demand for it.
+    autoscaling: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,3 +119,5 @@ class AppSpec:
     sys_path: list[str] = field(default_factory=list)
     #: Set by config documents (``external_scaler_enabled``); the scale endpoint needs it.
     external_scaler_enabled: bool = False
+    #: An application-level autoscaling policy (``policy_function``, ``policy_kwargs``).
+    autoscaling_policy: dict[str, Any] | None = None

@@ -1,0 +1,388 @@
+"""The autoscaler: each reconcile tick, a target replica count for every autoscaled deployment.
+
+For each application with autoscaled deployments it builds one
+:class:`~schooner.autoscaling_policy.AutoscalingContext` per deployment (replica
+counts, the callers' demand over the look-back window from the
+:class:`~schooner.controller.demand.DemandStore`, the policy's last state),
+calls the application's policy if it has one, else each deployment's policy,
+applies the shared rules (:func:`~schooner.autoscaling_policy.with_defaults`)
+and the ``min_replicas``/``max_replicas`` bounds, and returns the targets that
+changed with the reason. A policy that cannot be loaded or raises is logged,
+shown in the deployment's autoscaling detail, and the default policy decides
+for that tick: the deployment keeps serving.
+
+Policies run in the head. A policy given as an import path is imported with
+the application's ``sys.path`` entries (those of the process that built it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from schooner import autoscaling_policy as policies
+from schooner.autoscaling_policy import AutoscalingContext
+from schooner.config import DEFAULT_AUTOSCALING_POLICY, AutoscalingPolicy
+from schooner.controller.demand import DemandStore
+from schooner.controller.state import ApplicationState, DeploymentState
+from schooner.rpc.messages import DeploymentID
+from schooner.schema import ReplicaState
+
+__all__ = ["Autoscaler", "Change", "ScalingDecision"]
+
+logger = logging.getLogger("schooner.controller")
+
+#: Decisions and errors kept per deployment (shown in its autoscaling detail).
+KEEP_DECISIONS = 20
+KEEP_ERRORS = 10
+
+
+@dataclass(frozen=True)
+class ScalingDecision:
+    """One change of a deployment's target (Ray's ``ScalingDecision`` fields)."""
+
+    timestamp_s: float
+    reason: str
+    prev_num_replicas: int
+    curr_num_replicas: int
+    policy: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "timestamp_s": self.timestamp_s,
+            "reason": self.reason,
+            "prev_num_replicas": self.prev_num_replicas,
+            "curr_num_replicas": self.curr_num_replicas,
+            "policy": self.policy,
+        }
+
+
+@dataclass(frozen=True)
+class Change:
+    """A new target for a deployment, and why."""
+
+    deployment: DeploymentState
+    num_replicas: int
+    reason: str
+
+
+@dataclass
+class _Scaling:
+    """What the autoscaler keeps for one deployment between ticks."""
+
+    config_key: str
+    policy_state: dict[str, Any] = field(default_factory=dict)
+    decisions: deque[ScalingDecision] = field(default_factory=lambda: deque(maxlen=KEEP_DECISIONS))
+    errors: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP_ERRORS))
+    last_scale_up_time: float | None = None
+    last_scale_down_time: float | None = None
+    #: The last tick's inputs and raw answer (for status and metrics).
+    total_num_requests: float = 0.0
+    desired_num_replicas: int = 0
+    policy_time_ms: float = 0.0
+    policy_scope: str = "deployment"
+
+
+_DEFAULT = policies.with_defaults(policies.default_autoscaling_policy)
+
+
+class Autoscaler:
+    """Decides targets from ``demand``; ``wall_clock`` is what policies see as time."""
+
+    def __init__(self, demand: DemandStore, wall_clock: Callable[[], float] = time.time) -> None:
+        self.demand = demand
+        self.wall_clock = wall_clock
+        self._scaling: dict[DeploymentID, _Scaling] = {}
+        self._policies: dict[str, Callable[..., Any]] = {}
+
+    # ------------------------------------------------------------------ ticks
+    def decide(self, app: ApplicationState) -> list[Change]:
+        """New targets for ``app``'s autoscaled deployments (only those that change)."""
+        deps = [
+            d
+            for d in app.deployments.values()
+            if d.spec.config.autoscaling_config is not None and not (d.deleting or d.failed)
+        ]
+        if not deps or app.deleting:
+            return []
+        contexts = {d.id: self._context(d) for d in deps}
+        by_id = {d.id: d for d in deps}
+        answers = self._ask_app_policy(app, contexts) if app.spec.autoscaling_policy else None
+        changes: list[Change] = []
+        for dep_id, ctx in contexts.items():
+            dep = by_id[dep_id]
+            scaling = self._scaling[dep_id]
+            if answers is not None:
+                if dep_id not in answers[0]:
+                    scaling.policy_state = answers[1].get(dep_id, scaling.policy_state)
+                    continue
+                wanted, state = answers[0][dep_id], answers[1].get(dep_id, {})
+                policy = str((app.spec.autoscaling_policy or {}).get("policy_function", ""))
+            else:
+                wanted, state, policy = self._ask_policy(dep, ctx, app.spec.sys_path)
+            scaling.policy_state = dict(state)
+            config = ctx.config
+            scaling.desired_num_replicas = math.ceil(wanted)
+            bounded = max(config.min_replicas, min(config.max_replicas, math.ceil(wanted)))
+            if bounded != dep.target_num_replicas:
+                reason = self._reason(ctx, scaling.desired_num_replicas, bounded, policy)
+                self._record(scaling, dep.target_num_replicas, bounded, reason, policy)
+                changes.append(Change(dep, bounded, reason))
+        return changes
+
+    def _context(self, dep: DeploymentState) -> AutoscalingContext:
+        config = dep.spec.config.autoscaling_config
+        assert config is not None
+        key = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
+        scaling = self._scaling.get(dep.id)
+        if scaling is None or scaling.config_key != key:  # a new config starts afresh
+            previous = scaling
+            scaling = self._scaling[dep.id] = _Scaling(key)
+            if previous is not None:
+                scaling.decisions, scaling.errors = previous.decisions, previous.errors
+        running = [r.replica_id for r in dep.current() if r.state in (ReplicaState.RUNNING,)]
+        demand_key = dep.id.key
+        window = float(config.look_back_period_s)
+        function = str(config.aggregation_function)
+
+        def total() -> float:
+            value = self.demand.total(demand_key, window, function)
+            scaling.total_num_requests = value
+            return value
+
+        return AutoscalingContext(
+            deployment_id=dep.id,
+            deployment_name=dep.id.name,
+            app_name=dep.id.app_name,
+            current_num_replicas=len(running),
+            target_num_replicas=dep.target_num_replicas,
+            running_replicas=running,
+            total_num_requests=total,
+            total_queued_requests=0.0,
+            capacity_adjusted_min_replicas=config.min_replicas,
+            capacity_adjusted_max_replicas=config.max_replicas,
+            policy_state=dict(scaling.policy_state),
+            last_scale_up_time=scaling.last_scale_up_time,
+            last_scale_down_time=scaling.last_scale_down_time,
+            current_time=self.wall_clock(),
+            config=config,
+        )
+
+    # --------------------------------------------------------------- policies
+    def _ask_policy(
+        self, dep: DeploymentState, ctx: AutoscalingContext, sys_path: list[str]
+    ) -> tuple[float, dict[str, Any], str]:
+        """The deployment policy's answer; the default policy's if it fails."""
+        config = ctx.config
+        scaling = self._scaling[dep.id]
+        name = str(config.policy.policy_function)
+        started = time.perf_counter()
+        try:
+            policy = self._load(config.policy, sys_path, app_level=False)
+            wanted, state = policy(ctx)
+            if not isinstance(wanted, int | float) or isinstance(wanted, bool):
+                raise TypeError(
+                    f"an autoscaling policy returns (num_replicas, state); got {wanted!r} "
+                    "as num_replicas"
+                )
+            if not math.isfinite(wanted) or wanted < 0:
+                raise ValueError(f"the policy returned {wanted!r} as num_replicas")
+        except Exception as exc:
+            self._policy_failed(scaling, dep.id, name, exc)
+            fallback = AutoscalingContext(**{**_fields(ctx), "policy_state": {}})
+            wanted, state = _DEFAULT(fallback)
+            name = DEFAULT_AUTOSCALING_POLICY
+        scaling.policy_time_ms = (time.perf_counter() - started) * 1000
+        scaling.policy_scope = "deployment"
+        return wanted, dict(state or {}), name
+
+    def _ask_app_policy(
+        self, app: ApplicationState, contexts: dict[DeploymentID, AutoscalingContext]
+    ) -> tuple[dict[DeploymentID, float], dict[DeploymentID, dict[str, Any]]] | None:
+        """The application policy's answers; None (each deployment's default) if it fails."""
+        spec = app.spec.autoscaling_policy or {}
+        name = str(spec.get("policy_function", ""))
+        started = time.perf_counter()
+        try:
+            policy = self._load(AutoscalingPolicy(**spec), app.spec.sys_path, app_level=True)
+            decisions, states = policy(contexts)
+            if not isinstance(decisions, dict):
+                raise TypeError(
+                    "an application autoscaling policy returns ({DeploymentID: num_replicas}, "
+                    f"{{DeploymentID: state}}); got {type(decisions).__name__}"
+                )
+            unknown = [k for k in decisions if k not in contexts]
+            if unknown:
+                raise ValueError(f"the policy returned decisions for unknown deployments {unknown}")
+            bad = {k: v for k, v in decisions.items() if not _is_count(v)}
+            if bad:
+                raise ValueError(f"the policy returned these as replica counts: {bad}")
+        except Exception as exc:
+            for dep_id in contexts:
+                self._policy_failed(self._scaling[dep_id], dep_id, name, exc)
+            return None
+        elapsed = (time.perf_counter() - started) * 1000
+        for dep_id in contexts:
+            self._scaling[dep_id].policy_time_ms = elapsed
+            self._scaling[dep_id].policy_scope = "application"
+        return decisions, states
+
+    def _load(
+        self, policy: AutoscalingPolicy, sys_path: list[str], *, app_level: bool
+    ) -> Callable[..., Any]:
+        """The policy wrapped with the shared rules (cached by import path and kwargs)."""
+        given = policy.get_policy() if policy._callable is not None else None
+        path = str(policy.policy_function)
+        key = json.dumps([path, policy.policy_kwargs, app_level, id(given)], default=str)
+        loaded = self._policies.get(key)
+        if loaded is None:
+            if given is None and path == DEFAULT_AUTOSCALING_POLICY and not app_level:
+                return _DEFAULT
+            raw = given if given is not None else _import(path, sys_path)
+            if inspect.isclass(raw):
+                raw = raw(**policy.policy_kwargs)
+            if not callable(raw):
+                raise TypeError(f"autoscaling policy {path!r} is not callable")
+            loaded = policies.with_app_defaults(raw) if app_level else policies.with_defaults(raw)
+            self._policies[key] = loaded
+            logger.info("using autoscaling policy %s", path)
+        return loaded
+
+    def _policy_failed(
+        self, scaling: _Scaling, dep_id: DeploymentID, name: str, exc: BaseException
+    ) -> None:
+        message = (
+            f"Autoscaling policy {name} failed ({type(exc).__name__}: {exc}); "
+            "the default policy decided instead."
+        )
+        if not scaling.errors or scaling.errors[-1] != message:
+            logger.warning("deployment %s: %s", dep_id, message, exc_info=exc)
+        scaling.errors.append(message)
+
+    # -------------------------------------------------------------- bookkeeping
+    def _record(self, scaling: _Scaling, prev: int, curr: int, reason: str, policy: str) -> None:
+        now = self.wall_clock()
+        if curr > prev:
+            scaling.last_scale_up_time = now
+        else:
+            scaling.last_scale_down_time = now
+        scaling.decisions.append(ScalingDecision(now, reason, prev, curr, policy))
+
+    @staticmethod
+    def _reason(ctx: AutoscalingContext, desired: int, bounded: int, policy: str) -> str:
+        config = ctx.config
+        if ctx.current_num_replicas == 0 and bounded > 0 and ctx.total_num_requests > 0:
+            return "requests are waiting and no replica is running (scale from zero)"
+        direction = "up" if bounded > ctx.target_num_replicas else "down"
+        why = (
+            f"{ctx.total_num_requests:.2f} ongoing requests ({config.aggregation_function} over "
+            f"{config.look_back_period_s:g} s) for a target of "
+            f"{config.get_target_ongoing_requests():g} per replica"
+        )
+        if policy != DEFAULT_AUTOSCALING_POLICY:
+            why = f"policy {policy} asked for {desired}"
+        if bounded != desired:
+            why += (
+                f", bounded by min_replicas={config.min_replicas} / "
+                f"max_replicas={config.max_replicas}"
+            )
+        return f"scale {direction} from {ctx.target_num_replicas} to {bounded}: {why}"
+
+    def forget(self, dep_id: DeploymentID) -> None:
+        self._scaling.pop(dep_id, None)
+        self.demand.forget(dep_id.key)
+
+    def detail(self, dep: DeploymentState) -> dict[str, Any] | None:
+        """Ray's ``autoscaling_detail`` for the admin API (None if not autoscaled)."""
+        config = dep.spec.config.autoscaling_config
+        if config is None:
+            return None
+        scaling = self._scaling.get(dep.id)
+        running = sum(1 for r in dep.current() if r.state == ReplicaState.RUNNING)
+        if dep.target_num_replicas > running:
+            status = "UPSCALING"
+        elif dep.target_num_replicas < len(dep.current()):
+            status = "DOWNSCALING"
+        else:
+            status = "STABLE"
+        return {
+            "scaling_status": status,
+            "decisions": [d.as_dict() for d in scaling.decisions] if scaling else [],
+            "metrics": {
+                "current_num_replicas": running,
+                "target_num_replicas": dep.target_num_replicas,
+                "min_replicas": config.min_replicas,
+                "max_replicas": config.max_replicas,
+                "total_num_requests": scaling.total_num_requests if scaling else 0.0,
+                "ongoing_requests_now": self.demand.current(dep.id.key),
+                "target_ongoing_requests": config.get_target_ongoing_requests(),
+            },
+            "metrics_health": "healthy",
+            "errors": list(scaling.errors) if scaling else [],
+        }
+
+    def series(self, dep: DeploymentState) -> _Scaling | None:
+        """The last tick's numbers for ``dep`` (for metrics)."""
+        return self._scaling.get(dep.id)
+
+
+def _is_count(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _fields(ctx: AutoscalingContext) -> dict[str, Any]:
+    return {
+        "deployment_id": ctx.deployment_id,
+        "deployment_name": ctx.deployment_name,
+        "app_name": ctx.app_name,
+        "current_num_replicas": ctx.current_num_replicas,
+        "target_num_replicas": ctx.target_num_replicas,
+        "running_replicas": ctx.running_replicas,
+        "total_num_requests": ctx.total_num_requests,
+        "capacity_adjusted_min_replicas": ctx.capacity_adjusted_min_replicas,
+        "capacity_adjusted_max_replicas": ctx.capacity_adjusted_max_replicas,
+        "policy_state": ctx.policy_state,
+        "last_scale_up_time": ctx.last_scale_up_time,
+        "last_scale_down_time": ctx.last_scale_down_time,
+        "current_time": ctx.current_time,
+        "config": ctx.config,
+    }
+
+
+def _import(path: str, sys_path: list[str]) -> Any:
+    """Import ``module:attr`` (or ``module.attr``) with ``sys_path`` entries searched too."""
+    module, sep, attr = path.partition(":")
+    if not sep:
+        module, _, attr = path.rpartition(".")
+    with _extra_path(sys_path):
+        obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@contextlib.contextmanager
+def _extra_path(entries: list[str]) -> Iterator[None]:
+    added = [p for p in entries if p and p not in sys.path]
+    sys.path.extend(added)
+    try:
+        yield
+    finally:
+        for p in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(p)
