@@ -168,7 +168,7 @@ class Harness:
             self.pool,
             lifeline_fd=99,
             clock=self.clock,
-            wall_clock=lambda: 1.7e9,
+            wall_clock=lambda: 1.7e9 + (self.clock.now - 1000.0),
         )
         self.conns: dict[str, FakeReplicaConn] = {}
 

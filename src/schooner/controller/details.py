@@ -117,7 +117,7 @@ def application_details(
 
 def deployment_details(dep: DeploymentState, controller: Controller) -> dict[str, Any]:
     config = dep.spec.config
-    return {
+    details = {
         "name": dep.id.name,
         "status": dep.status.value,
         "status_trigger": dep.status_trigger.value,
@@ -130,6 +130,10 @@ def deployment_details(dep: DeploymentState, controller: Controller) -> dict[str
             for r in sorted(dep.replicas.values(), key=lambda r: r.start_time_s)
         ],
     }
+    scaling = controller.autoscaler.detail(dep)
+    if scaling is not None:
+        details["autoscaling_detail"] = scaling
+    return details
 
 
 def deployment_config(dep: DeploymentState) -> dict[str, Any]:
