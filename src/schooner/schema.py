@@ -157,14 +157,20 @@ class DeploymentStatusOverview:
     status_trigger: DeploymentStatusTrigger
     replica_states: dict[ReplicaState, int]
     message: str
+    #: An autoscaled deployment's running and target counts, bounds, demand and last
+    #: decision (Schooner's addition; None when the deployment is not autoscaled).
+    autoscaling: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "status": str(self.status),
             "status_trigger": str(self.status_trigger),
             "replica_states": {str(state): n for state, n in self.replica_states.items()},
             "message": self.message,
         }
+        if self.autoscaling is not None:
+            data["autoscaling"] = self.autoscaling
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DeploymentStatusOverview:
@@ -175,6 +181,7 @@ class DeploymentStatusOverview:
                 ReplicaState(state): int(n) for state, n in data.get("replica_states", {}).items()
             },
             message=data.get("message", ""),
+            autoscaling=data.get("autoscaling"),
         )
 
 

@@ -6,6 +6,7 @@ an :class:`~schooner.rpc.messages.AppSpec`), so they are unit-tested alone.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,9 @@ def status_document(details: dict[str, Any], app_name: str | None = None) -> dic
                 "replica_states": counts,
                 "message": dep["message"],
             }
+            scaling = dep.get("autoscaling_detail")
+            if scaling:
+                deployments[dep_name]["autoscaling"] = _autoscaling_lines(scaling)
         apps[name] = {
             "status": app["status"],
             "message": app["message"],
@@ -52,6 +56,26 @@ def status_document(details: dict[str, Any], app_name: str | None = None) -> dic
         "applications": apps,
         "target_capacity": details.get("target_capacity"),
     }
+
+
+def _autoscaling_lines(scaling: dict[str, Any]) -> dict[str, Any]:
+    """An autoscaled deployment's counts, bounds, demand and last decision."""
+    metrics = scaling.get("metrics") or {}
+    shown: dict[str, Any] = {
+        "replicas": f"{metrics.get('current_num_replicas')} running, target "
+        f"{metrics.get('target_num_replicas')} (min {metrics.get('min_replicas')}, "
+        f"max {metrics.get('max_replicas')})",
+        "scaling_status": scaling.get("scaling_status"),
+        "ongoing_requests": metrics.get("total_num_requests"),
+    }
+    decisions = scaling.get("decisions") or []
+    if decisions:
+        last = decisions[-1]
+        when = datetime.datetime.fromtimestamp(last["timestamp_s"]).strftime("%Y-%m-%d %H:%M:%S")
+        shown["last_decision"] = f"{when}: {last['reason']}"
+    if scaling.get("errors"):
+        shown["errors"] = scaling["errors"][-3:]
+    return shown
 
 
 def config_documents(details: dict[str, Any], app_name: str | None = None) -> list[dict[str, Any]]:

@@ -91,6 +91,9 @@ class _Scaling:
     desired_num_replicas: int = 0
     policy_time_ms: float = 0.0
     policy_scope: str = "deployment"
+    #: Decisions so far, by direction (a metric).
+    upscales: int = 0
+    downscales: int = 0
 
 
 _DEFAULT = policies.with_defaults(policies.default_autoscaling_policy)
@@ -148,8 +151,9 @@ class Autoscaler:
         if scaling is None or scaling.config_key != key:  # a new config starts afresh
             previous = scaling
             scaling = self._scaling[dep.id] = _Scaling(key)
-            if previous is not None:
+            if previous is not None:  # history and counts go on
                 scaling.decisions, scaling.errors = previous.decisions, previous.errors
+                scaling.upscales, scaling.downscales = previous.upscales, previous.downscales
         running = [r.replica_id for r in dep.current() if r.state in (ReplicaState.RUNNING,)]
         demand_key = dep.id.key
         window = float(config.look_back_period_s)
@@ -274,8 +278,10 @@ class Autoscaler:
         now = self.wall_clock()
         if curr > prev:
             scaling.last_scale_up_time = now
+            scaling.upscales += 1
         else:
             scaling.last_scale_down_time = now
+            scaling.downscales += 1
         scaling.decisions.append(ScalingDecision(now, reason, prev, curr, policy))
 
     @staticmethod
@@ -302,31 +308,44 @@ class Autoscaler:
         self._scaling.pop(dep_id, None)
         self.demand.forget(dep_id.key)
 
-    def detail(self, dep: DeploymentState) -> dict[str, Any] | None:
-        """Ray's ``autoscaling_detail`` for the admin API (None if not autoscaled)."""
+    def summary(self, dep: DeploymentState) -> dict[str, Any] | None:
+        """Counts, bounds, demand and the last decision (None if not autoscaled): what
+        ``serve.status()`` and ``schooner status`` show."""
         config = dep.spec.config.autoscaling_config
         if config is None:
             return None
         scaling = self._scaling.get(dep.id)
-        running = sum(1 for r in dep.current() if r.state == ReplicaState.RUNNING)
-        if dep.target_num_replicas > running:
+        last = scaling.decisions[-1].as_dict() if scaling and scaling.decisions else None
+        return {
+            "current_num_replicas": sum(
+                1 for r in dep.current() if r.state == ReplicaState.RUNNING
+            ),
+            "target_num_replicas": dep.target_num_replicas,
+            "min_replicas": config.min_replicas,
+            "max_replicas": config.max_replicas,
+            "target_ongoing_requests": config.get_target_ongoing_requests(),
+            "total_num_requests": round(scaling.total_num_requests, 3) if scaling else 0.0,
+            "ongoing_requests_now": self.demand.current(dep.id.key),
+            "last_decision": last,
+        }
+
+    def detail(self, dep: DeploymentState) -> dict[str, Any] | None:
+        """Ray's ``autoscaling_detail`` for the admin API (None if not autoscaled)."""
+        summary = self.summary(dep)
+        if summary is None:
+            return None
+        scaling = self._scaling.get(dep.id)
+        if dep.target_num_replicas > summary["current_num_replicas"]:
             status = "UPSCALING"
         elif dep.target_num_replicas < len(dep.current()):
             status = "DOWNSCALING"
         else:
             status = "STABLE"
+        metrics = {k: v for k, v in summary.items() if k != "last_decision"}
         return {
             "scaling_status": status,
             "decisions": [d.as_dict() for d in scaling.decisions] if scaling else [],
-            "metrics": {
-                "current_num_replicas": running,
-                "target_num_replicas": dep.target_num_replicas,
-                "min_replicas": config.min_replicas,
-                "max_replicas": config.max_replicas,
-                "total_num_requests": scaling.total_num_requests if scaling else 0.0,
-                "ongoing_requests_now": self.demand.current(dep.id.key),
-                "target_ongoing_requests": config.get_target_ongoing_requests(),
-            },
+            "metrics": metrics,
             "metrics_health": "healthy",
             "errors": list(scaling.errors) if scaling else [],
         }

@@ -180,6 +180,7 @@ def serve_status(controller: Controller) -> dict[str, Any]:
                     "status_trigger": dep.status_trigger.value,
                     "replica_states": dep.replica_states(),
                     "message": dep.message,
+                    "autoscaling": controller.autoscaler.summary(dep),
                 }
                 for dep in app.deployments.values()
             },

@@ -200,3 +200,42 @@ NUM_CONTROL_LOOPS = Spec(
     "Reconcile passes the controller has made since it started.",
     ("actor_id",),
 )
+
+# -- autoscaling (the controller; labels as Ray's autoscaling_state) --------------------
+_DEP_APP = ("deployment", "application")
+AUTOSCALING_TARGET_REPLICAS = Spec(
+    "ray_serve_autoscaling_target_replicas",
+    GAUGE,
+    "The replica count the controller is working towards.",
+    _DEP_APP,
+)
+AUTOSCALING_DESIRED_REPLICAS = Spec(
+    "ray_serve_autoscaling_desired_replicas",
+    GAUGE,
+    "The policy's last answer, before the min_replicas/max_replicas bounds.",
+    _DEP_APP,
+)
+AUTOSCALING_TOTAL_REQUESTS = Spec(
+    "ray_serve_autoscaling_total_requests",
+    GAUGE,
+    "Ongoing and queued requests as the autoscaler saw them (over the look-back window).",
+    _DEP_APP,
+)
+AUTOSCALING_POLICY_TIME = Spec(
+    "ray_serve_autoscaling_policy_execution_time_ms",
+    GAUGE,
+    "Milliseconds the last call of the autoscaling policy took.",
+    ("deployment", "application", "policy_scope"),
+)
+AUTOSCALING_TARGET_ONGOING = Spec(
+    "ray_serve_autoscaling_target_ongoing_requests",
+    GAUGE,
+    "The deployment's target_ongoing_requests.",
+    _DEP_APP,
+)
+AUTOSCALING_DECISIONS = Spec(
+    "schooner_autoscaling_decisions",
+    COUNTER,
+    "Changes of a deployment's target replica count made by the autoscaler, by direction.",
+    ("deployment", "application", "direction"),
+)
