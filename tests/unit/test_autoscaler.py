@@ -227,12 +227,16 @@ def test_a_custom_policy_is_called_with_its_state_and_obeyed(tmp_path: Path) -> 
 def test_a_policy_that_raises_falls_back_to_the_default(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         policy = {"policy_function": f"{__name__}:broken"}
-        spec = dep_spec("Model", autoscaling_config=auto(upscale_delay_s=0, policy=policy))
+        spec = dep_spec("Model", autoscaling_config=auto(upscale_delay_s=2, policy=policy))
         h.ctl.deploy_app(app_spec("app", "/", spec))
         await tick_ready(h)
         demand(h, 6.0)
         h.ctl.tick()
-        assert h.dep().target_num_replicas == 3  # the default policy decided
+        h.clock.now += 2
+        demand(h, 6.0)
+        h.ctl.tick()
+        # The default policy decided, its upscale delay counted across the failing ticks.
+        assert h.dep().target_num_replicas == 3
         errors = deployment_details(h.dep(), h.ctl)["autoscaling_detail"]["errors"]
         assert "policy bug" in errors[-1]
 

@@ -203,8 +203,7 @@ class Autoscaler:
                 raise ValueError(f"the policy returned {wanted!r} as num_replicas")
         except Exception as exc:
             self._policy_failed(scaling, dep.id, name, exc)
-            fallback = AutoscalingContext(**{**_fields(ctx), "policy_state": {}})
-            wanted, state = _DEFAULT(fallback)
+            wanted, state = _DEFAULT(ctx)  # its delay state carries over between ticks
             name = DEFAULT_AUTOSCALING_POLICY
         scaling.policy_time_ms = (time.perf_counter() - started) * 1000
         scaling.policy_scope = "deployment"
@@ -362,25 +361,6 @@ def _is_count(value: Any) -> bool:
         and math.isfinite(value)
         and value >= 0
     )
-
-
-def _fields(ctx: AutoscalingContext) -> dict[str, Any]:
-    return {
-        "deployment_id": ctx.deployment_id,
-        "deployment_name": ctx.deployment_name,
-        "app_name": ctx.app_name,
-        "current_num_replicas": ctx.current_num_replicas,
-        "target_num_replicas": ctx.target_num_replicas,
-        "running_replicas": ctx.running_replicas,
-        "total_num_requests": ctx.total_num_requests,
-        "capacity_adjusted_min_replicas": ctx.capacity_adjusted_min_replicas,
-        "capacity_adjusted_max_replicas": ctx.capacity_adjusted_max_replicas,
-        "policy_state": ctx.policy_state,
-        "last_scale_up_time": ctx.last_scale_up_time,
-        "last_scale_down_time": ctx.last_scale_down_time,
-        "current_time": ctx.current_time,
-        "config": ctx.config,
-    }
 
 
 def _import(path: str, sys_path: list[str]) -> Any:
