@@ -300,3 +300,45 @@ def test_status_shows_the_scaling(tmp_path: Path) -> None:
         assert "scale up from 1 to 2" in status["message"]
 
     run(tmp_path, body)
+
+
+def test_a_scale_up_that_does_not_fit_waits_and_says_why(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        spec = dep_spec(
+            "Model",
+            autoscaling_config=auto(upscale_delay_s=0),
+            ray_actor_options={"num_gpus": 1},
+        )
+        h.ctl.deploy_app(app_spec("app", "/", spec))
+        await tick_ready(h)
+        demand(h, 8.0)
+        h.ctl.tick()
+        await h.all_ready()
+        h.ctl.tick()
+        dep = h.dep()
+        assert dep.target_num_replicas == 4
+        assert running(h) == 2  # two GPUs, one per replica
+        assert dep.status == DeploymentStatus.UPSCALING
+        assert "GPU" in dep.message
+        assert h.ctl.apps["app"].status.value == "RUNNING"  # what runs keeps serving
+
+    run(tmp_path, body, capacity={"CPU": 8, "GPU": 2})
+
+
+def test_decisions_are_in_the_controller_metrics(tmp_path: Path) -> None:
+    from schooner.controller.metrics import controller_series
+
+    async def body(h: Harness) -> None:
+        h.ctl.deploy_app(
+            app_spec("app", "/", dep_spec("Model", autoscaling_config=auto(upscale_delay_s=0)))
+        )
+        await tick_ready(h)
+        demand(h, 6.0)
+        h.ctl.tick()
+        values = {(spec.name, labels): value for spec, labels, value in controller_series(h.ctl)}
+        assert values[("ray_serve_autoscaling_target_replicas", ("Model", "app"))] == 3
+        assert values[("ray_serve_autoscaling_total_requests", ("Model", "app"))] == 6
+        assert values[("schooner_autoscaling_decisions", ("Model", "app", "up"))] == 1
+        assert values[("schooner_autoscaling_decisions", ("Model", "app", "down"))] == 0
+
+    run(tmp_path, body)
