@@ -63,6 +63,7 @@ class Router:
         """Apply a snapshot from the controller (a ReplicaSet, DELETED, or None = unknown)."""
         if replica_set == DELETED:
             self._deleted = True
+            self.autoscaling = False
             self._known.set()
             self._replicas = []
             while self._waiters:
