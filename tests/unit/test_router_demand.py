@@ -83,7 +83,7 @@ def test_in_flight_and_queued_requests_are_sampled_and_pushed(monkeypatch: Any) 
 
 def test_routers_of_deployments_not_autoscaled_are_not_sampled() -> None:
     async def body() -> None:
-        router, controller, reporter = setup()
+        router, controller, _ = setup()
         router.update(ReplicaSet((), 5, -1))
         call = asyncio.ensure_future(router.call("handle_request"))
         await asyncio.sleep(0.3)
