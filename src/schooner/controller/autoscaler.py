@@ -32,7 +32,7 @@ from typing import Any
 
 from schooner import autoscaling_policy as policies
 from schooner.autoscaling_policy import AutoscalingContext
-from schooner.config import DEFAULT_AUTOSCALING_POLICY, AutoscalingPolicy
+from schooner.config import DEFAULT_AUTOSCALING_POLICY, AutoscalingConfig, AutoscalingPolicy
 from schooner.controller.demand import DemandStore
 from schooner.controller.state import ApplicationState, DeploymentState
 from schooner.rpc.messages import DeploymentID
@@ -81,6 +81,8 @@ class _Scaling:
     """What the autoscaler keeps for one deployment between ticks."""
 
     config_key: str
+    #: The config object the key was computed from (recomputed only when it changes).
+    config: AutoscalingConfig | None = None
     policy_state: dict[str, Any] = field(default_factory=dict)
     decisions: deque[ScalingDecision] = field(default_factory=lambda: deque(maxlen=KEEP_DECISIONS))
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=KEEP_ERRORS))
@@ -146,15 +148,18 @@ class Autoscaler:
     def _context(self, dep: DeploymentState) -> AutoscalingContext:
         config = dep.spec.config.autoscaling_config
         assert config is not None
-        key = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
         scaling = self._scaling.get(dep.id)
-        if scaling is None or scaling.config_key != key:  # a new config starts afresh
-            previous = scaling
-            scaling = self._scaling[dep.id] = _Scaling(key)
-            if previous is not None:  # history and counts go on
-                scaling.decisions, scaling.errors = previous.decisions, previous.errors
-                scaling.upscales, scaling.downscales = previous.upscales, previous.downscales
-        running = [r.replica_id for r in dep.current() if r.state in (ReplicaState.RUNNING,)]
+        if scaling is None or scaling.config is not config:
+            key = json.dumps(config.model_dump(mode="json"), sort_keys=True, default=str)
+            if scaling is None or scaling.config_key != key:  # a new config starts afresh
+                previous = scaling
+                scaling = self._scaling[dep.id] = _Scaling(key)
+                if previous is not None:  # history and counts go on
+                    scaling.decisions, scaling.errors = previous.decisions, previous.errors
+                    scaling.upscales = previous.upscales
+                    scaling.downscales = previous.downscales
+            scaling.config = config
+        running = [r.replica_id for r in dep.current() if r.state == ReplicaState.RUNNING]
         demand_key = dep.id.key
         window = float(config.look_back_period_s)
         function = str(config.aggregation_function)
@@ -194,13 +199,11 @@ class Autoscaler:
         try:
             policy = self._load(config.policy, sys_path, app_level=False)
             wanted, state = policy(ctx)
-            if not isinstance(wanted, int | float) or isinstance(wanted, bool):
-                raise TypeError(
-                    f"an autoscaling policy returns (num_replicas, state); got {wanted!r} "
-                    "as num_replicas"
+            if not _is_count(wanted):
+                raise ValueError(
+                    "an autoscaling policy returns (num_replicas, state) with num_replicas a "
+                    f"number >= 0; got {wanted!r}"
                 )
-            if not math.isfinite(wanted) or wanted < 0:
-                raise ValueError(f"the policy returned {wanted!r} as num_replicas")
         except Exception as exc:
             self._policy_failed(scaling, dep.id, name, exc)
             wanted, state = _DEFAULT(ctx)  # its delay state carries over between ticks
