@@ -111,14 +111,24 @@ def run_wrk(url: str, connections: int, duration_s: float, body_bytes: int = 0) 
 
 
 async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one HTTP/1.1 response with a content-length; returns its status code."""
+    """Read one HTTP/1.1 response, its body sized by content-length or sent in chunks
+    (Ray Serve's proxy chunks a plain string); returns its status code."""
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
+    chunked = False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-    if length:
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+    if chunked:
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the last CRLF
+            pass
+    elif length:
         await reader.readexactly(length)
     return int(head[9:12])
 

@@ -150,6 +150,22 @@ TARGETS = (
         versus=RAY,
         issue=11,
     ),
+    Target(
+        "autoscale: failed requests, step load",
+        "autoscale: step load",
+        "failed, all phases",
+        0,
+        False,
+        issue=13,
+    ),
+    Target(
+        "autoscale: from zero - cold replica (s)",
+        "autoscale: from zero",
+        "s minus cold replica start",
+        0.3,
+        False,
+        issue=13,
+    ),
 )
 
 

@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print()
     print("\n".join(report.table_lines(rows)))
     print()
-    print("Targets (Schooner; issue 3 on the embedded runtime, issue 11 on Ray):")
+    print("Targets (Schooner; issue 3 on the embedded runtime, 11 on Ray, 13 autoscaling):")
     print("\n".join(report.target_lines(targets)))
     document: dict[str, Any] = {
         "machine": machine,

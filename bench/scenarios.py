@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from bench import systems
+from bench.autoscale import autoscale
 from bench.context import Context, log
 from bench.faults import faults
 from bench.load import LoadResult, check_body
@@ -223,4 +224,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "faults": faults,
     "ray": on_ray,
     "metrics": metrics_cost,
+    "autoscale": autoscale,
 }

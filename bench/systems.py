@@ -11,6 +11,9 @@
 - the ``ray`` scenario: ``ray_cluster.py`` holds one local Ray cluster, and
   ``cluster_driver.py`` (Ray's Python, which must also have Schooner) runs
   the same program on it with Ray Serve, then with Schooner.
+- the ``autoscale`` scenario: ``autoscale_driver.py`` run by the system's
+  Python; on Ray it starts Ray (dashboard on the admin port), on Schooner it
+  joins an instance started with ``schooner start --block``.
 """
 
 from __future__ import annotations
@@ -137,3 +140,31 @@ def start_driver(servers: ServerSet, options: Options, system: str, mode: str) -
     env = _env(system, options.max_ongoing)
     env["BENCH_DRIVER_LOOP"] = options.driver_loop
     return servers.start(f"{system}-driver-{mode}", argv, env=env)
+
+
+def start_schooner_instance(
+    servers: ServerSet, options: Options, system: str, http_port: int, admin_port: int
+) -> Server:
+    """``schooner start --block`` (the instance stays this process's child, so it can be
+    followed and stopped by pid) on 2 CPUs, its REST API on ``admin_port``."""
+    argv = [*schooner_argv(_python(options, system)), "start", "--block", "--num-cpus", "2"]
+    argv += ["--http-port", str(http_port), "--admin-port", str(admin_port)]
+    return servers.start(f"{system}-instance", argv, env=_env(system, None))
+
+
+def start_autoscale_driver(
+    servers: ServerSet, options: Options, system: str, http_port: int, admin_port: int
+) -> Server:
+    """``autoscale_driver.py`` with the system's Python (Schooner: joining the instance
+    whose REST API is on ``admin_port``)."""
+    argv = [_python(options, system), str(APPS_DIR / "autoscale_driver.py")]
+    argv += [str(http_port), str(admin_port), str(options.cold_runs)]
+    env = _env(system, None)
+    if system == RAY:
+        # Ray 2.60 starts a local cluster with token authentication, its REST API
+        # included; the token is a credential in the user's home, which the suite leaves
+        # alone: this cluster (on 127.0.0.1, for the scenario's length) runs without.
+        env["RAY_AUTH_MODE"] = "disabled"
+    else:
+        env["SCHOONER_ADDRESS"] = f"http://127.0.0.1:{admin_port}"
+    return servers.start(f"{system}-autoscale-driver", argv, env=env, stop_grace_s=60.0)

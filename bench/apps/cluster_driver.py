@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import statistics
 import sys
 import threading
@@ -32,45 +31,10 @@ import time
 from typing import Any
 
 import ray
+from first_ok import FirstOk
 
 RAY = os.environ.get("BENCH_SERVE") == "ray"
-POLL_INTERVAL_S = 0.005
 READY_TIMEOUT_S = 300.0
-
-
-def _status(port: int, path: str) -> int | None:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            head = sock.recv(4096)
-        return int(head.split(b" ", 2)[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class FirstOk:
-    """Polls ``GET path`` from a thread until it answers 200; :meth:`wait` gives when."""
-
-    def __init__(self, port: int, path: str) -> None:
-        self.port, self.path = port, path
-        self.at: float | None = None
-        self._done = threading.Event()
-        threading.Thread(target=self._poll, daemon=True).start()
-
-    def _poll(self) -> None:
-        deadline = time.perf_counter() + READY_TIMEOUT_S
-        while time.perf_counter() < deadline:
-            if _status(self.port, self.path) == 200:
-                self.at = time.perf_counter()
-                break
-            time.sleep(POLL_INTERVAL_S)
-        self._done.set()
-
-    def wait(self, since: float) -> float:
-        self._done.wait()
-        if self.at is None:
-            raise RuntimeError(f"no 200 on {self.path} within {READY_TIMEOUT_S:.0f} s")
-        return self.at - since
 
 
 def main() -> None:
@@ -88,13 +52,13 @@ def main() -> None:
 
     result: dict[str, Any] = {}
     try:
-        poll, start = FirstOk(port, "/hello"), time.perf_counter()
+        poll, start = FirstOk(port, "/hello", READY_TIMEOUT_S), time.perf_counter()
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         serve.run(bench_apps.hello, name="hello", route_prefix="/hello")
         result["cold_instance_s"] = poll.wait(start)
         runs = []
         for i in range(cold_runs):
-            poll, start = FirstOk(port, f"/cold{i}"), time.perf_counter()
+            poll, start = FirstOk(port, f"/cold{i}", READY_TIMEOUT_S), time.perf_counter()
             serve.run(bench_apps.Hello.bind(), name=f"cold{i}", route_prefix=f"/cold{i}")
             runs.append(poll.wait(start))
             serve.delete(f"cold{i}")
