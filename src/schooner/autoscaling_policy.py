@@ -213,7 +213,7 @@ def _finish(
 ) -> tuple[int, dict[str, Any]]:
     """Factors, then delays, on a policy's raw answer; the user's state keeps its keys."""
     scaled = apply_scaling_factors(desired, ctx.current_num_replicas, ctx.config)
-    if ctx.current_num_replicas == 0 and scaled > 0:
+    if ctx.current_num_replicas == 0 and ctx.target_num_replicas == 0 and scaled > 0:
         return scaled, {**user, **_internal(previous)}  # waking from zero: no delay
     decided, internal = apply_delays(
         max(0, scaled), ctx.target_num_replicas, ctx.config, _internal(previous), ctx.current_time

@@ -12,6 +12,7 @@ from controller_fakes import Harness, InstantSleepAsyncio, app_spec, dep_spec, r
 from schooner.autoscaling_policy import AutoscalingContext
 from schooner.controller import controller as controller_module
 from schooner.controller.details import deployment_details, serve_status
+from schooner.exceptions import ServeConfigError
 from schooner.rpc.messages import DeploymentID
 from schooner.schema import DeploymentStatus, DeploymentStatusTrigger, ReplicaState
 
@@ -197,12 +198,9 @@ def test_manual_num_replicas_turns_autoscaling_off(tmp_path: Path) -> None:
 
 # -- custom policies ---------------------------------------------------------------------------
 
-CALLS: list[AutoscalingContext] = []
-
 
 def fixed_five(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
-    CALLS.append(ctx)
-    return 5, {"n": ctx.policy_state.get("n", 0) + 1}
+    return 5, {"n": ctx.policy_state.get("n", 0) + 1, "name": ctx.deployment_name}
 
 
 def broken(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
@@ -211,15 +209,15 @@ def broken(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
 
 def test_a_custom_policy_is_called_with_its_state_and_obeyed(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
-        CALLS.clear()
         policy = {"policy_function": f"{__name__}:fixed_five"}
         spec = dep_spec("Model", autoscaling_config=auto(upscale_delay_s=0, policy=policy))
         h.ctl.deploy_app(app_spec("app", "/", spec))
         await tick_ready(h)
         assert h.dep().target_num_replicas == 5
         h.ctl.tick()
-        assert CALLS[-1].policy_state["n"] >= 1
-        assert CALLS[-1].deployment_name == "Model"
+        state = h.ctl.autoscaler._scaling[h.dep().id].policy_state
+        assert state["n"] >= 2  # its state came back to it
+        assert state["name"] == "Model"
 
     run(tmp_path, body)
 
@@ -340,5 +338,91 @@ def test_decisions_are_in_the_controller_metrics(tmp_path: Path) -> None:
         assert values[("ray_serve_autoscaling_total_requests", ("Model", "app"))] == 6
         assert values[("schooner_autoscaling_decisions", ("Model", "app", "up"))] == 1
         assert values[("schooner_autoscaling_decisions", ("Model", "app", "down"))] == 0
+
+    run(tmp_path, body)
+
+
+def test_a_custom_policy_waits_for_the_delay_while_the_first_replica_starts(
+    tmp_path: Path,
+) -> None:
+    async def body(h: Harness) -> None:
+        policy = {"policy_function": f"{__name__}:fixed_five"}
+        spec = dep_spec("Model", autoscaling_config=auto(upscale_delay_s=2, policy=policy))
+        h.ctl.deploy_app(app_spec("app", "/", spec))
+        h.ctl.tick()
+        h.ctl.tick()
+        assert h.dep().target_num_replicas == 1  # no replica running yet, but not at zero
+        await h.all_ready()
+        h.clock.now += 2
+        h.ctl.tick()
+        assert h.dep().target_num_replicas == 5
+
+    run(tmp_path, body)
+
+
+def negative(ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
+    return -3, {}
+
+
+def test_a_negative_answer_is_a_failure_and_reported_once(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        policy = {"policy_function": f"{__name__}:negative"}
+        spec = dep_spec("Model", autoscaling_config=auto(upscale_delay_s=0, policy=policy))
+        h.ctl.deploy_app(app_spec("app", "/", spec))
+        await tick_ready(h)
+        demand(h, 4.0)
+        for _ in range(5):
+            h.ctl.tick()
+        assert h.dep().target_num_replicas == 2  # the default policy decided
+        errors = deployment_details(h.dep(), h.ctl)["autoscaling_detail"]["errors"]
+        assert len(errors) == 1
+        assert "-3" in errors[0]
+
+    run(tmp_path, body)
+
+
+def test_external_scaler_and_autoscaling_in_code_exclude_each_other(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        spec = app_spec("app", "/", dep_spec("Model", autoscaling_config=auto()))
+        spec.external_scaler_enabled = True
+        with pytest.raises(ServeConfigError, match="external_scaler_enabled"):
+            h.ctl.deploy_app(spec)
+
+    run(tmp_path, body)
+
+
+def test_each_application_loads_its_own_policy_module_afresh(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        for name, count in (("a", 2), ("b", 3)):
+            (tmp_path / name).mkdir()
+            (tmp_path / name / "same_name_policy.py").write_text(
+                f"def policy(ctx):\n    return {count}, {{}}\n"
+            )
+
+        def deploy(app: str, version: str = "v1") -> None:
+            policy = {"policy_function": "same_name_policy:policy"}
+            spec = app_spec(
+                app,
+                f"/{app}",
+                dep_spec(
+                    "Model", version, autoscaling_config=auto(upscale_delay_s=0, policy=policy)
+                ),
+            )
+            spec.sys_path = [str(tmp_path / app)]
+            h.ctl.deploy_app(spec)
+
+        deploy("a")
+        deploy("b")
+        h.ctl.tick()
+        await h.all_ready("Model", "a")
+        await h.all_ready("Model", "b")
+        h.ctl.tick()
+        assert h.dep("Model", "a").target_num_replicas == 2
+        assert h.dep("Model", "b").target_num_replicas == 3
+        # The module changes and the application is redeployed: the new code decides.
+        (tmp_path / "a" / "same_name_policy.py").write_text("def policy(ctx):\n    return 4, {}\n")
+        deploy("a", "v2")
+        h.ctl.tick()
+        assert h.dep("Model", "a").target_num_replicas == 4
 
     run(tmp_path, body)

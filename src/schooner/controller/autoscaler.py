@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import logging
@@ -93,9 +95,22 @@ class _Scaling:
     desired_num_replicas: int = 0
     policy_time_ms: float = 0.0
     policy_scope: str = "deployment"
+    #: The user's policy callable, loaded once per deployed config.
+    policy: Callable[..., Any] | None = None
     #: Decisions so far, by direction (a metric).
     upscales: int = 0
     downscales: int = 0
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """A policy's answer for one deployment: after factors and delays (``wanted``), and as
+    the policy gave it (``asked``, shown in the reason)."""
+
+    wanted: float
+    state: dict[str, Any]
+    policy: str
+    asked: float
 
 
 _DEFAULT = policies.with_defaults(policies.default_autoscaling_policy)
@@ -108,7 +123,8 @@ class Autoscaler:
         self.demand = demand
         self.wall_clock = wall_clock
         self._scaling: dict[DeploymentID, _Scaling] = {}
-        self._policies: dict[str, Callable[..., Any]] = {}
+        #: Per application: the spec its policy was loaded for, and the policy.
+        self._app_policies: dict[str, tuple[Any, Callable[..., Any]]] = {}
 
     # ------------------------------------------------------------------ ticks
     def decide(self, app: ApplicationState) -> list[Change]:
@@ -127,21 +143,21 @@ class Autoscaler:
         for dep_id, ctx in contexts.items():
             dep = by_id[dep_id]
             scaling = self._scaling[dep_id]
-            if answers is not None:
-                if dep_id not in answers[0]:
-                    scaling.policy_state = answers[1].get(dep_id, scaling.policy_state)
-                    continue
-                wanted, state = answers[0][dep_id], answers[1].get(dep_id, {})
-                policy = str((app.spec.autoscaling_policy or {}).get("policy_function", ""))
+            if answers is None:
+                answer = self._ask_policy(dep, ctx, app.spec.sys_path)
             else:
-                wanted, state, policy = self._ask_policy(dep, ctx, app.spec.sys_path)
-            scaling.policy_state = dict(state)
+                given = answers[dep_id]
+                if not isinstance(given, _Answer):
+                    scaling.policy_state = given  # left out by the application policy
+                    continue
+                answer = given
+            scaling.policy_state = answer.state
             config = ctx.config
-            scaling.desired_num_replicas = math.ceil(wanted)
-            bounded = max(config.min_replicas, min(config.max_replicas, math.ceil(wanted)))
+            scaling.desired_num_replicas = math.ceil(answer.wanted)
+            bounded = max(config.min_replicas, min(config.max_replicas, math.ceil(answer.wanted)))
             if bounded != dep.target_num_replicas:
-                reason = self._reason(ctx, scaling.desired_num_replicas, bounded, policy)
-                self._record(scaling, dep.target_num_replicas, bounded, reason, policy)
+                reason = self._reason(ctx, math.ceil(answer.asked), bounded, answer.policy)
+                self._record(scaling, dep.target_num_replicas, bounded, reason, answer.policy)
                 changes.append(Change(dep, bounded, reason))
         return changes
 
@@ -159,6 +175,7 @@ class Autoscaler:
                     scaling.upscales = previous.upscales
                     scaling.downscales = previous.downscales
             scaling.config = config
+            scaling.policy = None  # a (re)deploy loads the policy afresh
         running = [r.replica_id for r in dep.current() if r.state == ReplicaState.RUNNING]
         demand_key = dep.id.key
         window = float(config.look_back_period_s)
@@ -190,79 +207,87 @@ class Autoscaler:
     # --------------------------------------------------------------- policies
     def _ask_policy(
         self, dep: DeploymentState, ctx: AutoscalingContext, sys_path: list[str]
-    ) -> tuple[float, dict[str, Any], str]:
+    ) -> _Answer:
         """The deployment policy's answer; the default policy's if it fails."""
         config = ctx.config
         scaling = self._scaling[dep.id]
         name = str(config.policy.policy_function)
-        started = time.perf_counter()
-        try:
-            policy = self._load(config.policy, sys_path, app_level=False)
-            wanted, state = policy(ctx)
+        asked: list[float] = []
+
+        def checked(c: AutoscalingContext) -> tuple[float, dict[str, Any]]:
+            wanted, state = raw(c)
             if not _is_count(wanted):
                 raise ValueError(
                     "an autoscaling policy returns (num_replicas, state) with num_replicas a "
                     f"number >= 0; got {wanted!r}"
                 )
+            asked.append(float(wanted))
+            return wanted, state
+
+        started = time.perf_counter()
+        try:
+            if scaling.policy is None:
+                scaling.policy = _load(config.policy, sys_path)
+            raw = scaling.policy
+            wanted, state = policies.with_defaults(checked)(ctx)
         except Exception as exc:
             self._policy_failed(scaling, dep.id, name, exc)
             wanted, state = _DEFAULT(ctx)  # its delay state carries over between ticks
-            name = DEFAULT_AUTOSCALING_POLICY
+            name, asked = DEFAULT_AUTOSCALING_POLICY, []
         scaling.policy_time_ms = (time.perf_counter() - started) * 1000
         scaling.policy_scope = "deployment"
-        return wanted, dict(state or {}), name
+        return _Answer(wanted, dict(state or {}), name, asked[-1] if asked else wanted)
 
     def _ask_app_policy(
         self, app: ApplicationState, contexts: dict[DeploymentID, AutoscalingContext]
-    ) -> tuple[dict[DeploymentID, float], dict[DeploymentID, dict[str, Any]]] | None:
-        """The application policy's answers; None (each deployment's default) if it fails."""
+    ) -> dict[DeploymentID, _Answer | dict[str, Any]] | None:
+        """The application policy's answer per deployment (or, for a deployment it left out,
+        just its new state); None (each deployment's own policy decides) if it fails."""
         spec = app.spec.autoscaling_policy or {}
         name = str(spec.get("policy_function", ""))
-        started = time.perf_counter()
-        try:
-            policy = self._load(AutoscalingPolicy(**spec), app.spec.sys_path, app_level=True)
-            decisions, states = policy(contexts)
+        asked: dict[DeploymentID, float] = {}
+
+        def checked(
+            ctxs: dict[DeploymentID, AutoscalingContext],
+        ) -> tuple[dict[DeploymentID, float], dict[DeploymentID, dict[str, Any]] | None]:
+            decisions, states = raw(ctxs)
             if not isinstance(decisions, dict):
                 raise TypeError(
                     "an application autoscaling policy returns ({DeploymentID: num_replicas}, "
                     f"{{DeploymentID: state}}); got {type(decisions).__name__}"
                 )
-            unknown = [k for k in decisions if k not in contexts]
+            unknown = [k for k in decisions if k not in ctxs]
             if unknown:
                 raise ValueError(f"the policy returned decisions for unknown deployments {unknown}")
             bad = {k: v for k, v in decisions.items() if not _is_count(v)}
             if bad:
                 raise ValueError(f"the policy returned these as replica counts: {bad}")
+            asked.update(decisions)
+            return decisions, states
+
+        started = time.perf_counter()
+        try:
+            cached = self._app_policies.get(app.name)
+            if cached is None or cached[0] is not app.spec:
+                cached = (app.spec, _load(AutoscalingPolicy(**spec), app.spec.sys_path))
+                self._app_policies[app.name] = cached
+            raw = cached[1]
+            decisions, states = policies.with_app_defaults(checked)(contexts)
         except Exception as exc:
             for dep_id in contexts:
                 self._policy_failed(self._scaling[dep_id], dep_id, name, exc)
             return None
         elapsed = (time.perf_counter() - started) * 1000
+        answers: dict[DeploymentID, _Answer | dict[str, Any]] = {}
         for dep_id in contexts:
             self._scaling[dep_id].policy_time_ms = elapsed
             self._scaling[dep_id].policy_scope = "application"
-        return decisions, states
-
-    def _load(
-        self, policy: AutoscalingPolicy, sys_path: list[str], *, app_level: bool
-    ) -> Callable[..., Any]:
-        """The policy wrapped with the shared rules (cached by import path and kwargs)."""
-        given = policy.get_policy() if policy._callable is not None else None
-        path = str(policy.policy_function)
-        key = json.dumps([path, policy.policy_kwargs, app_level, id(given)], default=str)
-        loaded = self._policies.get(key)
-        if loaded is None:
-            if given is None and path == DEFAULT_AUTOSCALING_POLICY and not app_level:
-                return _DEFAULT
-            raw = given if given is not None else _import(path, sys_path)
-            if inspect.isclass(raw):
-                raw = raw(**policy.policy_kwargs)
-            if not callable(raw):
-                raise TypeError(f"autoscaling policy {path!r} is not callable")
-            loaded = policies.with_app_defaults(raw) if app_level else policies.with_defaults(raw)
-            self._policies[key] = loaded
-            logger.info("using autoscaling policy %s", path)
-        return loaded
+            state = dict(states.get(dep_id) or {})
+            if dep_id in decisions:
+                answers[dep_id] = _Answer(decisions[dep_id], state, name, asked[dep_id])
+            else:
+                answers[dep_id] = state
+        return answers
 
     def _policy_failed(
         self, scaling: _Scaling, dep_id: DeploymentID, name: str, exc: BaseException
@@ -271,9 +296,9 @@ class Autoscaler:
             f"Autoscaling policy {name} failed ({type(exc).__name__}: {exc}); "
             "the default policy decided instead."
         )
-        if not scaling.errors or scaling.errors[-1] != message:
+        if not scaling.errors or scaling.errors[-1] != message:  # once per distinct failure
             logger.warning("deployment %s: %s", dep_id, message, exc_info=exc)
-        scaling.errors.append(message)
+            scaling.errors.append(message)
 
     # -------------------------------------------------------------- bookkeeping
     def _record(self, scaling: _Scaling, prev: int, curr: int, reason: str, policy: str) -> None:
@@ -366,13 +391,52 @@ def _is_count(value: Any) -> bool:
     )
 
 
+def _load(policy: AutoscalingPolicy, sys_path: list[str]) -> Callable[..., Any]:
+    """The user's policy callable: the one that travelled with the config, else imported
+    from ``policy_function``; a class is instantiated once with ``policy_kwargs``."""
+    path = str(policy.policy_function)
+    raw: Any
+    if policy._callable is not None:
+        raw = policy._callable
+    elif path == DEFAULT_AUTOSCALING_POLICY:
+        raw = policies.default_autoscaling_policy
+    else:
+        raw = _import(path, sys_path)
+        logger.info("loaded autoscaling policy %s", path)
+    if inspect.isclass(raw):
+        raw = raw(**policy.policy_kwargs)
+    if not callable(raw):
+        raise TypeError(f"autoscaling policy {path!r} is not callable")
+    loaded: Callable[..., Any] = raw
+    return loaded
+
+
 def _import(path: str, sys_path: list[str]) -> Any:
-    """Import ``module:attr`` (or ``module.attr``) with ``sys_path`` entries searched too."""
-    module, sep, attr = path.partition(":")
+    """Import ``module:attr`` (or ``module.attr``), the application's ``sys_path`` entries
+    first. A top-level module found there is loaded afresh (each deploy sees its current
+    code, and two applications' modules of one name do not mix); a module inside a
+    package is imported normally."""
+    module_name, sep, attr = path.partition(":")
     if not sep:
-        module, _, attr = path.rpartition(".")
+        module_name, _, attr = path.rpartition(".")
     with _extra_path(sys_path):
-        obj: Any = importlib.import_module(module)
+        found = None
+        if "." not in module_name:
+            entries = [p for p in sys_path if p]
+            found = importlib.machinery.PathFinder.find_spec(module_name, entries or None)
+        if found is not None and found.loader is not None:
+            obj: Any = importlib.util.module_from_spec(found)
+            previous = sys.modules.get(module_name)
+            sys.modules[module_name] = obj  # while it runs (dataclasses look it up)
+            try:
+                found.loader.exec_module(obj)
+            finally:
+                if previous is None:
+                    sys.modules.pop(module_name, None)
+                else:
+                    sys.modules[module_name] = previous
+        else:
+            obj = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
@@ -381,7 +445,7 @@ def _import(path: str, sys_path: list[str]) -> Any:
 @contextlib.contextmanager
 def _extra_path(entries: list[str]) -> Iterator[None]:
     added = [p for p in entries if p and p not in sys.path]
-    sys.path.extend(added)
+    sys.path[:0] = added
     try:
         yield
     finally:

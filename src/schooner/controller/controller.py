@@ -701,6 +701,15 @@ class Controller:
                         "(or delete the other application first)."
                     )
         names = [d.name for d in spec.deployments]
+        if spec.external_scaler_enabled:
+            scaled = [d.name for d in spec.deployments if d.config.autoscaling_config is not None]
+            if scaled:
+                raise ServeConfigError(
+                    f"Application '{spec.name}' has external_scaler_enabled, so built-in "
+                    f"autoscaling must be off, but these deployments configure it: {scaled}. "
+                    "Remove their autoscaling_config (or num_replicas='auto'), or turn the "
+                    "external scaler off."
+                )
         if spec.ingress not in names:
             raise ServeConfigError(f"Ingress deployment '{spec.ingress}' is not in the app.")
         existing = self.apps.get(spec.name)
