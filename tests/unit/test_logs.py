@@ -185,12 +185,30 @@ def test_printed_lines_in_a_json_file_are_json(tmp_path: Path) -> None:
     assert terminal.text.startswith("(r) one\n(r) two\n(r) three")
 
 
+def test_printed_lines_reach_the_terminal_whole(tmp_path: Path) -> None:
+    # print() writes its arguments one by one; another process writing to the same
+    # terminal between them would land inside the line. Each line goes out in one write.
+    logfile = LogFile(tmp_path / "r.log", Rotation())
+    terminal = _Terminal()
+    tee = Tee(terminal, logfile, "(r) ")  # type: ignore[arg-type]
+    print("GREETER-PRINT", "/x", file=tee)
+    print("a\nb", "c", file=tee)
+    assert terminal.writes == ["(r) GREETER-PRINT /x\n", "(r) a\n", "(r) b c\n"]
+    print("progress ", end="", file=tee, flush=True)  # an unfinished line on flush
+    print("done", file=tee)
+    assert terminal.writes[3:] == ["(r) progress ", "done\n"]
+    logfile.close()
+    assert (tmp_path / "r.log").read_text() == "GREETER-PRINT /x\na\nb c\nprogress done\n"
+
+
 class _Terminal:
     def __init__(self) -> None:
         self.text = ""
+        self.writes: list[str] = []
 
     def write(self, text: str) -> int:
         self.text += text
+        self.writes.append(text)
         return len(text)
 
     def flush(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
 import json
 import logging
 import os
@@ -213,9 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _whole_lines() -> None:
+    """Write each line of the CLI's output in one piece, even under ``python -u`` /
+    ``PYTHONUNBUFFERED`` (where ``print`` sends text and newline separately), so that
+    lines replicas print to the same terminal never land inside one of ours."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True, write_through=False)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _whole_lines()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         code = resolve_handler(args.handler)(args)

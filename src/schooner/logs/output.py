@@ -267,6 +267,7 @@ class Tee(io.TextIOBase):
         self._lock = threading.Lock()
         self._at_line_start = True
         self._partial = ""
+        self._echo_partial = ""
 
     def writable(self) -> bool:
         return True
@@ -292,6 +293,18 @@ class Tee(io.TextIOBase):
         return len(text)
 
     def _echo(self, text: str) -> None:
+        """Copy ``text`` to the terminal a whole line at a time, each line prefixed and
+        written in one call, so that lines of processes sharing the terminal never mix
+        (``print`` writes its arguments one by one); :meth:`flush` sends what is left."""
+        if self._terminal is None:
+            return
+        text = self._echo_partial + text
+        end = text.rfind("\n") + 1
+        self._echo_partial = text[end:]
+        if end:
+            self._send(text[:end])
+
+    def _send(self, text: str) -> None:
         if self._terminal is None:
             return
         out = []
@@ -307,11 +320,15 @@ class Tee(io.TextIOBase):
             self._terminal = None
 
     def flush(self) -> None:
-        """Every write is flushed; a JSON file gets an unfinished line now (as Ray does)."""
+        """Send an unfinished line to the terminal (``print(..., end="", flush=True)``)
+        and, in a JSON file, write it as a line of its own (as Ray does)."""
         with self._lock:
             if self._partial and self.wrap is not None:
                 self.logfile.write(self.wrap(self._partial))
                 self._partial = ""
+            if self._echo_partial:
+                partial, self._echo_partial = self._echo_partial, ""
+                self._send(partial)
 
     def fileno(self) -> int:
         return self.logfile.fileno()
