@@ -191,7 +191,7 @@ class DeploymentHandle:
         router = routers.router(self._deployment_id)
         if not _has_responses(args, kwargs):
             # Fast path: a free slot and an open connection -> write the request now, no task.
-            replica = router.try_acquire()
+            replica = router.try_acquire("", options.multiplexed_model_id)
             if replica is not None:
                 conn = routers.pool.get_nowait(replica.address)
                 if conn is not None:
@@ -264,7 +264,7 @@ async def _call(
     args, kwargs = await _resolve(args, kwargs)
     router = routers.router(deployment)
     try:
-        return await router.call("call", meta, args, kwargs)
+        return await router.call("call", meta, args, kwargs, model_id=meta[2])
     except RemoteCallError as exc:
         user_exc = _user_exception(exc)
         raise user_exc from user_exc.__cause__
@@ -390,7 +390,7 @@ class DeploymentResponseGenerator:
         try:
             args, kwargs = await _resolve(args, kwargs)
             router = self._core.registry.router(deployment)
-            async for item in router.stream("call_stream", meta, args, kwargs):
+            async for item in router.stream("call_stream", meta, args, kwargs, model_id=meta[2]):
                 queue.put_nowait(item)
         except RemoteCallError as exc:
             queue.put_nowait(_Raise(_user_exception(exc)))

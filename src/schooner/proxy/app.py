@@ -144,7 +144,7 @@ class ProxyApp:
         meta, http_request = self._request_parts(request, route, request_id, traceparent)
         registry = self.core.registry
         router = registry.router(route.ingress)
-        replica = router.try_acquire()
+        replica = router.try_acquire("", meta[2])
         if replica is not None:  # fast path: no task, the reply frames are written by callback
             conn = registry.pool.get_nowait(replica.address)
             if conn is not None:
@@ -210,7 +210,7 @@ class ProxyApp:
         """Wait for a replica slot (queueing, backpressure), then start relaying."""
         router = self.core.registry.router(route.ingress)
         try:
-            replica, conn = await router.connect()
+            replica, conn = await router.connect(model_id=meta[2])
         except asyncio.CancelledError:
             logger.info("WebSocket %s: the client left while waiting for a replica", request_id)
             raise
@@ -283,7 +283,9 @@ class ProxyApp:
         responder = _Responder(request, request_id, None)
         try:
             async with asyncio.timeout(timeout_s):
-                async for part in router.stream("http", meta, http_request, request.body):
+                async for part in router.stream(
+                    "http", meta, http_request, request.body, model_id=meta[2]
+                ):
                     responder.write(part)
                     if request.started and not request.finished:
                         await request.drain()

@@ -11,6 +11,15 @@ rest at once with :class:`~schooner.exceptions.BackPressureError`.
 
 A freed slot is handed directly to the oldest waiter, so waiting costs no
 polling and no thundering herd.
+
+Two preferences come before that choice. A request with a *shard key* goes to
+the replica the key lands on by rendezvous hashing over the replica ids (the
+same replica from every caller while the set is unchanged; adding or removing
+a replica moves about 1/N of the keys) when that replica has a free slot. A
+request for a *multiplexed model* goes to the least loaded replica that has the
+model (as replicas report it, or as this router last sent it) with a free slot,
+else to a free replica holding the fewest models. Otherwise, and when queued,
+the usual choice applies.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from schooner.exceptions import (
     DeploymentUnavailableError,
     ReplicaUnavailableError,
 )
+from schooner.router.hashing import key_hash, mix
 from schooner.router.pool import ConnectionPool, dial
 from schooner.rpc.connection import ConnectionLost
 from schooner.rpc.messages import DeploymentID, ReplicaInfo, ReplicaSet
@@ -50,6 +60,10 @@ class Router:
         self._unavailable = ""
         self._known = asyncio.Event()  # set once the controller's first snapshot arrived
         self._watched: set[str] = set()  # replica ids whose connection's loss we watch
+        self._id_hashes: dict[str, int] = {}  # replica id -> key_hash(id), for shard keys
+        #: Models this router sent to each replica since its last report (a hint until the
+        #: replica's own list arrives with the next snapshot).
+        self._sent_models: dict[str, set[str]] = {}
         #: Requests given a replica so far (a metric: ``ray_serve_num_router_requests``).
         self.requests = 0
         #: The deployment is autoscaled: its demand is reported (see router.demand).
@@ -78,6 +92,8 @@ class Router:
         self._deleted = False
         self._known.set()
         self._replicas = [dial(r) for r in replica_set.replicas]
+        self._id_hashes = {r.replica_id: key_hash(r.replica_id) for r in self._replicas}
+        self._sent_models.clear()
         self._unavailable = replica_set.unavailable
         if self._unavailable and not self._replicas:
             while self._waiters:
@@ -110,7 +126,15 @@ class Router:
         return sum(self._inflight.values())
 
     # -- slots ------------------------------------------------------------------
-    def _choose(self) -> ReplicaInfo | None:
+    def _choose(self, shard_key: str = "", model_id: str = "") -> ReplicaInfo | None:
+        if shard_key:
+            replica = self._by_key(shard_key)
+            if replica is not None:
+                return replica
+        if model_id:
+            replica = self._by_model(model_id)
+            if replica is not None:
+                return replica
         replicas = self._replicas
         limit = self._max_ongoing
         inflight = self._inflight
@@ -131,11 +155,46 @@ class Router:
                 chosen, best_n = replica, n
         return chosen
 
-    def try_acquire(self) -> ReplicaInfo | None:
+    def _by_key(self, shard_key: str) -> ReplicaInfo | None:
+        """The replica ``shard_key`` lands on, if it has a free slot."""
+        key = key_hash(shard_key)
+        hashes = self._id_hashes
+        best, best_score = None, -1
+        for replica in self._replicas:
+            score = mix(key, hashes[replica.replica_id])
+            if score > best_score:
+                best, best_score = replica, score
+        if best is not None and self._inflight.get(best.replica_id, 0) < self._max_ongoing:
+            return best
+        return None
+
+    def _by_model(self, model_id: str) -> ReplicaInfo | None:
+        """A free replica with ``model_id`` loaded (least loaded first), else a free one
+        holding the fewest models; records the choice as a hint."""
+        limit = self._max_ongoing
+        inflight = self._inflight
+        sent = self._sent_models
+        best: ReplicaInfo | None = None
+        best_rank: tuple[int, int, int] | None = None
+        for replica in self._replicas:
+            rid = replica.replica_id
+            n = inflight.get(rid, 0)
+            if n >= limit:
+                continue
+            hinted = sent.get(rid, ())
+            has = model_id in replica.model_ids or model_id in hinted
+            rank = (0 if has else 1, 0 if has else len(replica.model_ids) + len(hinted), n)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = replica, rank
+        if best is not None:
+            sent.setdefault(best.replica_id, set()).add(model_id)
+        return best
+
+    def try_acquire(self, shard_key: str = "", model_id: str = "") -> ReplicaInfo | None:
         """Take a slot at once if one is free and nobody is queued (else None); see release()."""
         if self._waiters or not self._known.is_set() or self._deleted:
             return None
-        replica = self._choose()
+        replica = self._choose(shard_key, model_id)
         if replica is not None:
             self._inflight[replica.replica_id] = self._inflight.get(replica.replica_id, 0) + 1
             self.requests += 1
@@ -145,7 +204,7 @@ class Router:
         """Give back a slot taken with try_acquire()."""
         self._release(replica)
 
-    async def _acquire(self) -> ReplicaInfo:
+    async def _acquire(self, shard_key: str = "", model_id: str = "") -> ReplicaInfo:
         self.requests += 1
         if self._deleted:
             raise DeploymentUnavailableError(f"Deployment {self.deployment} was deleted.")
@@ -156,7 +215,7 @@ class Router:
         if self._unavailable and not self._replicas:
             raise DeploymentUnavailableError(self._unavailable)
         if not self._waiters:
-            replica = self._choose()
+            replica = self._choose(shard_key, model_id)
             if replica is not None:
                 self._inflight[replica.replica_id] = self._inflight.get(replica.replica_id, 0) + 1
                 return replica
@@ -224,9 +283,9 @@ class Router:
 
         conn.on_close.append(lost)
 
-    async def _connect(self) -> tuple[ReplicaInfo, Any]:
+    async def _connect(self, shard_key: str = "", model_id: str = "") -> tuple[ReplicaInfo, Any]:
         while True:
-            replica = await self._acquire()
+            replica = await self._acquire(shard_key, model_id)
             conn = self._pool.get_nowait(replica.address)
             if conn is not None:
                 self._watch(replica, conn)
@@ -242,17 +301,18 @@ class Router:
                 self._release(replica)
                 raise
 
-    async def connect(self) -> tuple[ReplicaInfo, Any]:
+    async def connect(self, shard_key: str = "", model_id: str = "") -> tuple[ReplicaInfo, Any]:
         """Take a slot on a replica (queueing as a request would) and its connection.
 
         For a call made on the connection directly (a long-lived duplex call); give the
         slot back with :meth:`release`. Raises like :meth:`call` before sending.
         """
-        return await self._connect()
+        return await self._connect(shard_key, model_id)
 
-    async def call(self, method: str, *args: Any) -> Any:
-        """Send ``rpc_<method>(*args)`` to a chosen replica and return the result."""
-        replica, conn = await self._connect()
+    async def call(self, method: str, *args: Any, shard_key: str = "", model_id: str = "") -> Any:
+        """Send ``rpc_<method>(*args)`` to a chosen replica and return the result
+        (``shard_key``, ``model_id``: the request's preferences, see the module)."""
+        replica, conn = await self._connect(shard_key, model_id)
         try:
             return await conn.call(method, *args)
         except ConnectionLost as exc:
@@ -263,9 +323,11 @@ class Router:
         finally:
             self._release(replica)
 
-    async def stream(self, method: str, *args: Any) -> AsyncIterator[Any]:
+    async def stream(
+        self, method: str, *args: Any, shard_key: str = "", model_id: str = ""
+    ) -> AsyncIterator[Any]:
         """Like :meth:`call` for a streaming RPC; yields the items."""
-        replica, conn = await self._connect()
+        replica, conn = await self._connect(shard_key, model_id)
         try:
             async for item in conn.stream(method, *args):
                 yield item

@@ -37,6 +37,8 @@ class ReplicaInfo:
     #: same node use it instead of TCP). Empty on the embedded runtime.
     node_id: str = ""
     local_address: str = ""
+    #: Multiplexed models the replica has loaded or is loading (model-aware routing).
+    model_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
