@@ -80,6 +80,10 @@ class MetricsStore:
     def sources(self) -> list[str]:
         return list(self._reports)
 
+    def snapshots(self) -> list[tuple[str, list[recorder.Family]]]:
+        """(source, families) of every process heard from recently (this one included)."""
+        return [(report.labels[1], report.families) for report in self._current()]
+
     def render(self) -> bytes:
         """Every process's metrics in the Prometheus text format."""
         return generate_latest(self._registry)
