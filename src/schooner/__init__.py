@@ -50,10 +50,13 @@ _EXPORTS = {
     "get_multiplexed_model_id": "schooner.multiplex",
     "get_replica_context": "schooner.context",
     "get_trace_context": "schooner.tracing",
+    "get_traffic": "schooner.traffic",
     "ingress": "schooner.ingress",
     "multiplexed": "schooner.multiplex",
     "run": "schooner.api",
     "run_many": "schooner.api",
+    "set_traffic": "schooner.traffic",
+    "shadow_traffic": "schooner.traffic",
     "shutdown": "schooner.api",
     "shutdown_async": "schooner.api",
     "start": "schooner.api",
@@ -69,6 +72,7 @@ _SUBMODULES = {
     "deployment",
     "api",
     "tracing",
+    "traffic",
 }
 
 __all__ = [
@@ -95,10 +99,13 @@ __all__ = [
     "get_multiplexed_model_id",
     "get_replica_context",
     "get_trace_context",
+    "get_traffic",
     "ingress",
     "multiplexed",
     "run",
     "run_many",
+    "set_traffic",
+    "shadow_traffic",
     "shutdown",
     "shutdown_async",
     "start",
@@ -177,3 +184,4 @@ if TYPE_CHECKING:
     from schooner.ingress import ingress
     from schooner.multiplex import get_multiplexed_model_id, multiplexed
     from schooner.tracing import get_trace_context
+    from schooner.traffic import get_traffic, set_traffic, shadow_traffic

@@ -96,6 +96,8 @@ class InstanceCheckpoint:
     #: The declarative config document (JSON-able) and each entry as given, or None.
     document: dict[str, Any] | None = None
     app_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Traffic splits and shadows per owner application (see controller.traffic).
+    traffic: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +190,7 @@ def snapshot(
         apps=apps,
         document=document.model_dump(mode="json", exclude_unset=True) if document else None,
         app_configs=dict(declarative.app_configs) if declarative is not None else {},
+        traffic=controller.traffic.to_checkpoint(),
     )
 
 
@@ -386,6 +389,7 @@ def restore(
         app.config_warnings = list(app_cp.config_warnings)
         app.update_status()
         controller.apps[app.name] = app
+    controller.traffic.restore(getattr(state, "traffic", {}))
     if declarative is not None and state.document is not None:
         declarative.restore(state.document, state.app_configs)
     logger.info(

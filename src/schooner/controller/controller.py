@@ -45,6 +45,7 @@ from schooner.controller.state import (
     ReplicaRecord,
     new_replica_id,
 )
+from schooner.controller.traffic import TRAFFIC_KEY, TrafficManager
 from schooner.exceptions import ServeConfigError
 from schooner.logs import (
     LOGGING_CONFIG_ENV,
@@ -148,7 +149,10 @@ class Controller:
         self.num_ticks = 0
         #: After a recovery: when to stop replica processes of this session nobody adopted.
         self._sweep_at: float | None = None
+        #: Traffic splits and shadows per application (published to every router).
+        self.traffic = TrafficManager()
         self.long_poll.publish("routes", {})
+        self.long_poll.publish(TRAFFIC_KEY, {})
 
     # ------------------------------------------------------------------ loop
     async def run(self) -> None:
@@ -601,6 +605,7 @@ class Controller:
             for dep in app.deployments.values():
                 self.long_poll.publish(dep.id.key, replica_set(app.name, dep))
         self.long_poll.publish("routes", route_table(self.apps.values()))
+        self.long_poll.publish(TRAFFIC_KEY, self.traffic.policies(self.apps))
 
     # ------------------------------------------------------------ replica RPCs
     def replica_registered(
@@ -780,6 +785,8 @@ class Controller:
         app.deleting = True
         for dep in app.deployments.values():
             dep.deleting = True
+        self.traffic.app_deleted(name)
+        self.publish()  # callers stop sending it split or shadow traffic at once
         self.wake()
         return True
 

@@ -555,6 +555,19 @@ class ControllerSession:
     def rpc_app_info(self, name: str) -> dict[str, Any] | None:
         return app_info(self.controller, name)
 
+    async def rpc_set_traffic(self, app_name: str, weights: dict[str, float] | None) -> None:
+        self.controller.traffic.set_split(self.controller.apps, app_name, weights)
+        self.controller.publish()
+        await self.head.flush()
+
+    async def rpc_shadow_traffic(self, app_name: str, shadow: str, fraction: float) -> None:
+        self.controller.traffic.set_shadow(self.controller.apps, app_name, shadow, fraction)
+        self.controller.publish()
+        await self.head.flush()
+
+    def rpc_get_traffic(self, app_name: str) -> dict[str, Any]:
+        return self.controller.traffic.describe(app_name)
+
     def rpc_app_names(self) -> list[str]:
         return [n for n, a in self.controller.apps.items() if not a.deleting]
 

@@ -68,6 +68,31 @@ class Route:
 
 
 @dataclass(frozen=True)
+class TrafficTarget:
+    """An application a route's traffic goes to: its ingress deployment and its share
+    (a split's weight, or the fraction of requests a shadow gets a copy of)."""
+
+    app_name: str
+    ingress: DeploymentID
+    weight: float
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """Where the requests for one application (its route and its handles) go.
+
+    ``split``: the applications that answer, with weights summing to 1 (the owner may be
+    one of them); empty means the owner answers everything. ``shadows``: applications
+    that get a copy of a fraction of the requests, their answers discarded.
+    """
+
+    app_name: str
+    ingress: DeploymentID
+    split: tuple[TrafficTarget, ...] = ()
+    shadows: tuple[TrafficTarget, ...] = ()
+
+
+@dataclass(frozen=True)
 class CodeRef:
     """How a replica finds the user's class or function.
 
