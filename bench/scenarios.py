@@ -12,6 +12,7 @@ from bench.autoscale import autoscale
 from bench.context import Context, log
 from bench.faults import faults
 from bench.load import LoadResult, check_body
+from bench.multiplex import multiplex
 from bench.on_ray import on_ray
 from bench.procs import free_port
 from bench.systems import BARE, BASELINE, LABELS, RAY, SCHOONER
@@ -225,4 +226,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "ray": on_ray,
     "metrics": metrics_cost,
     "autoscale": autoscale,
+    "multiplex": multiplex,
 }

@@ -10,6 +10,7 @@ when given (the suite's ``--max-ongoing``); unset, it is the default (5).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -68,3 +69,38 @@ class Echo:
 hello = Hello.bind()
 chain = Ingress.bind(Model.bind())
 echo = Echo.bind()
+
+
+#: The ``multiplex`` scenario: how long loading a model takes, and the models' slots.
+MODEL_LOAD_S = 0.05
+MODELS_PER_REPLICA = 2
+
+
+@serve.deployment(num_replicas=3, **OPTIONS)
+class Multiplexed:
+    """Answers with the model a request names (``serve_multiplexed_model_id`` header),
+    loading it first if needed (``MODEL_LOAD_S`` of ``asyncio.sleep``). ``GET /stats``
+    answers ``<replica id> <models loaded so far>`` instead; a request with no model id
+    answers ``ok`` (readiness)."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+
+    @serve.multiplexed(max_num_models_per_replica=MODELS_PER_REPLICA)
+    async def get_model(self, model_id: str) -> str:
+        self.loads += 1
+        await asyncio.sleep(MODEL_LOAD_S)
+        return model_id
+
+    async def __call__(self, request: Request) -> str:
+        if request.url.path.endswith("/stats"):
+            replica_id = serve.get_replica_context().replica_id.unique_id
+            return f"{replica_id} {self.loads}"
+        model_id = serve.get_multiplexed_model_id()
+        if not model_id:
+            return "ok"
+        model: str = await self.get_model(model_id)
+        return model
+
+
+multiplex = Multiplexed.bind()

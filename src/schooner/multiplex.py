@@ -41,6 +41,10 @@ logger = logging.getLogger("schooner.multiplex")
 
 _MISSING: Any = object()
 _caches: weakref.WeakSet[_ModelCache] = weakref.WeakSet()
+#: Called (on the loop of the cache that changed) whenever a model starts loading, fails
+#: to load or is evicted: the replica reports :func:`_multiplexed_model_ids` to the
+#: controller for model-aware routing (see :mod:`schooner.replica.models`).
+_on_change: list[Callable[[], None]] = []
 
 _get_model_requests = recorder.counter(catalog.GET_MODEL_REQUESTS)
 _models_loaded = recorder.counter(catalog.MODELS_LOADED)
@@ -70,6 +74,14 @@ def get_multiplexed_model_id() -> str:
 def _multiplexed_model_ids() -> set[str]:
     """Ids of the models loaded or loading in this process (for model-aware routing)."""
     return {model_id for cache in list(_caches) for model_id in cache.model_ids()}
+
+
+def _changed() -> None:
+    for callback in list(_on_change):
+        try:
+            callback()
+        except Exception:
+            logger.exception("a multiplexed-models listener failed")
 
 
 class _ModelCache:
@@ -110,6 +122,7 @@ class _ModelCache:
             task = loop.create_task(self._load(model_id, future))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            _changed()
         # A cancelled caller leaves the load running for the others (and the cache).
         return await asyncio.shield(future)
 
@@ -135,10 +148,13 @@ class _ModelCache:
         finally:
             if self._loading.get(model_id) is future:
                 del self._loading[model_id]
+                if model_id not in self.models:
+                    _changed()  # the load failed or was cancelled
 
     async def _evict_lru(self) -> None:
         model_id, model = self.models.popitem(last=False)
         logger.info("Unloading model '%s'.", model_id)
+        _changed()
         _models_unloaded.inc(())
         unload = getattr(model, "__del__", None)
         if unload is None:

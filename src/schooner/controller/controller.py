@@ -625,6 +625,22 @@ class Controller:
         replica.conn = conn
         self.spawn(self._initialize(dep, replica, conn))
 
+    def replica_models(self, replica_id: str, model_ids: tuple[str, ...] | list[str]) -> None:
+        """A replica's multiplexed models changed (see :mod:`schooner.replica.models`):
+        keep them on its record and republish its deployment's replica set (only when
+        they differ; the long-poll host also skips unchanged values)."""
+        dep = self._replica_index.get(replica_id)
+        replica = dep.replicas.get(replica_id) if dep is not None else None
+        if dep is None or replica is None:
+            return
+        ids = tuple(sorted(set(model_ids)))
+        if ids == replica.model_ids:
+            return
+        replica.model_ids = ids
+        app = self.apps.get(dep.id.app_name)
+        if app is not None and app.deployments.get(dep.id.name) is dep:
+            self.long_poll.publish(dep.id.key, replica_set(app.name, dep))
+
     async def _initialize(
         self, dep: DeploymentState, replica: ReplicaRecord, conn: Connection
     ) -> None:

@@ -601,6 +601,11 @@ class ControllerSession:
         if urgent:
             self.controller.wake()
 
+    def rpc_report_models(self, replica_id: str, model_ids: tuple[str, ...] | list[str]) -> None:
+        """The multiplexed models a replica holds, sent when they change (model-aware
+        routing; see :mod:`schooner.replica.models`)."""
+        self.controller.replica_models(replica_id, model_ids)
+
     def rpc_register_spare(self, spare_id: str) -> None:
         assert self.conn is not None
         self.controller.spare_registered(spare_id, self.conn)

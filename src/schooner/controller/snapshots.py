@@ -20,6 +20,7 @@ def replica_set(app_name: str, dep: DeploymentState) -> ReplicaSet:
             dep.id,
             r.placement.get("node_id", ""),
             r.placement.get("local_address", ""),
+            r.model_ids,
         )
         for r in sorted(dep.serving(), key=lambda r: r.replica_id)
     )

@@ -97,6 +97,9 @@ class ReplicaRecord:
     #: Ray backend: where the replica runs, as it registered (``node_id``, ``node_ip``,
     #: ``actor_id``, ``actor_name``, ``worker_id``, ``pid``, ``local_address``).
     placement: dict[str, Any] = field(default_factory=dict)
+    #: Multiplexed models the replica last reported holding (loaded or loading), sorted;
+    #: published to routers for model-aware routing. A new replica starts with none.
+    model_ids: tuple[str, ...] = ()
 
     @property
     def pid(self) -> int:

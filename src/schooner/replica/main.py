@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from schooner import _core, context, logs
+from schooner.replica.models import ModelReporter
 from schooner.replica.replica import Replica
 from schooner.rpc.connection import Connection, serve_unix
 from schooner.rpc.messages import DeploymentID
@@ -164,15 +165,21 @@ def survive_head_restarts(
     core: _core.Core, process: ReplicaProcess, alive: Callable[[], bool] | None = None
 ) -> None:
     """Keep serving when the head crashes, and rejoin the next one (while ``alive()``,
-    by default while the head's socket comes back)."""
+    by default while the head's socket comes back). Also reports the replica's
+    multiplexed models to the head, now and to the next one (model-aware routing);
+    both replica paths (this machine's processes, Ray actors) come through here."""
     replica = process.replica
     assert replica is not None
+    models = ModelReporter(replica.replica_id, lambda: core.controller, core.loop)
+    models.start()
 
     async def rejoin(conn: Connection) -> None:
         await conn.call("rejoin_replica", replica.replica_id, replica.initialized)
+        models.resend()
 
     core.keep_connected(handler=replica, on_reconnect=rejoin, alive=alive)
     core.on_lost(process.stopped.set)
+    core.on_lost(models.stop)
 
 
 def main(argv: list[str] | None = None) -> None:

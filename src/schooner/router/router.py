@@ -19,13 +19,17 @@ a replica moves about 1/N of the keys) when that replica has a free slot. A
 request for a *multiplexed model* goes to the least loaded replica that has the
 model (as replicas report it, or as this router last sent it) with a free slot,
 else to a free replica holding the fewest models. Otherwise, and when queued,
-the usual choice applies.
+the usual choice applies. ``SCHOONER_MODEL_AWARE_ROUTING=0`` in the environment
+(inherited by every process of an instance) turns the model preference off: model
+ids are then ignored in the choice (the benchmark's A/B).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -43,12 +47,36 @@ from schooner.rpc.messages import DeploymentID, ReplicaInfo, ReplicaSet
 #: Published in place of a ReplicaSet when a deployment has been deleted.
 DELETED = "DELETED"
 
+#: Environment switch: ``SCHOONER_MODEL_AWARE_ROUTING=0`` makes routers ignore multiplexed
+#: model ids (plain power of two choices). Read once; each Router copies it when made.
+MODEL_AWARE_ENV = "SCHOONER_MODEL_AWARE_ROUTING"
+MODEL_AWARE_ROUTING = os.environ.get(MODEL_AWARE_ENV, "1").strip().lower() not in (
+    "0",
+    "false",
+    "off",
+    "no",
+)
+#: At most this many models hinted per replica (a replica that never reports, e.g. one
+#: without ``@serve.multiplexed``, must not grow them without bound between snapshots).
+MAX_HINTS_PER_REPLICA = 64
+#: A hint not confirmed by its replica's report within this long is dropped (at the next
+#: snapshot): long enough for the request to get there and the report to come back.
+HINT_TTL_S = 2.0
+
 
 class Router:
     """Routes this process's requests to the replicas of one deployment."""
 
-    def __init__(self, deployment: DeploymentID, pool: ConnectionPool) -> None:
+    def __init__(
+        self,
+        deployment: DeploymentID,
+        pool: ConnectionPool,
+        model_aware: bool | None = None,
+    ) -> None:
+        """``model_aware``: prefer replicas holding a request's model (default:
+        :data:`MODEL_AWARE_ROUTING`)."""
         self.deployment = deployment
+        self.model_aware = MODEL_AWARE_ROUTING if model_aware is None else model_aware
         self._pool = pool
         self._replicas: list[ReplicaInfo] = []
         self._inflight: dict[str, int] = {}
@@ -61,9 +89,9 @@ class Router:
         self._known = asyncio.Event()  # set once the controller's first snapshot arrived
         self._watched: set[str] = set()  # replica ids whose connection's loss we watch
         self._id_hashes: dict[str, int] = {}  # replica id -> key_hash(id), for shard keys
-        #: Models this router sent to each replica since its last report (a hint until the
-        #: replica's own list arrives with the next snapshot).
-        self._sent_models: dict[str, set[str]] = {}
+        #: Models this router sent to each replica and not yet in the replica's own report
+        #: (a hint until the report confirms it, or for at most HINT_TTL_S).
+        self._sent_models: dict[str, dict[str, float]] = {}  # replica -> model -> when
         #: Requests given a replica so far (a metric: ``ray_serve_num_router_requests``).
         self.requests = 0
         #: The deployment is autoscaled: its demand is reported (see router.demand).
@@ -93,7 +121,7 @@ class Router:
         self._known.set()
         self._replicas = [dial(r) for r in replica_set.replicas]
         self._id_hashes = {r.replica_id: key_hash(r.replica_id) for r in self._replicas}
-        self._sent_models.clear()
+        self._forget_hints()
         self._unavailable = replica_set.unavailable
         if self._unavailable and not self._replicas:
             while self._waiters:
@@ -111,6 +139,24 @@ class Router:
             if self._inflight[replica_id] == 0:
                 del self._inflight[replica_id]
         self._hand_off()
+
+    def _forget_hints(self) -> None:
+        """Drop hints the replicas' reports now confirm, hints of replicas gone, and hints
+        older than :data:`HINT_TTL_S` (never confirmed: e.g. the request failed, or the
+        replica does not report). An unconfirmed young hint stays even when its replica's
+        report changed: that report may have left the replica before the request got
+        there (models loading at once on one replica are reported as they start)."""
+        if not self._sent_models:
+            return
+        reported = {r.replica_id: r.model_ids for r in self._replicas}
+        expired = time.monotonic() - HINT_TTL_S
+        for rid, hints in list(self._sent_models.items()):
+            models = reported.get(rid)
+            if models is not None:
+                for model_id in [m for m, at in hints.items() if m in models or at < expired]:
+                    del hints[model_id]
+            if models is None or not hints:
+                del self._sent_models[rid]
 
     @property
     def num_replicas(self) -> int:
@@ -131,7 +177,7 @@ class Router:
             replica = self._by_key(shard_key)
             if replica is not None:
                 return replica
-        if model_id:
+        if model_id and self.model_aware:
             replica = self._by_model(model_id)
             if replica is not None:
                 return replica
@@ -186,8 +232,11 @@ class Router:
             rank = (0 if has else 1, 0 if has else len(replica.model_ids) + len(hinted), n)
             if best_rank is None or rank < best_rank:
                 best, best_rank = replica, rank
-        if best is not None:
-            sent.setdefault(best.replica_id, set()).add(model_id)
+        if best is not None and model_id not in best.model_ids:
+            hints = sent.setdefault(best.replica_id, {})
+            if len(hints) >= MAX_HINTS_PER_REPLICA:
+                hints.clear()
+            hints[model_id] = time.monotonic()
         return best
 
     def try_acquire(self, shard_key: str = "", model_id: str = "") -> ReplicaInfo | None:
