@@ -132,6 +132,10 @@ def test_a_config_traffic_section_sets_the_policy_everywhere(deployed: Detached)
     printed = inst.cli("config", "--name", "app").stdout
     section = yaml.safe_load(printed)["traffic"]
     assert section == {"split": SPLIT, "shadows": SHADOWS}
+    entries = list(yaml.safe_load_all(inst.cli("config").stdout))
+    assert sorted(e["name"] for e in entries) == ["app", "app_canary", "app_shadow"]
+    inst.deploy({"applications": entries}, name="printed.yaml")
+    assert policy(inst) == expected
     # The CLI.
     out = inst.cli("traffic", "app").stdout
     assert "app_canary  0.1" in out and "app_shadow  0.5" in out, out
