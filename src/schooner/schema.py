@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidationError,
     create_model,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "ServeDeploySchema",
     "ServeStatus",
     "TracingConfig",
+    "TrafficSchema",
     "gRPCOptionsSchema",
     "parse_config_document",
 ]
@@ -191,14 +193,20 @@ class ApplicationStatusOverview:
     message: str
     last_deployed_time_s: float
     deployments: dict[str, DeploymentStatusOverview]
+    #: The application's traffic policy, ``{"split": {app: weight}, "shadows": {app:
+    #: fraction}}`` (Schooner's addition; None when it answers all its requests itself).
+    traffic: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "status": str(self.status),
             "message": self.message,
             "last_deployed_time_s": self.last_deployed_time_s,
             "deployments": {name: d.to_dict() for name, d in self.deployments.items()},
         }
+        if self.traffic is not None:
+            data["traffic"] = self.traffic
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ApplicationStatusOverview:
@@ -210,6 +218,7 @@ class ApplicationStatusOverview:
                 name: DeploymentStatusOverview.from_dict(d)
                 for name, d in data.get("deployments", {}).items()
             },
+            traffic=data.get("traffic") or None,
         )
 
 
@@ -344,6 +353,138 @@ def _check_import_path(value: str) -> str:
     return value
 
 
+_TRAFFIC_KEYS = {"split": "weight", "shadows": "fraction"}
+#: How far from 1 a split's weights may sum (as the controller allows: rounding in files).
+_WEIGHT_TOLERANCE = 1e-6
+
+
+def _traffic_number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number, got {_short_repr(value)}")
+    number = float(value)
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError(f"{what} must be a finite number, got {_short_repr(value)}")
+    return number
+
+
+def _traffic_entries(section: str, value: Any) -> dict[str, float]:
+    """``split``/``shadows`` as a mapping ``{app: number}``, from a list of ``{app: ...,
+    weight|fraction: ...}`` entries or from a mapping; ValueError naming the entry."""
+    key = _TRAFFIC_KEYS[section]
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        items: list[tuple[str, Any, str]] = []
+        for app, number in value.items():
+            if not isinstance(app, str) or not app:
+                raise ValueError(
+                    f"{section}: {_short_repr(app)} is not an application name (a non-empty string)"
+                )
+            items.append((app, number, f"{section} ('{app}')"))
+    elif isinstance(value, list):
+        items = []
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(value):
+            where = f"{section}[{index}]"
+            if not isinstance(entry, Mapping):
+                raise ValueError(
+                    f"{where}: expected a mapping {{app: NAME, {key}: NUMBER}}, got "
+                    f"{_short_repr(entry)}"
+                )
+            unknown = sorted(str(k) for k in entry if k not in ("app", key))
+            if unknown:
+                raise ValueError(
+                    f"{where}: unknown key(s) {unknown}; an entry has 'app' and '{key}'"
+                )
+            app = entry.get("app")
+            if not isinstance(app, str) or not app:
+                raise ValueError(f"{where}: 'app' must be an application name, got {app!r}")
+            where = f"{section}[{index}] ('{app}')"
+            if key not in entry:
+                raise ValueError(f"{where}: '{key}' is missing")
+            if app in seen:
+                raise ValueError(
+                    f"{where}: application '{app}' is listed twice in {section} (entries "
+                    f"{seen[app]} and {index}); list each application once"
+                )
+            seen[app] = index
+            items.append((app, entry[key], where))
+    else:
+        raise ValueError(
+            f"{section} must be a list of {{app: NAME, {key}: NUMBER}} entries or a mapping "
+            f"of application names to {key}s, got {_short_repr(value)}"
+        )
+    result: dict[str, float] = {}
+    for app, raw, where in items:
+        number = _traffic_number(raw, f"{where}: the {key}")
+        if number < 0:
+            raise ValueError(f"{where}: the {key} is {number:g}; it must be >= 0")
+        if section == "shadows" and number > 1:
+            raise ValueError(
+                f"{where}: the fraction is {number:g}; it must be between 0 and 1 "
+                "(0 removes the shadow)"
+            )
+        result[app] = number
+    return result
+
+
+class TrafficSchema(BaseModel):
+    """An application's ``traffic`` section (Schooner's addition to Ray's schema).
+
+    ``split``: which applications answer this application's requests, by weight
+    (summing to 1; the application itself may be one of them). ``shadows``: which
+    applications get a copy of a fraction (0 to 1) of its requests. Each is a list
+    of ``{app: NAME, weight: W}`` / ``{app: NAME, fraction: F}`` entries or a mapping
+    ``{NAME: number}``; both are held as mappings and written back as lists.
+    ``traffic: {}`` removes the application's policy; an entry without ``traffic``
+    leaves it as it is.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: dict[str, float] = Field(default_factory=dict)
+    shadows: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalize(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, TrafficSchema):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"expected a mapping with 'split' and/or 'shadows', got {_short_repr(data)}"
+            )
+        unknown = [k for k in data if k not in _TRAFFIC_KEYS]
+        if unknown:
+            import difflib
+
+            hints = [
+                f"'{k}' (did you mean '{close[0]}'?)"
+                if (close := difflib.get_close_matches(str(k), list(_TRAFFIC_KEYS), n=1))
+                else f"'{k}'"
+                for k in unknown
+            ]
+            raise ValueError(
+                f"unknown key {', '.join(hints)}; the section takes 'split' and 'shadows'"
+            )
+        out = {section: _traffic_entries(section, data[section]) for section in data}
+        weights = out.get("split", {})
+        total = sum(weights.values())
+        if weights and abs(total - 1.0) > _WEIGHT_TOLERANCE:
+            raise ValueError(f"the split's weights sum to {total:g}; they must sum to 1")
+        return out
+
+    @field_serializer("split")
+    def _split_entries(self, split: dict[str, float]) -> list[dict[str, Any]]:
+        return [{"app": app, "weight": weight} for app, weight in split.items()]
+
+    @field_serializer("shadows")
+    def _shadow_entries(self, shadows: dict[str, float]) -> list[dict[str, Any]]:
+        return [{"app": app, "fraction": fraction} for app, fraction in shadows.items()]
+
+
 class ServeApplicationSchema(BaseModel):
     """One application of a config document. Unknown keys are ignored, as in Ray.
 
@@ -362,6 +503,9 @@ class ServeApplicationSchema(BaseModel):
     logging_config: LoggingConfig | None = None
     external_scaler_enabled: bool = False
     autoscaling_policy: dict[str, Any] | None = None
+    #: Schooner's addition: this application's traffic policy (see :class:`TrafficSchema`).
+    #: Given (even empty) or not is what matters: see :attr:`sets_traffic`.
+    traffic: TrafficSchema | None = None
 
     @field_validator("autoscaling_policy", mode="before")
     @classmethod
@@ -409,11 +553,21 @@ class ServeApplicationSchema(BaseModel):
                     "external_scaler_enabled is true, so built-in autoscaling must be off, but "
                     f"these deployments configure it: {', '.join(map(repr, scaled))}"
                 )
+        if self.traffic is not None and self.name in self.traffic.shadows:
+            raise ValueError(
+                f"traffic.shadows: application '{self.name}' cannot shadow itself (a copy of "
+                "each request would go back to it); shadow another application"
+            )
         return self
 
     @property
     def deployment_names(self) -> list[str]:
         return [d.name for d in self.deployments]
+
+    @property
+    def sets_traffic(self) -> bool:
+        """Whether this entry has a ``traffic`` key (``{}`` or null: remove the policy)."""
+        return "traffic" in self.model_fields_set
 
 
 class HTTPOptionsSchema(HTTPOptions):
@@ -476,6 +630,13 @@ def parse_config_document(data: Any) -> ServeDeploySchema:
             raise ServeConfigError(
                 "Invalid Serve config: give either 'applications' (multi-application form) "
                 "or a top-level 'import_path' (single-application form), not both."
+            )
+        if "traffic" in doc:
+            raise ServeConfigError(
+                "Invalid Serve config: 'traffic' is not supported in the single-application "
+                "form (top-level 'import_path'); write the config in the multi-application "
+                "form ('applications: [...]', one entry per application) and put 'traffic' "
+                "in the entry of the application whose requests it splits."
             )
         doc = _single_to_multi(doc)
     try:

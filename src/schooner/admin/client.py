@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -101,10 +102,42 @@ class AdminClient:
         info: dict[str, Any] = json.loads(data)
         return info
 
-    def details(self, api_type: str | None = None) -> dict[str, Any]:
-        query = f"?api_type={api_type}" if api_type else ""
+    def details(
+        self, api_type: str | None = None, *, include_traffic: bool = False
+    ) -> dict[str, Any]:
+        """``GET /api/serve/applications/``; ``include_traffic``: with each application's
+        traffic policy (``?include=traffic``, Schooner's extension)."""
+        params = [f"api_type={api_type}"] if api_type else []
+        if include_traffic:
+            params.append("include=traffic")
+        query = "?" + "&".join(params) if params else ""
         result: dict[str, Any] = json.loads(self._ok("GET", "/api/serve/applications/" + query))
         return result
+
+    def get_traffic(self, app: str) -> dict[str, Any]:
+        """``GET /api/schooner/traffic/{app}``: its split, shadows and recent rates."""
+        result: dict[str, Any] = json.loads(self._traffic("GET", app))
+        return result
+
+    def put_traffic(
+        self, app: str, split: dict[str, float], shadows: dict[str, float]
+    ) -> dict[str, Any]:
+        """Replace ``app``'s traffic policy; returns it as the instance now has it."""
+        body = {"split": split, "shadows": shadows}
+        result: dict[str, Any] = json.loads(self._traffic("PUT", app, body))
+        return result
+
+    def _traffic(self, method: str, app: str, body: Any = None) -> bytes:
+        path = "/api/schooner/traffic/" + urllib.parse.quote(app, safe="")
+        status, data = self.request(method, path, body)
+        if 200 <= status < 300:
+            return data
+        text = data.decode(errors="replace").strip()
+        try:
+            message = str(json.loads(text)["error"])
+        except (ValueError, KeyError, TypeError):
+            message = f"{method} {path} failed with {status}: {text}"
+        raise AdminError(message, status, text)
 
     def put_config(self, document: Any) -> None:
         self._ok("PUT", "/api/serve/applications/", document)

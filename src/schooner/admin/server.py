@@ -19,7 +19,13 @@ GET     /api/authentication_mode                             ``token`` or ``disa
 POST    /api/authenticate                                    token header → HttpOnly cookie
 GET     /api/schooner/controller/logs?lines=N                the controller's recent lines
 GET     /api/schooner/replicas/{replica_id}/logs?lines=N     a replica's recent lines
+GET     /api/schooner/traffic/{app}                          its traffic policy and rates
+PUT     /api/schooner/traffic/{app}                          replace its traffic policy
 ======  ===================================================  ===============================
+
+``GET /api/serve/applications/?include=traffic`` adds each application's traffic
+policy under ``traffic`` (Schooner's extension; off by default because Ray's own
+tools refuse unknown keys at the application level).
 
 The work is done by the :class:`AdminBackend` the head provides; this module
 only speaks HTTP: routing, token auth, and the status codes, headers and bodies
@@ -64,6 +70,7 @@ __all__ = [
     "ReplicaNotFound",
     "ScaleNotFound",
     "ScaleRejected",
+    "TrafficNotFound",
     "bind_admin_socket",
 ]
 
@@ -97,6 +104,7 @@ _PROBE_BODIES = {
 }
 _SCALE_PATH = re.compile(rb"/api/v1/applications/([^/]+)/deployments/([^/]+)/scale")
 _REPLICA_LOGS_PATH = re.compile(rb"/api/schooner/replicas/([^/]+)/logs")
+_TRAFFIC_PATH = re.compile(rb"/api/schooner/traffic/([^/]+)")
 _PUBLIC_PATHS = ("/api/authentication_mode",)
 _SCALE_ACCEPTED = {
     "message": "Scaling request received. Deployment will get scaled asynchronously."
@@ -140,11 +148,30 @@ class ReplicaLogsUnavailable(RayServeException):
     A replica that does not answer in time raises :class:`TimeoutError` instead (504)."""
 
 
+class TrafficNotFound(RayServeException):
+    """Raised by :meth:`AdminBackend.get_traffic` / ``put_traffic`` when there is no such
+    application. Answered with 404 and the message."""
+
+
 class AdminBackend(Protocol):
     """What the admin API does; the head implements it. All methods run on the event loop."""
 
-    def details(self, api_type: str | None) -> dict[str, Any]:
-        """ServeInstanceDetails as JSON-able data; ``api_type``: None or one of API_TYPES."""
+    def details(self, api_type: str | None, include_traffic: bool = False) -> dict[str, Any]:
+        """ServeInstanceDetails as JSON-able data; ``api_type``: None or one of API_TYPES.
+
+        ``include_traffic`` (``?include=traffic``): each application also says its traffic
+        policy under ``traffic``."""
+        ...
+
+    def get_traffic(self, app: str) -> dict[str, Any]:
+        """``{"split": ..., "shadows": ..., "rates": {app: {...}}}`` of application ``app``;
+        raises TrafficNotFound."""
+        ...
+
+    def put_traffic(self, app: str, body: Any) -> Awaitable[None] | None:
+        """Replace ``app``'s traffic policy with ``body`` (``{"split": ..., "shadows":
+        ...}``); raises TrafficNotFound, or ServeConfigError if the policy is invalid. May
+        return an awaitable: the answer is sent once it is done (checkpointed)."""
         ...
 
     def put_config(self, body: Any) -> Awaitable[None] | None:
@@ -362,6 +389,13 @@ class AdminServer:
         if match is not None:
             replica_id = _decode_segment(match.group(1))
             return {"GET": lambda exchange: self._get_replica_logs(exchange, replica_id)}
+        match = _TRAFFIC_PATH.fullmatch(raw_path)
+        if match is not None:
+            app = _decode_segment(match.group(1))
+            return {
+                "GET": lambda exchange: self._get_traffic(exchange, app),
+                "PUT": lambda exchange: self._put_traffic(exchange, app),
+            }
         return None
 
     def _public(self, exchange: _Exchange, method: str) -> bool:
@@ -410,7 +444,56 @@ class AdminServer:
                 f"Invalid 'api_type' value: '{given}'. Must be one of: {', '.join(API_TYPES)}",
             )
             return
-        exchange.json(200, self.backend.details(api_type))
+        include = {
+            part.strip().lower()
+            for value in query.get("include", [])
+            for part in value.split(",")
+            if part.strip()
+        }
+        unknown = sorted(include - {"traffic"})
+        if unknown:
+            exchange.text(400, f"Invalid 'include' value: {', '.join(unknown)}. Must be: traffic")
+            return
+        if include:
+            exchange.json(200, self.backend.details(api_type, include_traffic=True))
+        else:
+            exchange.json(200, self.backend.details(api_type))
+
+    def _get_traffic(self, exchange: _Exchange, app: str) -> None:
+        try:
+            exchange.json(200, self.backend.get_traffic(app))
+        except TrafficNotFound as exc:
+            exchange.json(404, {"error": str(exc)})
+
+    def _put_traffic(self, exchange: _Exchange, app: str) -> None:
+        try:
+            body = json.loads(exchange.request.body)
+        except ValueError as exc:
+            exchange.json(400, {"error": f"The request body is not valid JSON: {exc}"})
+            return
+        try:
+            pending = self.backend.put_traffic(app, body)
+        except TrafficNotFound as exc:
+            exchange.json(404, {"error": str(exc)})
+            return
+        except ServeConfigError as exc:
+            exchange.json(400, {"error": str(exc)})
+            return
+        if pending is None:
+            exchange.json(200, self.backend.get_traffic(app))
+        else:
+            self._spawn(self._answer_traffic_when_done(pending, exchange, app))
+
+    async def _answer_traffic_when_done(
+        self, pending: Awaitable[None], exchange: _Exchange, app: str
+    ) -> None:
+        try:
+            await pending
+            policy = self.backend.get_traffic(app)
+        except Exception:
+            exchange.failed()
+            return
+        exchange.json(200, policy)
 
     def _put_applications(self, exchange: _Exchange) -> None:
         try:

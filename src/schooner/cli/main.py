@@ -211,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", "-n", default=None, help="only this application")
     _add_address(p)
     p.set_defaults(handler="schooner.cli.config_cmds:cmd_status")
+
+    from schooner.cli import traffic_cmd
+
+    traffic_cmd.add_parser(sub, _add_address)
     return parser
 
 

@@ -47,6 +47,8 @@ def status_document(details: dict[str, Any], app_name: str | None = None) -> dic
             "last_deployed_time_s": app["last_deployed_time_s"],
             "deployments": deployments,
         }
+        if app.get("traffic"):
+            apps[name]["traffic"] = _traffic_lines(app["traffic"])
     if app_name is not None:
         missing: dict[str, Any] = {"status": "NOT_STARTED", "message": "", "deployments": {}}
         chosen: dict[str, Any] = apps.get(app_name, missing)
@@ -56,6 +58,16 @@ def status_document(details: dict[str, Any], app_name: str | None = None) -> dic
         "applications": apps,
         "target_capacity": details.get("target_capacity"),
     }
+
+
+def _traffic_lines(policy: dict[str, Any]) -> dict[str, Any]:
+    """An application's traffic policy (``?include=traffic``): its split and shadows."""
+    shown: dict[str, Any] = {}
+    if policy.get("split"):
+        shown["split"] = dict(policy["split"])
+    if policy.get("shadows"):
+        shown["shadows"] = dict(policy["shadows"])
+    return shown
 
 
 def _autoscaling_lines(scaling: dict[str, Any]) -> dict[str, Any]:

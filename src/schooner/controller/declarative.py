@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from schooner.builder import BuildRequest, BuildResult
+from schooner.controller.traffic_config import apply_document_traffic, check_document_traffic
 from schooner.exceptions import ServeConfigError
 from schooner.logs import LOGGING_CONFIG_ENV, configure_process_logging, instance_logging_config
 from schooner.rpc.messages import AppSpec
@@ -69,6 +70,14 @@ def _fingerprint(spec: AppSpec) -> list[Any]:
             for d in spec.deployments
         ),
     ]
+
+
+def _without_traffic(entry: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A config entry without its ``traffic`` section: a change of weights alone is not a
+    change of the application (nothing is rebuilt or redeployed for it)."""
+    if entry is None:
+        return None
+    return {k: v for k, v in entry.items() if k != "traffic"}
 
 
 @dataclass
@@ -146,6 +155,7 @@ class DeclarativeConfig:
                         )
                         + "). Pick another route_prefix, or delete that application first."
                     )
+        traffic = check_document_traffic(controller, doc, merge=merge)
         # Valid: from here on, change the goal.
         apply_instance_logging_config(controller, doc)
         if merge and self.document is not None:
@@ -167,7 +177,7 @@ class DeclarativeConfig:
             existing = controller.apps.get(app.name)
             unchanged = (
                 existing is not None
-                and self.app_configs.get(app.name) == echo
+                and _without_traffic(self.app_configs.get(app.name)) == _without_traffic(echo)
                 and existing.build_error is None
                 and existing.spec.source == "declarative"
             )
@@ -176,6 +186,7 @@ class DeclarativeConfig:
             self._start_build(app, force, quiet=unchanged and not force)
             controller.apps[app.name].config_warnings = app_warnings[index]
             controller.apps[app.name].update_status()
+        apply_document_traffic(controller, traffic)  # every app of the document exists now
         controller.wake()
         return doc
 
@@ -220,7 +231,7 @@ class DeclarativeConfig:
         if not quiet:
             self.controller.begin_build(app.name, app.route_prefix)
         request = BuildRequest(
-            app=app.model_dump(mode="json", exclude_unset=True),
+            app=app.model_dump(mode="json", exclude_unset=True, exclude={"traffic"}),
             base_dir=str(self.base_dir),
             cache_dir=str(self.cache_dir) if self.cache_dir is not None else "",
             restart_nonce=secrets.token_hex(4) if force else "",

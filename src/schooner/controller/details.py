@@ -31,8 +31,13 @@ def instance_details(
     proxy_location: str,
     controller_pid: int,
     api_type: str | None = None,
+    include_traffic: bool = False,
 ) -> dict[str, Any]:
-    """``ServeInstanceDetails`` as plain data; ``api_type`` keeps only that kind of app."""
+    """``ServeInstanceDetails`` as plain data; ``api_type`` keeps only that kind of app.
+
+    ``include_traffic``: each application also says its traffic policy under ``traffic``
+    (Schooner's extension, asked for with ``?include=traffic``: Ray's models refuse
+    unknown keys at the application level, so Ray's tools never get it)."""
     node = controller.node_id
     logs = controller.session.logs
     apps = {
@@ -40,6 +45,9 @@ def instance_details(
         for app in controller.apps.values()
         if api_type is None or app.spec.source == api_type
     }
+    if include_traffic:
+        for name, app_details in apps.items():
+            app_details["traffic"] = traffic_of(controller, name)
     return {
         "controller_info": {
             "node_id": node,
@@ -184,8 +192,16 @@ def serve_status(controller: Controller) -> dict[str, Any]:
                 }
                 for dep in app.deployments.values()
             },
+            "traffic": traffic_of(controller, app.name),
         }
     return {"proxies": dict(controller.proxy_status), "applications": apps, "target_capacity": None}
+
+
+def traffic_of(controller: Controller, name: str) -> dict[str, Any] | None:
+    """Application ``name``'s traffic policy as set (``{"split": ..., "shadows": ...}``),
+    or None when it has none."""
+    policy = controller.traffic.describe(name)
+    return policy if policy["split"] or policy["shadows"] else None
 
 
 def app_info(controller: Controller, name: str) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from schooner.admin.server import (
     ReplicaNotFound,
     ScaleNotFound,
     ScaleRejected,
+    TrafficNotFound,
 )
 from schooner.checkpoint import CheckpointStore, open_store
 from schooner.controller import checkpoint, ownership
@@ -41,6 +42,7 @@ from schooner.controller.controller import Controller
 from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import app_info, instance_details, serve_status
 from schooner.controller.metrics import controller_series
+from schooner.controller.traffic_config import RecentRates, policy_from_body
 from schooner.exceptions import RayServeException
 from schooner.logs import recent_lines, setup_process_logging
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError, serve_unix
@@ -132,6 +134,8 @@ class Head:
         recorder.add_collector(lambda: controller_series(self.controller))
         #: Every process's metrics, served at the admin API's /metrics and --metrics-port.
         self.metrics = MetricsStore(session.root.name, local=reporter.identity())
+        #: Recent readings of each application's counts (``schooner traffic``'s rates).
+        self.rates = RecentRates(self.metrics.snapshots)
         self.metrics_server: AdminServer | None = None
         self.metrics_url: str | None = None
         self.checkpoints: checkpoint.Checkpointer | None = None
@@ -285,7 +289,7 @@ class Head:
     def serves_http(self) -> bool:
         return bool(self.args.proxy_location != "Disabled")
 
-    def details(self, api_type: str | None = None) -> dict[str, Any]:
+    def details(self, api_type: str | None = None, include_traffic: bool = False) -> dict[str, Any]:
         options = {k: v for k, v in self.http_options.items() if k != "location"}
         options["port"] = self.args.http_port
         if options.get("ssl_keyfile_password"):
@@ -298,6 +302,7 @@ class Head:
             proxy_location=self.args.proxy_location,
             controller_pid=os.getpid(),
             api_type=api_type,
+            include_traffic=include_traffic,
         )
 
     def instance_info(self) -> dict[str, Any]:
@@ -423,8 +428,31 @@ class AdminAPI:
     def __init__(self, head: Head) -> None:
         self.head = head
 
-    def details(self, api_type: str | None) -> dict[str, Any]:
-        return self.head.details(api_type)
+    def details(self, api_type: str | None, include_traffic: bool = False) -> dict[str, Any]:
+        return self.head.details(api_type, include_traffic)
+
+    def _traffic_owner(self, app: str) -> None:
+        state = self.head.controller.apps.get(app)
+        if state is None or state.deleting:
+            raise TrafficNotFound(
+                f"There is no application '{app}'"
+                + (" (it is being deleted)." if state is not None else ".")
+            )
+
+    def get_traffic(self, app: str) -> dict[str, Any]:
+        self._traffic_owner(app)
+        policy = self.head.controller.traffic.describe(app)
+        involved = [app, *policy["split"], *policy["shadows"]]
+        rates = {name: self.head.rates.rates(name) for name in dict.fromkeys(involved)}
+        return {**policy, "rates": rates}
+
+    def put_traffic(self, app: str, body: Any) -> Awaitable[None]:
+        self._traffic_owner(app)
+        split, shadows = policy_from_body(body)
+        controller = self.head.controller
+        controller.traffic.set_policy(controller.apps, app, split, shadows)
+        controller.publish()
+        return self.head.flush()
 
     def put_config(self, body: Any) -> Awaitable[None]:
         doc = self.head.declarative.apply(body)
@@ -590,6 +618,7 @@ class ControllerSession:
     ) -> None:
         """A process's latest metrics (see :mod:`schooner.telemetry.reporter`)."""
         self.head.metrics.update(worker_id, component, node, families)
+        self.head.rates.maybe_sample(self.controller.apps)
 
     def rpc_report_demand(
         self, source: str, report: dict[str, list[tuple[float, float]]], urgent: bool
