@@ -12,9 +12,11 @@ plain pool has one request), so the generator's own cost is the same. The varian
 run in ABBA order (a..e, e..a) and each one's mean is compared with plain's.
 Target: (b), (c), (d) within 5% of (a).
 
-Note on (b) and (d): each app has one replica, so a split spreads the work over two
-replica processes where plain routing has one; on a 2-core machine the proxy is the
-bottleneck of hello world, so this mostly measures the proxy's extra work.
+Reading the ratios: each app has one replica, so (b) and (d) spread the work over two
+replica processes where (a) and (c) have one, and hello world at one replica is partly
+replica-bound: (b) and (d) come out *faster* than plain. The like-for-like overhead
+comparisons are (c) vs (a) (same replica, shard key added) and (d) vs (b) (same two
+replicas, shard key added). On a shared 2-core machine run-to-run noise is ~10%.
 """
 
 from __future__ import annotations
