@@ -16,6 +16,7 @@ from bench.multiplex import multiplex
 from bench.on_ray import on_ray
 from bench.procs import free_port
 from bench.systems import BARE, BASELINE, LABELS, RAY, SCHOONER
+from bench.traffic import traffic
 from bench.updates import live_updates
 
 MIB = 1024 * 1024
@@ -227,4 +228,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "metrics": metrics_cost,
     "autoscale": autoscale,
     "multiplex": multiplex,
+    "traffic": traffic,
 }
