@@ -9,6 +9,7 @@ machine to the server; the built-in generator runs in this process.
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import shutil
 import subprocess
@@ -134,15 +135,17 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def _connection(
-    host: str, port: int, request: bytes, deadline: float, latencies: list[float]
+    host: str, port: int, request: bytes | list[bytes], deadline: float, latencies: list[float]
 ) -> int:
-    """One keep-alive connection sending ``request`` until ``deadline``; returns errors."""
+    """One keep-alive connection sending ``request`` (or one drawn at random from a list
+    each time) until ``deadline``; returns errors."""
     errors = 0
+    pool = request if isinstance(request, list) else [request]
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.perf_counter() < deadline:
             start = time.perf_counter()
-            writer.write(request)
+            writer.write(pool[0] if len(pool) == 1 else random.choice(pool))
             if not 200 <= await read_response(reader) < 300:
                 errors += 1
             latencies.append(time.perf_counter() - start)
@@ -152,13 +155,23 @@ async def _connection(
 
 
 async def _builtin(
-    host: str, port: int, path: str, connections: int, duration_s: float, body_bytes: int
+    host: str,
+    port: int,
+    path: str,
+    connections: int,
+    duration_s: float,
+    body_bytes: int,
+    pool: list[bytes] | None = None,
 ) -> LoadResult:
     method = "POST" if body_bytes else "GET"
-    request = (
-        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Length: {body_bytes}\r\nContent-Type: application/octet-stream\r\n\r\n"
-    ).encode() + b"b" * body_bytes
+    request: bytes | list[bytes] = (
+        pool
+        or (
+            f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Length: {body_bytes}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + b"b" * body_bytes
+    )
     latencies: list[float] = []
     start = time.perf_counter()
     deadline = start + duration_s
@@ -206,3 +219,51 @@ def run_load(
     if tool == "wrk" or (tool == "auto" and wrk_path()):
         return run_wrk(f"http://127.0.0.1:{port}{path}", connections, duration_s, body_bytes)
     return run_builtin(port, connections, duration_s, body_bytes, path)
+
+
+def get_request(port: int, path: str = "/", headers: dict[str, str] | None = None) -> bytes:
+    """A GET request's bytes, as :func:`run_pool` sends them."""
+    lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _pool_script(pool: list[bytes], directory: Path) -> Path:
+    """A wrk script sending a request drawn at random from ``pool`` each time (all made
+    up front: one table lookup per request)."""
+    script = directory / "pool.lua"
+    entries = ",\n".join(
+        '"' + r.decode().replace("\\", "\\\\").replace('"', '\\"').replace("\r\n", "\\r\\n") + '"'
+        for r in pool
+    )
+    script.write_text(
+        f"local pool = {{\n{entries}\n}}\nlocal n = #pool\n"
+        "request = function() return pool[math.random(n)] end\n"
+    )
+    return script
+
+
+def run_pool(
+    port: int, connections: int, duration_s: float, pool: list[bytes], tool: str = "auto"
+) -> LoadResult:
+    """Load with requests drawn at random from ``pool`` (made with :func:`get_request`):
+    wrk with a script if installed (``auto``), else the built-in generator."""
+    if tool == "wrk" or (tool == "auto" and wrk_path()):
+        wrk = wrk_path()
+        assert wrk is not None
+        seconds = max(1, round(duration_s))
+        with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+            argv = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+            argv += ["--latency", "-s", str(_pool_script(pool, Path(tmp)))]
+            done = subprocess.run(
+                [*argv, f"http://127.0.0.1:{port}/"],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 60,
+                check=False,
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+        return parse_wrk(done.stdout, connections, seconds)
+    coro = _builtin("127.0.0.1", port, "/", connections, duration_s, 0, pool)
+    return asyncio.run(coro)

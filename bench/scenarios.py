@@ -15,6 +15,7 @@ from bench.load import LoadResult, check_body
 from bench.on_ray import on_ray
 from bench.procs import free_port
 from bench.systems import BARE, BASELINE, LABELS, RAY, SCHOONER
+from bench.traffic import traffic
 from bench.updates import live_updates
 
 MIB = 1024 * 1024
@@ -225,4 +226,5 @@ SCENARIOS: dict[str, Callable[[Context], None]] = {
     "ray": on_ray,
     "metrics": metrics_cost,
     "autoscale": autoscale,
+    "traffic": traffic,
 }

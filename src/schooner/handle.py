@@ -9,6 +9,16 @@ an argument to another ``.remote()`` call is resolved first.
 Exceptions raised by user code are re-raised in the caller as the same
 exception type when it can be rebuilt (the remote traceback is chained as
 its cause), else as :class:`~schooner.exceptions.RemoteUserError`.
+
+Traffic policies (:mod:`schooner.router.traffic`): a call to the ingress deployment
+of an application that owns a policy goes to the ingress of the application the
+policy chooses (by ``handle.options(shard_key=...)`` when given; the key is also
+passed to that router, so it keeps the call on one replica). Calls made from inside
+the owner application itself are never split. Shadow applications get a copy of
+the call only if their router has a free slot at that moment; the copy's result is
+discarded and it never delays or fails the caller. A call whose arguments hold
+unresolved :class:`DeploymentResponse` objects is not copied (copying would mean
+waiting for them before sending, or running the upstream work twice).
 """
 
 from __future__ import annotations
@@ -22,13 +32,14 @@ from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from schooner import _core
+from schooner import _core, context
 from schooner.context import current_request
 from schooner.exceptions import RemoteUserError, ReplicaUnavailableError, RequestCancelledError
 from schooner.router.registry import LoopRouters, RouterRegistry
 from schooner.router.router import Router
+from schooner.router.shadow import send_copy, send_stream_copy
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
-from schooner.rpc.messages import DeploymentID, ReplicaInfo
+from schooner.rpc.messages import DeploymentID, ReplicaInfo, TrafficTarget
 from schooner.telemetry import catalog, recorder, reporter, tracing
 
 __all__ = ["DeploymentHandle", "DeploymentResponse", "DeploymentResponseGenerator"]
@@ -60,6 +71,9 @@ class _HandleOptions:
     multiplexed_model_id: str = ""
     stream: bool = False
     session_id: str = ""
+    #: Session affinity: the same key reaches the same application of a traffic split
+    #: and the same replica of the deployment (while the replica set is unchanged).
+    shard_key: str = ""
 
 
 class DeploymentHandle:
@@ -109,6 +123,7 @@ class DeploymentHandle:
         multiplexed_model_id: str | None = None,
         stream: bool | None = None,
         session_id: str | None = None,
+        shard_key: str | None = None,
         use_new_handle_api: bool | None = None,
         _prefer_local_routing: bool | None = None,
         _by_reference: bool | None = None,
@@ -121,6 +136,7 @@ class DeploymentHandle:
         2.7-2.9) and ``_prefer_local_routing`` are accepted for old programs and do
         nothing; ``_by_reference`` and the serialization options are accepted for
         compatibility (Schooner always pickles, with cloudpickle for code).
+        ``shard_key`` (Schooner's, as in Ray Serve 1.x): see the module docstring.
         """
         for name, value in (
             ("request_serialization", request_serialization),
@@ -145,6 +161,13 @@ class DeploymentHandle:
             changes["stream"] = bool(stream)
         if session_id is not None:
             changes["session_id"] = session_id
+        if shard_key is not None:
+            if not isinstance(shard_key, str):
+                raise TypeError(
+                    f"shard_key must be a str, got {type(shard_key).__name__}: convert it "
+                    "with str() (the same string always lands on the same application)."
+                )
+            changes["shard_key"] = shard_key
         return self._with_options(replace(self._options, **changes))
 
     def _with_options(self, options: _HandleOptions) -> DeploymentHandle:
@@ -178,29 +201,52 @@ class DeploymentHandle:
             request.route,
             tracing.current_traceparent() if tracing.enabled() else "",
         )
+        deployment = self._deployment_id
+        shard_key = options.shard_key
+        shadows: tuple[TrafficTarget, ...] = ()
+        traffic = core.registry.traffic  # replaced whole on change: safe from any thread
+        if traffic:
+            policy = traffic.get(deployment)
+            if policy is not None and not _inside_app(deployment.app_name, request):
+                deployment = policy.choose(shard_key).ingress
+                if policy.shadows and not _has_responses(args, kwargs):
+                    shadows = policy.shadow_copies()
         if options.stream:
-            return DeploymentResponseGenerator(core, self._deployment_id, meta, args, kwargs)
+            return DeploymentResponseGenerator(
+                core, deployment, meta, args, kwargs, shard_key, shadows
+            )
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         if loop is None:  # sync caller: run on the core's loop thread
-            coro = _call(core.registry, self._deployment_id, meta, args, kwargs)
-            return DeploymentResponse(core, core.submit(coro), core.loop)
+            coro = _call(core.registry, deployment, meta, args, kwargs, shard_key)
+            future = core.submit(coro)
+            if shadows:
+                core.loop.call_soon_threadsafe(
+                    _send_copies, core.registry, shadows, "call", meta, args, kwargs, shard_key
+                )
+            return DeploymentResponse(core, future, core.loop)
         routers = core.routers_for(loop)
-        router = routers.router(self._deployment_id)
+        router = routers.router(deployment)
+        response: DeploymentResponse | None = None
         if not _has_responses(args, kwargs):
             # Fast path: a free slot and an open connection -> write the request now, no task.
-            replica = router.try_acquire("", options.multiplexed_model_id)
+            replica = router.try_acquire(shard_key, options.multiplexed_model_id)
             if replica is not None:
                 conn = routers.pool.get_nowait(replica.address)
                 if conn is not None:
                     req_id, reply = conn.call_future("call", (meta, args, kwargs), {})
                     reply.add_done_callback(_Finish(router, replica, conn, req_id))
-                    return DeploymentResponse(core, reply, loop, raw=True)
-                router.release(replica)
-        task = loop.create_task(_call(routers, self._deployment_id, meta, args, kwargs))
-        return DeploymentResponse(core, task, loop)
+                    response = DeploymentResponse(core, reply, loop, raw=True)
+                else:
+                    router.release(replica)
+        if response is None:
+            task = loop.create_task(_call(routers, deployment, meta, args, kwargs, shard_key))
+            response = DeploymentResponse(core, task, loop)
+        if shadows:
+            _send_copies(routers, shadows, "call", meta, args, kwargs, shard_key)
+        return response
 
 
 #: Values Ray accepts for ``request_serialization`` / ``response_serialization``.
@@ -214,6 +260,37 @@ _id_counter = itertools.count(1)
 def _new_request_id() -> str:
     """A request id unique across processes (random per process, then a counter)."""
     return f"{_ID_PREFIX}-{next(_id_counter):x}"
+
+
+def _inside_app(app_name: str, request: context.RequestContext) -> bool:
+    """The caller runs in a replica of ``app_name`` (a nested call: never split)."""
+    if request.app_name:
+        return request.app_name == app_name
+    replica = context._local_replica_context.get() or context._replica_context
+    return replica is not None and replica.app_name == app_name
+
+
+def _send_copies(
+    routers: RouterRegistry | LoopRouters,
+    shadows: tuple[TrafficTarget, ...],
+    method: str,
+    meta: tuple[str, ...],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    shard_key: str,
+) -> None:
+    """Fire-and-forget copies of a call to ``shadows`` (on the loop ``routers`` live on)."""
+    send = send_stream_copy if method == "call_stream" else send_copy
+    for shadow in shadows:
+        send(
+            routers.router(shadow.ingress),
+            routers.pool,
+            shadow.app_name,
+            method,
+            (meta, args, kwargs),
+            shard_key,
+            meta[2],
+        )
 
 
 def _has_responses(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -260,11 +337,12 @@ async def _call(
     meta: tuple[str, ...],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    shard_key: str = "",
 ) -> Any:
     args, kwargs = await _resolve(args, kwargs)
     router = routers.router(deployment)
     try:
-        return await router.call("call", meta, args, kwargs, model_id=meta[2])
+        return await router.call("call", meta, args, kwargs, shard_key=shard_key, model_id=meta[2])
     except RemoteCallError as exc:
         user_exc = _user_exception(exc)
         raise user_exc from user_exc.__cause__
@@ -370,11 +448,13 @@ class DeploymentResponseGenerator:
         meta: tuple[str, ...],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        shard_key: str = "",
+        shadows: tuple[TrafficTarget, ...] = (),
     ) -> None:
         self._core = core
         self._queue: asyncio.Queue[Any] | None = None
         self._ready = concurrent.futures.Future[asyncio.Queue[Any]]()
-        self._task = core.submit(self._pump(deployment, meta, args, kwargs))
+        self._task = core.submit(self._pump(deployment, meta, args, kwargs, shard_key, shadows))
         self._done = False
 
     async def _pump(
@@ -383,14 +463,22 @@ class DeploymentResponseGenerator:
         meta: tuple[str, ...],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        shard_key: str,
+        shadows: tuple[TrafficTarget, ...],
     ) -> None:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._queue = queue
         self._ready.set_result(queue)
         try:
             args, kwargs = await _resolve(args, kwargs)
-            router = self._core.registry.router(deployment)
-            async for item in router.stream("call_stream", meta, args, kwargs, model_id=meta[2]):
+            registry = self._core.registry
+            router = registry.router(deployment)
+            stream = router.stream(
+                "call_stream", meta, args, kwargs, shard_key=shard_key, model_id=meta[2]
+            )
+            if shadows:
+                _send_copies(registry, shadows, "call_stream", meta, args, kwargs, shard_key)
+            async for item in stream:
                 queue.put_nowait(item)
         except RemoteCallError as exc:
             queue.put_nowait(_Raise(_user_exception(exc)))

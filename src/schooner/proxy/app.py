@@ -7,6 +7,15 @@ with the request line and headers to a replica of the application's ingress depl
 messages of its response, which are relayed as they come. Every response
 carries ``x-request-id``. WebSocket upgrade requests are routed the same way
 and relayed by :mod:`schooner.proxy.ws_relay`.
+
+Traffic policies (:mod:`schooner.router.traffic`): when the matched route's ingress
+owns a policy, the application that answers is chosen per request (by the
+``X-SERVE-SHARD-KEY`` header when there is one), the request goes to that
+application's ingress router, and the response carries ``x-serve-application``;
+metrics and the access log name the answering application. Shadows get
+fire-and-forget copies (:mod:`schooner.router.shadow`; not for WebSockets). A
+shard key is passed to the ingress router with or without a policy, so it also
+keeps the request on one replica.
 """
 
 from __future__ import annotations
@@ -27,8 +36,10 @@ from schooner.proxy.http_server import Request
 from schooner.proxy.observer import RequestObserver
 from schooner.proxy.ws_relay import WebSocketRelay
 from schooner.router.router import Router
+from schooner.router.shadow import send_stream_copy
+from schooner.router.traffic import CompiledPolicy
 from schooner.rpc.connection import ConnectionLost, RemoteCallError, StreamSink
-from schooner.rpc.messages import ReplicaInfo, Route
+from schooner.rpc.messages import DeploymentID, ReplicaInfo, Route
 
 logger = logging.getLogger("schooner.proxy")
 
@@ -72,6 +83,14 @@ class ProxyApp:
         self._loop = asyncio.get_event_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         core.registry.subscribe("routes", self.update_routes)
+        core.registry.subscribe("traffic", self._traffic_changed)
+
+    def _traffic_changed(self, _snapshot: object) -> None:
+        """Subscribe early to every application a policy may send requests to."""
+        registry = self.core.registry
+        for policy in registry.traffic.values():
+            for target in (*policy.targets, *policy.shadows):
+                registry.router(target.ingress)
 
     def update_routes(self, routes: dict[str, Route] | None) -> None:
         if routes is None:
@@ -133,8 +152,19 @@ class ProxyApp:
                 request_id,
             )
             return
+        registry = self.core.registry
+        shard = request.header(b"x-serve-shard-key")
+        shard_key = shard.decode("latin-1") if shard else ""
+        policy = registry.traffic.get(route.ingress)
+        ingress: DeploymentID = route.ingress
+        app_name = route.app_name
+        app_header: tuple[bytes, bytes] | None = None
+        if policy is not None:
+            target = policy.choose(shard_key)
+            ingress, app_name = target.ingress, target.app_name
+            app_header = (b"x-serve-application", app_name.encode())
         traceparent = observer.begin(
-            request, request_id, route.route_prefix, route.app_name, route.ingress.name
+            request, request_id, route.route_prefix, app_name, ingress.name
         )
         try:
             timeout_s = self._timeout_for(request)
@@ -142,13 +172,16 @@ class ProxyApp:
             _text(request, 400, str(exc).encode(), request_id)
             return
         meta, http_request = self._request_parts(request, route, request_id, traceparent)
-        registry = self.core.registry
-        router = registry.router(route.ingress)
-        replica = router.try_acquire("", meta[2])
+        router = registry.router(ingress)
+        replica = router.try_acquire(shard_key, meta[2])
+        if policy is not None and policy.shadows:
+            self._shadow(policy, meta, http_request, request.body, shard_key)
         if replica is not None:  # fast path: no task, the reply frames are written by callback
             conn = registry.pool.get_nowait(replica.address)
             if conn is not None:
-                responder = _Responder(request, request_id, lambda: router.release(replica))
+                responder = _Responder(
+                    request, request_id, lambda: router.release(replica), app_header
+                )
                 responder.replica = replica
                 req_id = conn.stream_to("http", (meta, http_request, request.body), responder)
 
@@ -167,11 +200,34 @@ class ProxyApp:
                 return
             router.release(replica)
         task = self._loop.create_task(
-            self._forward(request, router, meta, http_request, request_id, timeout_s)
+            self._forward(
+                request, router, meta, http_request, request_id, timeout_s, shard_key, app_header
+            )
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         request.on_disconnect = task.cancel  # type: ignore[assignment]
+
+    def _shadow(
+        self,
+        policy: CompiledPolicy,
+        meta: tuple[str, ...],
+        http_request: tuple[Any, ...],
+        body: bytes,
+        shard_key: str,
+    ) -> None:
+        """Copies for the shadows drawn for this request (only where a slot is free now)."""
+        registry = self.core.registry
+        for shadow in policy.shadow_copies():
+            send_stream_copy(
+                registry.router(shadow.ingress),
+                registry.pool,
+                shadow.app_name,
+                "http",
+                (meta, http_request, body),
+                shard_key,
+                meta[2],
+            )
 
     def handle_websocket(self, request: Request) -> None:
         """Answer a WebSocket upgrade request: route it as :meth:`handle` does, then relay the
@@ -207,10 +263,18 @@ class ProxyApp:
         http_request: tuple[Any, ...],
         request_id: str,
     ) -> None:
-        """Wait for a replica slot (queueing, backpressure), then start relaying."""
-        router = self.core.registry.router(route.ingress)
+        """Wait for a replica slot (queueing, backpressure), then start relaying. A traffic
+        split applies as for HTTP requests (shadows get no copy of a WebSocket)."""
+        registry = self.core.registry
+        shard = request.header(b"x-serve-shard-key")
+        shard_key = shard.decode("latin-1") if shard else ""
+        ingress = route.ingress
+        policy = registry.traffic.get(ingress)
+        if policy is not None:
+            ingress = policy.choose(shard_key).ingress
+        router = registry.router(ingress)
         try:
-            replica, conn = await router.connect(model_id=meta[2])
+            replica, conn = await router.connect(shard_key=shard_key, model_id=meta[2])
         except asyncio.CancelledError:
             logger.info("WebSocket %s: the client left while waiting for a replica", request_id)
             raise
@@ -278,13 +342,15 @@ class ProxyApp:
         http_request: tuple[Any, ...],
         request_id: str,
         timeout_s: float | None = None,
+        shard_key: str = "",
+        app_header: tuple[bytes, bytes] | None = None,
     ) -> None:
         """The slow path: wait for a replica slot (queueing, backpressure), then relay."""
-        responder = _Responder(request, request_id, None)
+        responder = _Responder(request, request_id, None, app_header)
         try:
             async with asyncio.timeout(timeout_s):
                 async for part in router.stream(
-                    "http", meta, http_request, request.body, model_id=meta[2]
+                    "http", meta, http_request, request.body, shard_key=shard_key, model_id=meta[2]
                 ):
                     responder.write(part)
                     if request.started and not request.finished:
@@ -306,19 +372,29 @@ class _Responder(StreamSink):
     """Writes what a replica answers (whole responses or ASGI messages) to the client."""
 
     __slots__ = (
+        "_app_header",
         "_done",
         "_pending_start",
         "_request",
         "_request_id",
-        "_rid_header",
+        "_tail",
         "replica",
         "timer",
     )
 
-    def __init__(self, request: Request, request_id: str, done: Callable[[], None] | None) -> None:
+    def __init__(
+        self,
+        request: Request,
+        request_id: str,
+        done: Callable[[], None] | None,
+        app_header: tuple[bytes, bytes] | None = None,
+    ) -> None:
         self._request = request
         self._request_id = request_id
-        self._rid_header = (b"x-request-id", request_id.encode())
+        rid_header = (b"x-request-id", request_id.encode())
+        #: Headers added to the replica's: the request id (and the answering application).
+        self._tail = (rid_header,) if app_header is None else (rid_header, app_header)
+        self._app_header = app_header
         self._pending_start: dict[str, Any] | None = None
         self._done = done
         #: The request's time limit, if it has one (cancelled when the request ends).
@@ -362,7 +438,8 @@ class _Responder(StreamSink):
         if not request.finished:
             if not request.started:
                 text = f"Request {self._request_id} timed out after {timeout_s:g} s."
-                _text(request, 408, text.encode(), self._request_id)
+                app = [self._app_header] if self._app_header is not None else None
+                _text(request, 408, text.encode(), self._request_id, app)
             else:
                 request.keep_alive = False
                 request.end()
@@ -381,7 +458,7 @@ class _Responder(StreamSink):
         request = self._request
         if type(part) is tuple:  # a whole response from a plain deployment
             status, headers, body = part
-            request.respond(status, [*headers, self._rid_header], body)
+            request.respond(status, [*headers, *self._tail], body)
             return
         for message in part:
             kind = message["type"]
@@ -394,7 +471,7 @@ class _Responder(StreamSink):
             more = message.get("more_body", False)
             start = self._pending_start
             if start is not None:
-                headers = [*_byte_headers(start.get("headers", ())), self._rid_header]
+                headers = [*_byte_headers(start.get("headers", ())), *self._tail]
                 self._pending_start = None
                 if not more:
                     request.respond(start["status"], headers, body)
@@ -411,7 +488,7 @@ class _Responder(StreamSink):
             return
         start = self._pending_start
         if start is not None:
-            headers = [*_byte_headers(start.get("headers", ())), self._rid_header]
+            headers = [*_byte_headers(start.get("headers", ())), *self._tail]
             request.respond(start["status"], headers, b"")
         else:
             request.keep_alive = False
@@ -432,6 +509,8 @@ class _Responder(StreamSink):
             return
         if not request.started:
             extra: list[tuple[bytes, bytes]] = []
+            if self._app_header is not None:
+                extra.append(self._app_header)
             if isinstance(exc, BackPressureError) and exc.retry_after_s is not None:
                 extra.append((b"retry-after", b"%d" % math.ceil(exc.retry_after_s)))
             _text(request, status, text.encode(), request_id, extra)

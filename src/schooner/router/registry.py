@@ -1,7 +1,9 @@
 """Per-process registry of routers, fed by a long-poll subscription to the controller.
 
 The controller publishes versioned snapshots under string keys (a deployment's
-replica set under ``DeploymentID.key``, the route table under ``"routes"``).
+replica set under ``DeploymentID.key``, the route table under ``"routes"``, the
+traffic policies under ``"traffic"``: every registry subscribes to those at once and
+keeps them compiled in :attr:`RouterRegistry.traffic`).
 The registry keeps one ``listen`` call open on the controller with the
 versions it knows; the call returns when any of them changes. When a new key
 is needed the open call is cancelled and re-issued with the larger key set.
@@ -19,6 +21,7 @@ from typing import Any
 from schooner.router.demand import DemandReporter
 from schooner.router.pool import ConnectionPool
 from schooner.router.router import Router
+from schooner.router.traffic import CompiledPolicy, compile_policies
 from schooner.rpc.connection import Connection, ConnectionLost
 from schooner.rpc.messages import DeploymentID
 from schooner.telemetry import catalog, recorder, reporter
@@ -27,6 +30,8 @@ logger = logging.getLogger("schooner.router")
 
 #: How long one long-poll call may stay open before it is re-issued.
 LISTEN_TIMEOUT_S = 30.0
+#: Long-poll key of the traffic policies (the controller's ``TRAFFIC_KEY``).
+TRAFFIC_KEY = "traffic"
 
 
 class RouterRegistry:
@@ -46,6 +51,15 @@ class RouterRegistry:
         #: Routers of this process on other event loops (their demand is reported too).
         self._loop_routers: weakref.WeakSet[LoopRouters] = weakref.WeakSet()
         self.demand = DemandReporter(lambda: self._controller, self._all_routers)
+        #: ``{owner's ingress: compiled policy}``; replaced whole on each change (never
+        #: mutated), so routers on other threads may read it without a lock.
+        self.traffic: dict[DeploymentID, CompiledPolicy] = {}
+        self.subscribe(TRAFFIC_KEY, self._update_traffic)
+
+    def _update_traffic(self, snapshot: Any) -> None:
+        self.traffic = compile_policies(
+            snapshot if isinstance(snapshot, dict) else None, self.traffic
+        )
 
     def _all_routers(self) -> Iterator[Router]:
         yield from list(self._routers.values())
@@ -191,6 +205,11 @@ class LoopRouters:
         self.pool = ConnectionPool()
         self.routers: dict[DeploymentID, Router] = {}
         registry_loop.call_soon_threadsafe(registry.add_loop_routers, self)
+
+    @property
+    def traffic(self) -> dict[DeploymentID, CompiledPolicy]:
+        """The registry's traffic policies (a dict replaced whole, safe to read here)."""
+        return self._registry.traffic
 
     def _on_demand(self, cold: bool) -> None:
         if not self._registry_loop.is_closed():

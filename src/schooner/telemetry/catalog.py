@@ -233,6 +233,13 @@ AUTOSCALING_TARGET_ONGOING = Spec(
     "The deployment's target_ongoing_requests.",
     _DEP_APP,
 )
+SHADOW_REQUESTS = Spec(
+    "schooner_shadow_requests",
+    COUNTER,
+    "Copies of requests for shadow applications, by shadow application and outcome: "
+    "sent, dropped (no free slot at once) or failed.",
+    ("application", "outcome"),
+)
 AUTOSCALING_DECISIONS = Spec(
     "schooner_autoscaling_decisions",
     COUNTER,
