@@ -15,7 +15,6 @@ import textwrap
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ import pytest
 from detached import Detached
 from helpers import wait_for
 
-VERSIONS = '''
+VERSIONS = """
 from starlette.responses import PlainTextResponse
 
 import schooner as serve
@@ -48,7 +47,7 @@ v1 = Version.bind("v1")
 v2 = Version.bind("v2")
 bad = Version.bind("bad", 500)
 raises = Raising.bind()
-'''
+"""
 
 APPS = [
     ("app", "/", "v1"),
