@@ -50,9 +50,11 @@ _EXPORTS = {
     "get_multiplexed_model_id": "schooner.multiplex",
     "get_replica_context": "schooner.context",
     "get_trace_context": "schooner.tracing",
+    "get_rollout": "schooner.rollout",
     "get_traffic": "schooner.traffic",
     "ingress": "schooner.ingress",
     "multiplexed": "schooner.multiplex",
+    "rollout": "schooner.rollout",
     "run": "schooner.api",
     "run_many": "schooner.api",
     "set_traffic": "schooner.traffic",
@@ -98,10 +100,12 @@ __all__ = [
     "get_deployment_handle",
     "get_multiplexed_model_id",
     "get_replica_context",
+    "get_rollout",
     "get_trace_context",
     "get_traffic",
     "ingress",
     "multiplexed",
+    "rollout",
     "run",
     "run_many",
     "set_traffic",
@@ -183,5 +187,6 @@ if TYPE_CHECKING:
     from schooner.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
     from schooner.ingress import ingress
     from schooner.multiplex import get_multiplexed_model_id, multiplexed
+    from schooner.rollout import get_rollout, rollout
     from schooner.tracing import get_trace_context
     from schooner.traffic import get_traffic, set_traffic, shadow_traffic

@@ -101,6 +101,22 @@ class FakeBackend:
             raise self.logs_error
         return [f"INFO replica {replica_id} - hello"]
 
+    async def start_rollout(self, app: str, body: Any) -> dict[str, Any]:
+        self.calls.append(("start_rollout", app, body))
+        if body.get("to") == "nope":
+            raise ServeConfigError("rollout of application 'app': there is no application 'nope'")
+        return {"app": app, "state": "RUNNING"}
+
+    def rollout_status(self, app: str) -> dict[str, Any] | None:
+        self.calls.append(("rollout_status", app))
+        return {"app": app, "state": "RUNNING"} if app == "app" else None
+
+    async def rollout_control(self, app: str, action: str) -> dict[str, Any]:
+        self.calls.append(("rollout_control", app, action))
+        if app != "app":
+            raise ServeConfigError(f"There is no rollout of application '{app}'.")
+        return {"app": app, "state": "PAUSED"}
+
 
 class Running:
     """An AdminServer on 127.0.0.1:<free port>, served by an event loop in a thread."""
@@ -527,3 +543,34 @@ def test_metrics_port_serves_metrics_alone_without_token(backend: FakeBackend) -
             assert client.post("/metrics").status_code == 405
     finally:
         running.stop()
+
+
+ROLLOUTS = "/api/schooner/rollouts/"
+
+
+def test_rollout_routes(client: httpx.Client, backend: FakeBackend) -> None:
+    assert_json(client.get(ROLLOUTS + "app"), 200, {"app": "app", "state": "RUNNING"})
+    missing = {"error": "Application 'other' has had no rollout."}
+    assert_json(client.get(ROLLOUTS + "other"), 404, missing)
+    response = client.post(ROLLOUTS + "my%20app", json={"to": "v2", "steps": [50, 100]})
+    assert_json(response, 200, {"app": "my app", "state": "RUNNING"})
+    assert_json(client.post(ROLLOUTS + "app/pause"), 200, {"app": "app", "state": "PAUSED"})
+    assert backend.calls == [
+        ("rollout_status", "app"),
+        ("rollout_status", "other"),
+        ("start_rollout", "my app", {"to": "v2", "steps": [50, 100]}),
+        ("rollout_control", "app", "pause"),
+    ]
+
+
+def test_rollout_errors_are_400_with_the_message(client: httpx.Client) -> None:
+    response = client.post(ROLLOUTS + "app", json={"to": "nope"})
+    assert_json(
+        response, 400, {"error": "rollout of application 'app': there is no application 'nope'"}
+    )
+    response = client.post(ROLLOUTS + "other/abort")
+    assert_json(response, 400, {"error": "There is no rollout of application 'other'."})
+    response = client.post(ROLLOUTS + "app", content=b"{not json")
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+    assert client.post(ROLLOUTS + "app/restart").status_code == 404
+    assert client.delete(ROLLOUTS + "app").status_code == 405

@@ -51,7 +51,7 @@ IMPLEMENTED_RAY_SERVE_NAMES = {
     "status",
 }
 #: Schooner's own additions to the top level (what Ray Serve 1.x had and 2.x dropped).
-SCHOONER_NAMES = {"get_traffic", "set_traffic", "shadow_traffic"}
+SCHOONER_NAMES = {"get_rollout", "get_traffic", "rollout", "set_traffic", "shadow_traffic"}
 
 #: Ray 2.60's ``ray.serve.__all__`` (python/ray/serve/__init__.py at the 2.60.0 tag).
 RAY_2_60_ALL = {

@@ -21,6 +21,9 @@ GET     /api/schooner/controller/logs?lines=N                the controller's re
 GET     /api/schooner/replicas/{replica_id}/logs?lines=N     a replica's recent lines
 GET     /api/schooner/traffic/{app}                          its traffic policy and rates
 PUT     /api/schooner/traffic/{app}                          replace its traffic policy
+GET     /api/schooner/rollouts/{app}                         the app's latest rollout (404: none)
+POST    /api/schooner/rollouts/{app}                         start one: ``{"to": ..., options}``
+POST    /api/schooner/rollouts/{app}/pause|resume|abort      control it
 ======  ===================================================  ===============================
 
 ``GET /api/serve/applications/?include=traffic`` adds each application's traffic
@@ -105,6 +108,7 @@ _PROBE_BODIES = {
 _SCALE_PATH = re.compile(rb"/api/v1/applications/([^/]+)/deployments/([^/]+)/scale")
 _REPLICA_LOGS_PATH = re.compile(rb"/api/schooner/replicas/([^/]+)/logs")
 _TRAFFIC_PATH = re.compile(rb"/api/schooner/traffic/([^/]+)")
+_ROLLOUT_PATH = re.compile(rb"/api/schooner/rollouts/([^/]+)(?:/(pause|resume|abort))?")
 _PUBLIC_PATHS = ("/api/authentication_mode",)
 _SCALE_ACCEPTED = {
     "message": "Scaling request received. Deployment will get scaled asynchronously."
@@ -212,6 +216,20 @@ class AdminBackend(Protocol):
     async def replica_logs(self, replica_id: str, limit: int) -> list[str]:
         """A replica's last ``limit`` log lines, asked of the replica itself; raises
         ReplicaNotFound, ReplicaLogsUnavailable, or TimeoutError when it does not answer."""
+        ...
+
+    async def start_rollout(self, app: str, body: Any) -> dict[str, Any]:
+        """Start a rollout of ``app`` (body: ``{"to": ..., options}``); its status as
+        data. Raises ServeConfigError (answered 400) if it cannot start."""
+        ...
+
+    def rollout_status(self, app: str) -> dict[str, Any] | None:
+        """The latest rollout of ``app`` as data, None if it never had one."""
+        ...
+
+    async def rollout_control(self, app: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort`` the rollout of ``app``; ServeConfigError (400)
+        if there is none or it has ended."""
         ...
 
 
@@ -395,6 +413,17 @@ class AdminServer:
             return {
                 "GET": lambda exchange: self._get_traffic(exchange, app),
                 "PUT": lambda exchange: self._put_traffic(exchange, app),
+            }
+        match = _ROLLOUT_PATH.fullmatch(raw_path)
+        if match is not None:
+            app = _decode_segment(match.group(1))
+            action = match.group(2)
+            if action is not None:
+                name = action.decode()
+                return {"POST": lambda exchange: self._post_rollout_control(exchange, app, name)}
+            return {
+                "GET": lambda exchange: self._get_rollout(exchange, app),
+                "POST": lambda exchange: self._post_rollout(exchange, app),
             }
         return None
 
@@ -609,6 +638,36 @@ class AdminServer:
             exchange.failed()
         else:
             exchange.json(200, {"replica_id": replica_id, "lines": lines})
+
+    def _get_rollout(self, exchange: _Exchange, app: str) -> None:
+        status = self.backend.rollout_status(app)
+        if status is None:
+            exchange.json(404, {"error": f"Application '{app}' has had no rollout."})
+        else:
+            exchange.json(200, status)
+
+    def _post_rollout(self, exchange: _Exchange, app: str) -> None:
+        try:
+            body = json.loads(exchange.request.body or b"{}")
+        except ValueError as exc:
+            exchange.json(400, {"error": f"The request body is not valid JSON: {exc}"})
+            return
+        self._spawn(self._answer_rollout(exchange, self.backend.start_rollout(app, body)))
+
+    def _post_rollout_control(self, exchange: _Exchange, app: str, action: str) -> None:
+        self._spawn(self._answer_rollout(exchange, self.backend.rollout_control(app, action)))
+
+    async def _answer_rollout(
+        self, exchange: _Exchange, pending: Awaitable[dict[str, Any]]
+    ) -> None:
+        try:
+            status = await pending
+        except ServeConfigError as exc:
+            exchange.json(400, {"error": str(exc)})
+        except Exception:
+            exchange.failed()
+        else:
+            exchange.json(200, status)
 
     async def _shutdown(self) -> None:
         # The answer is with the transport; give it time to reach the client

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from schooner.exceptions import RayServeException
 
@@ -65,6 +66,45 @@ def _add_resources(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resources", default=None, help="custom resources as JSON, e.g. '{\"TPU\": 4}'"
     )
+
+
+def _add_rollout(sub: Any) -> None:
+    """``schooner rollout`` (see :mod:`schooner.cli.rollout_cmd`)."""
+    p = sub.add_parser(
+        "rollout",
+        help="Move an application's traffic to another one step by step, with checks.",
+        description="Move APP's traffic to the application --to in steps; after each "
+        "--interval the new application's error rate and p99 latency are compared with "
+        "the limits, and all traffic goes back to the old version at once if one is "
+        "exceeded. Follows the rollout until it ends unless --detach is given (Ctrl-C "
+        "stops following, not the rollout). Exit code 0: SUCCEEDED; 1: ROLLED_BACK or "
+        "ABORTED.",
+    )
+    p.add_argument("app", metavar="APP", help="the application callers use (its route)")
+    p.add_argument("--to", default=None, metavar="NEW_APP", help="the application to roll out")
+    p.add_argument(
+        "--steps", default="5,25,50,100", help="the new application's share in percent, in order"
+    )
+    p.add_argument(
+        "--interval", default="30s", help="time per step before its check (30s, 2m, 500ms)"
+    )
+    p.add_argument("--max-error-rate", type=str, default=None, help="e.g. 0.01 (1%% of requests)")
+    p.add_argument("--max-p99-ms", type=str, default=None, help="p99 latency limit in ms")
+    p.add_argument(
+        "--min-requests",
+        type=str,
+        default="10",
+        help="requests the new application must get in a step before it is judged (default 10)",
+    )
+    p.add_argument("--retire", action="store_true", help="scale the old application to 0 when done")
+    p.add_argument("--detach", action="store_true", help="start it and return at once")
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true", help="print where the rollout stands")
+    action.add_argument("--pause", action="store_true", help="freeze the current weight")
+    action.add_argument("--resume", action="store_true", help="go on after --pause")
+    action.add_argument("--abort", action="store_true", help="put all traffic back on the old app")
+    _add_address(p)
+    p.set_defaults(handler="schooner.cli.rollout_cmd:cmd_rollout")
 
 
 def resolve_handler(target: str) -> Callable[[argparse.Namespace], int]:
@@ -215,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     from schooner.cli import traffic_cmd
 
     traffic_cmd.add_parser(sub, _add_address)
+    _add_rollout(sub)
     return parser
 
 

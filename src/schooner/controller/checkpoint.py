@@ -85,6 +85,8 @@ class AppCheckpoint:
     build_error: str | None
     config_warnings: list[str]
     deployments: list[DeploymentCheckpoint]
+    #: Why a rollout retired it (see ApplicationState.retired); None if it was not.
+    retired: str | None = None
 
 
 @dataclass
@@ -98,6 +100,8 @@ class InstanceCheckpoint:
     app_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Traffic splits and shadows per owner application (see controller.traffic).
     traffic: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The latest rollout of each application (see controller.rollout), wall-clock times.
+    rollouts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -147,6 +151,7 @@ def snapshot(
             building=app.building,
             build_error=app.build_error,
             config_warnings=list(app.config_warnings),
+            retired=app.retired,
             deployments=[
                 DeploymentCheckpoint(
                     name=name,
@@ -191,6 +196,7 @@ def snapshot(
         document=document.model_dump(mode="json", exclude_unset=True) if document else None,
         app_configs=dict(declarative.app_configs) if declarative is not None else {},
         traffic=controller.traffic.to_checkpoint(),
+        rollouts=controller.rollouts.to_checkpoint(),
     )
 
 
@@ -387,9 +393,11 @@ def restore(
         app.deleting = app_cp.deleting
         app.build_error = app_cp.build_error
         app.config_warnings = list(app_cp.config_warnings)
+        app.retired = getattr(app_cp, "retired", None)
         app.update_status()
         controller.apps[app.name] = app
     controller.traffic.restore(getattr(state, "traffic", {}))
+    controller.rollouts.restore(getattr(state, "rollouts", {}))
     if declarative is not None and state.document is not None:
         declarative.restore(state.document, state.app_configs)
     logger.info(

@@ -37,6 +37,7 @@ from schooner.controller.demand import DemandStore
 from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
 from schooner.controller.ranks import Rank, deliver_rank, sync_ranks
+from schooner.controller.rollout import RolloutManager
 from schooner.controller.snapshots import replica_set, route_table
 from schooner.controller.spares import Spare, Spares
 from schooner.controller.state import (
@@ -151,6 +152,9 @@ class Controller:
         self._sweep_at: float | None = None
         #: Traffic splits and shadows per application (published to every router).
         self.traffic = TrafficManager()
+        #: Rollouts moving an application's traffic step by step (the head sets its
+        #: ``sample`` to read the reported metrics).
+        self.rollouts = RolloutManager(self.apps, self.traffic, wall_clock, scale=self.scale)
         self.long_poll.publish("routes", {})
         self.long_poll.publish(TRAFFIC_KEY, {})
 
@@ -192,7 +196,7 @@ class Controller:
                 logger.exception("cluster backend tick failed")
         for app in list(self.apps.values()):
             try:
-                for change in self.autoscaler.decide(app):
+                for change in self.autoscaler.decide(app) if app.retired is None else ():
                     self._autoscale(change)
             except Exception:
                 logger.exception("autoscaling application %s failed", app.name)
@@ -205,6 +209,10 @@ class Controller:
             app.update_status()
             if app.deleting and not app.deployments:
                 del self.apps[app.name]
+        try:
+            self.rollouts.tick()  # may change splits: before they are published
+        except Exception:
+            logger.exception("checking rollouts failed")
         self.publish()
         self._sweep_strays()
         for callback in self.after_tick:
@@ -757,6 +765,7 @@ class Controller:
             for name, state in existing.deployments.items():
                 if name not in names:
                     state.deleting = True
+            self.rollouts.app_deployed(spec.name)
         self.apps[spec.name].update_status()
         self.wake()
 
@@ -802,6 +811,7 @@ class Controller:
         for dep in app.deployments.values():
             dep.deleting = True
         self.traffic.app_deleted(name)
+        self.rollouts.app_deleted(name)
         self.publish()  # callers stop sending it split or shadow traffic at once
         self.wake()
         return True

@@ -38,12 +38,14 @@ from schooner.admin.server import (
 )
 from schooner.checkpoint import CheckpointStore, open_store
 from schooner.controller import checkpoint, ownership
+from schooner.controller.app_stats import AppSample, sample_app
 from schooner.controller.controller import Controller
 from schooner.controller.declarative import DeclarativeConfig
 from schooner.controller.details import app_info, instance_details, serve_status
 from schooner.controller.metrics import controller_series
+from schooner.controller.rollout import RolloutOptions
 from schooner.controller.traffic_config import RecentRates, policy_from_body
-from schooner.exceptions import RayServeException
+from schooner.exceptions import RayServeException, ServeConfigError
 from schooner.logs import recent_lines, setup_process_logging
 from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError, serve_unix
 from schooner.rpc.messages import AppSpec
@@ -136,6 +138,11 @@ class Head:
         self.metrics = MetricsStore(session.root.name, local=reporter.identity())
         #: Recent readings of each application's counts (``schooner traffic``'s rates).
         self.rates = RecentRates(self.metrics.snapshots)
+        rollouts = self.controller.rollouts
+        rollouts.sample = self.sample_app
+        rollouts.metrics_enabled = recorder.ENABLED
+        # After a restart, a step's baseline waits until every process has reported again.
+        rollouts.settle_s = 2 * reporter.INTERVAL_S + 0.5
         self.metrics_server: AdminServer | None = None
         self.metrics_url: str | None = None
         self.checkpoints: checkpoint.Checkpointer | None = None
@@ -151,6 +158,12 @@ class Head:
         #: ``schooner shutdown`` / ``serve.shutdown()``: the checkpoint is cleared too. A stop
         #: by signal keeps it, so a restart with the same checkpoint path recovers.
         self.explicit_stop = False
+
+    def sample_app(self, name: str) -> AppSample:
+        """Application ``name``'s cumulative request counts now, from the reported metrics."""
+        app = self.controller.apps.get(name)
+        ingress = app.spec.ingress if app is not None else ""
+        return sample_app(self.metrics.snapshots(), name, ingress, self.controller.wall_clock())
 
     # -- checkpoints --------------------------------------------------------
     def open_checkpoints(self) -> CheckpointStore:
@@ -421,6 +434,20 @@ class Head:
         if self.checkpoints is not None:
             await self.checkpoints.flush()
 
+    async def start_rollout(self, app: str, to: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Start a rollout (see :mod:`schooner.controller.rollout`); its status as data."""
+        status = self.controller.rollouts.start(app, to, RolloutOptions.parse(options))
+        self.controller.publish()
+        await self.flush()
+        return status.to_dict()
+
+    async def rollout_control(self, app: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort`` the rollout of ``app``; its status as data."""
+        status = self.controller.rollouts.control(app, action)
+        self.controller.publish()
+        await self.flush()
+        return status.to_dict()
+
 
 class AdminAPI:
     """What the admin REST API asks of the head (see :mod:`schooner.admin.server`)."""
@@ -481,6 +508,24 @@ class AdminAPI:
                 "external_scaler_enabled: true for it in the config."
             )
         self.head.controller.scale(dep, target_num_replicas)
+
+    async def start_rollout(self, app: str, body: Any) -> dict[str, Any]:
+        """``POST /api/schooner/rollouts/{app}``: body ``{"to": ..., options}``."""
+        if not isinstance(body, dict) or not isinstance(body.get("to"), str):
+            raise ServeConfigError(
+                'The body must be a JSON object with "to" (the application to roll out to) '
+                'and optional "steps", "interval_s", "max_error_rate", "max_p99_ms", '
+                '"min_requests", "retire".'
+            )
+        options = {k: v for k, v in body.items() if k != "to"}
+        return await self.head.start_rollout(app, body["to"], options)
+
+    def rollout_status(self, app: str) -> dict[str, Any] | None:
+        status = self.head.controller.rollouts.status(app)
+        return status.to_dict() if status is not None else None
+
+    async def rollout_control(self, app: str, action: str) -> dict[str, Any]:
+        return await self.head.rollout_control(app, action)
 
     def version_info(self) -> dict[str, str]:
         from importlib.metadata import version
@@ -595,6 +640,22 @@ class ControllerSession:
 
     def rpc_get_traffic(self, app_name: str) -> dict[str, Any]:
         return self.controller.traffic.describe(app_name)
+
+    async def rpc_start_rollout(
+        self, app_name: str, to: str, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Start a rollout of ``app_name`` to ``to``; returns its status (as data)."""
+        return await self.head.start_rollout(app_name, to, options)
+
+    async def rpc_rollout_status(self, app_name: str) -> dict[str, Any] | None:
+        """The latest rollout of ``app_name`` (None if it never had one)."""
+        status = self.controller.rollouts.status(app_name)
+        await self.head.flush()
+        return status.to_dict() if status is not None else None
+
+    async def rpc_rollout_control(self, app_name: str, action: str) -> dict[str, Any]:
+        """``pause``, ``resume`` or ``abort`` the rollout of ``app_name``."""
+        return await self.head.rollout_control(app_name, action)
 
     def rpc_app_names(self) -> list[str]:
         return [n for n, a in self.controller.apps.items() if not a.deleting]

@@ -269,6 +269,9 @@ class ApplicationState:
     build_error: str | None = None
     #: Keys of its config entry that nothing reads (likely typos); shown in the message.
     config_warnings: list[str] = field(default_factory=list)
+    #: Set when a rollout retired it (its deployments were scaled to 0): says so in the
+    #: message; the autoscaler leaves it alone until it is redeployed.
+    retired: str | None = None
 
     @property
     def name(self) -> str:
@@ -279,6 +282,8 @@ class ApplicationState:
 
         Config warnings (unknown keys) are appended to the message."""
         self._derive_status()
+        if self.retired is not None and not self.deleting:
+            self.message = f"{self.message}\n{self.retired}" if self.message else self.retired
         if self.config_warnings and not self.deleting:
             note = "Config warnings: " + "; ".join(self.config_warnings)
             self.message = f"{self.message}\n{note}" if self.message else note
