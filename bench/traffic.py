@@ -17,10 +17,16 @@ replica processes where (a) and (c) have one, and hello world at one replica is 
 replica-bound: (b) and (d) come out *faster* than plain. The like-for-like overhead
 comparisons are (c) vs (a) (same replica, shard key added) and (d) vs (b) (same two
 replicas, shard key added). On a shared 2-core machine run-to-run noise is ~10%.
+
+The direct measure of what the choice costs is the proxy's own CPU time per request
+(from ``/proc/<pid>/stat``, which does not depend on how many replicas answer):
+recorded per variant as ``proxy us/request``, and its difference from plain.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import statistics
 import subprocess
@@ -28,6 +34,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from pathlib import Path
 
 from bench.context import Context, log
 from bench.detached import Detached, running_instance
@@ -109,6 +116,21 @@ def _wait_policy(port: int, with_policy: bool) -> None:
     raise RuntimeError("the proxy did not pick up the traffic policy")
 
 
+def _proxy_pids(inst: Detached) -> list[int]:
+    with urllib.request.urlopen(inst.admin + "/api/serve/applications/", timeout=10) as r:
+        proxies = json.load(r).get("proxies") or {}
+    return [int(p["worker_id"]) for p in proxies.values() if str(p.get("worker_id", "")).isdigit()]
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _config() -> dict[str, object]:
     apps = [("main", "/"), ("twin", None), ("shadow", None)]
     return {
@@ -143,6 +165,8 @@ def _measure(ctx: Context, inst: Detached) -> None:
         for _ in range(SHARD_KEYS)
     ]
     results: dict[str, list[LoadResult]] = {label: [] for label, _, _ in VARIANTS}
+    proxy_us: dict[str, list[float]] = {label: [] for label, _, _ in VARIANTS}
+    proxies = _proxy_pids(inst)
     copies: list[tuple[int, int]] = []  # (requests answered, copies the shadow received)
     current = ""
     for label, policy, keyed in [*VARIANTS, *reversed(VARIANTS)]:
@@ -154,7 +178,10 @@ def _measure(ctx: Context, inst: Detached) -> None:
         ctx.quiet(f"{SCENARIO} {label}")
         run_pool(port, CONNECTIONS, opts.warmup_s, pool, opts.loadgen)
         before = int(_control(inst, "count")) if policy == "shadow" else 0
+        cpu_before = _cpu_s(proxies)
         result = run_pool(port, CONNECTIONS, opts.duration_s, pool, opts.loadgen)
+        if result.requests:
+            proxy_us[label].append((_cpu_s(proxies) - cpu_before) / result.requests * 1e6)
         if policy == "shadow":
             copies.append((result.requests, int(_control(inst, "count")) - before))
         results[label].append(result)
@@ -164,6 +191,7 @@ def _measure(ctx: Context, inst: Detached) -> None:
         )
     _control(inst, "plain")
     plain = statistics.mean(r.requests_per_s for r in results["plain"])
+    plain_us = statistics.mean(proxy_us["plain"]) if proxy_us["plain"] else 0.0
     for label, _, _ in VARIANTS:
         runs = results[label]
         rps = statistics.mean(r.requests_per_s for r in runs)
@@ -172,6 +200,15 @@ def _measure(ctx: Context, inst: Detached) -> None:
         p50 = statistics.mean(r.p50_ms for r in runs)
         ctx.record(SCENARIO, f"p50 ms {label} @32c", SCHOONER, p50, "ms", False)
         ctx.record(SCENARIO, f"{label} / plain", SCHOONER, rps / plain, "x", True)
+        if proxy_us[label]:
+            us = statistics.mean(proxy_us[label])
+            ctx.record(SCENARIO, f"proxy us/request {label}", SCHOONER, us, "us", False)
+            if label != "plain":
+                extra = us - plain_us
+                ctx.record(
+                    SCENARIO, f"proxy us/request {label} - plain", SCHOONER, extra, "us", False
+                )
+            log(f"[{SCENARIO}] {label}: proxy CPU {us:.1f} us/request (plain {plain_us:.1f})")
         errors = sum(r.errors for r in runs)
         if errors:
             ctx.warn(f"{SCENARIO} {label}: {errors} failed requests")

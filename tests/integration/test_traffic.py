@@ -84,8 +84,14 @@ def apps(_module_instances: Any, request: pytest.FixtureRequest) -> Iterator[htt
     )
     yield client
     client.close()
-    for name in list(serve.status().applications):
-        serve.delete(name)
+    names = list(serve.status().applications)
+    for name in names:  # all at once: each drains its replicas (the slow shadow's for 2 s)
+        serve.delete(name, _blocking=False)
+    wait_for(
+        lambda: not set(names) & set(serve.status().applications),
+        timeout_s=60,
+        message="the module's applications deleted",
+    )
 
 
 @pytest.fixture

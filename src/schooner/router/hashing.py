@@ -14,6 +14,7 @@ only the keys that must move to or from that target.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Sequence
@@ -24,8 +25,10 @@ _MASK = (1 << 64) - 1
 _TWO_64 = float(1 << 64)
 
 
+@functools.lru_cache(maxsize=8192)
 def key_hash(key: str) -> int:
-    """A 64-bit hash of ``key``, the same in every process and on every machine."""
+    """A 64-bit hash of ``key``, the same in every process and on every machine (the
+    recent keys' hashes are kept: a shard key is hashed for the app and the replica)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
