@@ -18,8 +18,8 @@ from schooner.admin.server import (
     ReplicaLogsUnavailable,
     ReplicaNotFound,
 )
-from schooner.controller import head as head_module
-from schooner.controller.head import AdminAPI
+from schooner.controller import head_api as head_module
+from schooner.controller.head_api import AdminAPI
 from schooner.rpc.connection import ConnectionLost
 from schooner.schema import ReplicaState
 
