@@ -72,6 +72,12 @@ class Chat:
             else:
                 await websocket.send_text("echo: " + text)
 
+    @app.websocket("/whoami")
+    async def whoami(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text(serve.get_replica_context().app_name)
+        await websocket.close()
+
     @app.websocket("/reject")
     async def reject(self, websocket: WebSocket) -> None:
         await websocket.close()  # before accept: the client gets 403
@@ -301,3 +307,55 @@ class _Plateau:
             self.value, self.since = value, now
             return False
         return value > 0 and now - self.since >= self.still_for_s
+
+
+def test_a_traffic_split_applies_to_websockets_and_the_handshake_names_the_app(
+    chat: Any,
+) -> None:
+    """A split over two apps chooses per connection; a shard key pins it; the 101 answer
+    (and a refusal) says which app was chosen, as HTTP answers do."""
+    serve.run(Chat.bind(), name="chat_canary", route_prefix=None)
+    serve.set_traffic("chat", {"chat": 0.5, "chat_canary": 0.5})
+
+    async def whoami(key: str) -> tuple[str, str]:
+        headers = {"x-serve-shard-key": key}
+        async with connect(ws_url(chat, "/chat/whoami"), additional_headers=headers) as client:
+            assert client.response is not None
+            said = await client.recv()
+            assert isinstance(said, str)
+            return client.response.headers["x-serve-application"], said
+
+    async def split_applied() -> bool:
+        try:
+            await whoami("probe")
+        except KeyError:  # no header yet: the proxy does not have the policy
+            return False
+        return True
+
+    async def body() -> None:
+        deadline = time.monotonic() + 10
+        while not await split_applied():
+            assert time.monotonic() < deadline, "the proxy never got the split"
+            await asyncio.sleep(0.1)
+        chosen: dict[str, set[tuple[str, str]]] = {}
+        for _ in range(2):
+            for i in range(20):
+                chosen.setdefault(f"user-{i}", set()).add(await whoami(f"user-{i}"))
+        assert all(len(answers) == 1 for answers in chosen.values()), chosen
+        answers = [next(iter(a)) for a in chosen.values()]
+        assert all(header == app for header, app in answers)
+        assert {app for _, app in answers} == {"chat", "chat_canary"}
+        # A refused handshake names the chosen app too.
+        key = next(k for k, a in chosen.items() if next(iter(a))[1] == "chat_canary")
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(
+                ws_url(chat, "/chat/reject"), additional_headers={"x-serve-shard-key": key}
+            ):
+                pass
+        assert refused.value.response.status_code == 403
+        assert refused.value.response.headers["x-serve-application"] == "chat_canary"
+
+    try:
+        run(body)
+    finally:
+        serve.set_traffic("chat", None)

@@ -270,8 +270,11 @@ class ProxyApp:
         shard_key = shard.decode("latin-1") if shard else ""
         ingress = route.ingress
         policy = registry.traffic.get(ingress)
+        app_header: tuple[bytes, bytes] | None = None
         if policy is not None:
-            ingress = policy.choose(shard_key).ingress
+            target = policy.choose(shard_key)
+            ingress = target.ingress
+            app_header = (b"x-serve-application", target.app_name.encode())
         router = registry.router(ingress)
         try:
             replica, conn = await router.connect(shard_key=shard_key, model_id=meta[2])
@@ -279,9 +282,11 @@ class ProxyApp:
             logger.info("WebSocket %s: the client left while waiting for a replica", request_id)
             raise
         except Exception as exc:
-            _Responder(request, request_id, None).fail(exc)
+            _Responder(request, request_id, None, app_header).fail(exc)
             return
-        relay = WebSocketRelay(request, request_id, conn, lambda: router.release(replica))
+        relay = WebSocketRelay(
+            request, request_id, conn, lambda: router.release(replica), app_header=app_header
+        )
         relay.start(meta, http_request)
 
     def _timeout_for(self, request: Request) -> float | None:

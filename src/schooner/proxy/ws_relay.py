@@ -54,10 +54,15 @@ class WebSocketRelay(StreamSink):
         conn: Connection,
         release: Callable[[], None],
         *,
+        app_header: tuple[bytes, bytes] | None = None,
         max_message_bytes: int = ws.DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._request = request
         self._request_id = request_id
+        # Every answer to the handshake names the application a traffic split chose.
+        self._own_headers = [(b"x-request-id", request_id.encode())]
+        if app_header is not None:
+            self._own_headers.append(app_header)
         self._conn = conn
         self._release: Callable[[], None] | None = release
         self._max_message_bytes = max_message_bytes
@@ -158,10 +163,9 @@ class WebSocketRelay(StreamSink):
             b"HTTP/1.1 101 Switching Protocols\r\n"
             b"upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ",
             ws.accept_key(key),
-            b"\r\nx-request-id: ",
-            self._request_id.encode(),
             b"\r\n",
         ]
+        head.extend(name + b": " + value + b"\r\n" for name, value in self._own_headers)
         subprotocol = message.get("subprotocol")
         if subprotocol:
             head.append(b"sec-websocket-protocol: " + str(subprotocol).encode() + b"\r\n")
@@ -182,7 +186,7 @@ class WebSocketRelay(StreamSink):
 
     def _refuse(self, status: int, text: str) -> None:
         request = self._request
-        headers = [(b"x-request-id", self._request_id.encode())]
+        headers = list(self._own_headers)
         if text:
             headers.append((b"content-type", b"text/plain; charset=utf-8"))
         request.respond(status, headers, text.encode())
@@ -193,7 +197,7 @@ class WebSocketRelay(StreamSink):
         if start is None or self._request.finished:
             return
         headers = [(bytes(k), bytes(v)) for k, v in start.get("headers", ())]
-        headers.append((b"x-request-id", self._request_id.encode()))
+        headers.extend(self._own_headers)
         self._request.respond(int(start["status"]), headers, b"".join(self._denial_body))
 
     # -- from the client (ws_connection.Listener) ------------------------------------------
