@@ -230,8 +230,15 @@ DETAILS: dict[str, Any] = {
 
 
 class FakeBackend:
-    def details(self, api_type: str | None) -> dict[str, Any]:
-        return DETAILS
+    def __init__(self, details: dict[str, Any]) -> None:
+        self.shown = details
+        self.included: set[frozenset[str]] = set()
+
+    def details(
+        self, api_type: str | None, include: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        self.included.add(include)
+        return self.shown
 
     def controller_logs(self, limit: int) -> list[str]:
         return []
@@ -240,9 +247,10 @@ class FakeBackend:
 class AdminAlone:
     """An AdminServer with a fake backend, on its own event loop in a thread."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, token: str | None, details: dict[str, Any] = DETAILS) -> None:
         self.loop = new_event_loop()
-        self.server = AdminServer(FakeBackend(), token=token)  # type: ignore[arg-type]
+        self.backend = FakeBackend(details)
+        self.server = AdminServer(self.backend, token=token)  # type: ignore[arg-type]
         sock = bind_admin_socket("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -322,3 +330,50 @@ def test_without_metrics_the_page_says_so(
     assert "metrics unavailable" in text_of(browser, "#metrics-state")
     assert text_of(browser, '[data-app="shop"] > .metrics') == "\N{EN DASH}"
     assert "10.0.0.1" in text_of(browser, "#proxies")
+
+
+def _app(name: str, route: str | None, **extra: Any) -> dict[str, Any]:
+    shop: dict[str, Any] = DETAILS["applications"]["shop"]
+    return {**shop, "name": name, "route_prefix": route, "status": "RUNNING", **extra}
+
+
+@pytest.fixture
+def admin_with_a_rollout() -> Iterator[AdminAlone]:
+    rollout = {
+        "to": "shop_v2",
+        "state": "RUNNING",
+        "weight_percent": 25.0,
+        "message": "step 2 of 4: 25% to 'shop_v2', checked after 30 s",
+        "ended_at": None,
+    }
+    policy = {"split": {"shop": 0.75, "shop_v2": 0.25}, "shadows": {"probe": 0.1}}
+    details = {
+        **DETAILS,
+        "applications": {
+            "shop": _app("shop", "/shop", traffic=policy, rollout=rollout),
+            "shop_v2": _app("shop_v2", None, traffic=None, rollout=None),
+            "probe": _app("probe", None, traffic=None, rollout=None),
+        },
+    }
+    admin = AdminAlone(None, details)
+    yield admin
+    admin.close()
+
+
+def test_traffic_split_shadow_and_rollout_are_shown(
+    admin_with_a_rollout: AdminAlone, browser: WebDriver
+) -> None:
+    browser.get(admin_with_a_rollout.url + "/")
+    shop = '[data-app="shop"]'
+    wait_until(browser, "the split", lambda d: "split:" in text_of(d, f"{shop} .traffic"))
+    assert text_of(browser, f"{shop} .traffic").splitlines() == [
+        "split: shop 75% \N{MIDDLE DOT} shop_v2 25%",
+        "shadows: probe 10%",
+    ]
+    rollout = text_of(browser, f"{shop} .rollout")
+    assert rollout.startswith("RUNNING rollout to shop_v2: 25% of requests"), rollout
+    assert "step 2 of 4" in rollout
+    assert text_of(browser, '[data-app="shop_v2"] .traffic') == "serves 25% of shop's requests"
+    assert "copies of 10% of its requests" in text_of(browser, '[data-app="probe"] .traffic')
+    assert text_of(browser, '[data-app="probe"] .rollout') == ""
+    assert frozenset({"traffic", "rollout"}) in admin_with_a_rollout.backend.included

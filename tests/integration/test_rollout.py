@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from detached import Detached
 from helpers import wait_for
 
@@ -166,6 +167,9 @@ def test_a_version_answering_500s_rolls_back_by_itself(inst: Detached) -> None:
     assert status["state"] == "ROLLED_BACK" and status["weight_percent"] == 0
     assert status["history"][-1]["new_error_rate"] == 1.0
     assert status["history"][-1]["old_error_rate"] == 0.0
+    shown = yaml.safe_load(inst.cli("status").stdout)["applications"]
+    assert shown["app"]["rollout"].startswith("to bad (ROLLED_BACK, 0% of requests): rolled back")
+    assert "rollout" not in shown["bad"]
 
 
 def test_a_version_whose_code_raises_rolls_back_through_the_admin_api(inst: Detached) -> None:

@@ -124,6 +124,24 @@ def test_schooner_status_shows_a_policy_only_where_there_is_one() -> None:
     assert "traffic" not in shown["c"]
 
 
+def test_schooner_status_shows_the_latest_rollout_in_one_line() -> None:
+    from schooner.cli.output import status_document
+
+    app = {"status": "RUNNING", "message": "", "last_deployed_time_s": 1.0, "deployments": {}}
+    rollout = {
+        "to": "v2",
+        "state": "ROLLED_BACK",
+        "weight_percent": 0.0,
+        "message": "rolled back at 25%: error rate 0.5 > 0.01",
+    }
+    details = {"applications": {"app": {**app, "rollout": rollout}, "v2": {**app, "rollout": None}}}
+    shown = status_document(details)["applications"]
+    assert shown["app"]["rollout"] == (
+        "to v2 (ROLLED_BACK, 0% of requests): rolled back at 25%: error rate 0.5 > 0.01"
+    )
+    assert "rollout" not in shown["v2"]
+
+
 # -- the admin server's routes (a fake backend) -------------------------------------------------
 
 
@@ -132,8 +150,10 @@ class TrafficBackend:
         self.calls: list[tuple[Any, ...]] = []
         self.policy: dict[str, Any] = {"split": {}, "shadows": {}}
 
-    def details(self, api_type: str | None, include_traffic: bool = False) -> dict[str, Any]:
-        self.calls.append(("details", api_type, include_traffic))
+    def details(
+        self, api_type: str | None, include: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        self.calls.append(("details", api_type, include))
         return {"applications": {}}
 
     def get_traffic(self, app: str) -> dict[str, Any]:
@@ -171,9 +191,17 @@ def test_details_include_traffic_only_when_asked(admin: Any) -> None:
     resp = client.get("/api/serve/applications/", params={"include": "traffic", "api_type": "x"})
     assert resp.status_code == 400  # api_type is checked first, as before
     assert client.get("/api/serve/applications/?include=traffic").status_code == 200
-    assert backend.calls == [("details", None, False), ("details", None, True)]
-    resp = client.get("/api/serve/applications/?include=replicas")
-    assert resp.status_code == 400 and "Invalid 'include' value: replicas" in resp.text
+    assert client.get("/api/serve/applications/?include=Rollout,traffic").status_code == 200
+    assert backend.calls == [
+        ("details", None, frozenset()),
+        ("details", None, {"traffic"}),
+        ("details", None, {"traffic", "rollout"}),
+    ]
+    resp = client.get("/api/serve/applications/?include=replicas,traffic")
+    assert resp.status_code == 400
+    assert (
+        "Invalid 'include' value: replicas. Must be one or more of: rollout, traffic" in resp.text
+    )
 
 
 def test_traffic_routes(admin: Any) -> None:

@@ -149,3 +149,27 @@ def test_formatting() -> None:
         "status busy",
         "status",
     ]
+
+
+def test_traffic_notes_say_what_each_application_serves() -> None:
+    apps = {
+        "shop": {"traffic": {"split": {"shop": 0.9, "shop_v2": 0.1}, "shadows": {"probe": 0.25}}},
+        "shop_v2": {"traffic": None},
+        "probe": {},
+        "other": {"traffic": {"split": {}, "shadows": {}}},
+    }
+    assert js(f"d.trafficNotes({json.dumps(apps)})") == {
+        "shop": ["split: shop 90% \N{MIDDLE DOT} shop_v2 10%", "shadows: probe 25%"],
+        "shop_v2": ["serves 10% of shop's requests"],
+        "probe": ["shadow of shop: gets copies of 25% of its requests"],
+    }
+    assert js("[1/3, 0.125, NaN].map(d.fmtPercent)") == ["33.3%", "12.5%", "\N{EN DASH}"]
+    assert js("d.trafficNotes(undefined)") == {}
+    states = ["RUNNING", "PAUSED", "SUCCEEDED", "ROLLED_BACK", "ABORTED"]
+    assert js(f"{json.dumps(states)}.map(d.rolloutClass)") == [
+        "status busy",
+        "status busy",
+        "status ok",
+        "status bad",
+        "status",
+    ]

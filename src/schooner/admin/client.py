@@ -103,13 +103,13 @@ class AdminClient:
         return info
 
     def details(
-        self, api_type: str | None = None, *, include_traffic: bool = False
+        self, api_type: str | None = None, *, include: tuple[str, ...] = ()
     ) -> dict[str, Any]:
-        """``GET /api/serve/applications/``; ``include_traffic``: with each application's
-        traffic policy (``?include=traffic``, Schooner's extension)."""
+        """``GET /api/serve/applications/``; ``include``: ``"traffic"`` (each application's
+        traffic policy) and/or ``"rollout"`` (its latest rollout), Schooner's extensions."""
         params = [f"api_type={api_type}"] if api_type else []
-        if include_traffic:
-            params.append("include=traffic")
+        if include:
+            params.append("include=" + ",".join(include))
         query = "?" + "&".join(params) if params else ""
         result: dict[str, Any] = json.loads(self._ok("GET", "/api/serve/applications/" + query))
         return result

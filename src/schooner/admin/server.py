@@ -26,8 +26,9 @@ POST    /api/schooner/rollouts/{app}                         start one: ``{"to":
 POST    /api/schooner/rollouts/{app}/pause|resume|abort      control it
 ======  ===================================================  ===============================
 
-``GET /api/serve/applications/?include=traffic`` adds each application's traffic
-policy under ``traffic`` (Schooner's extension; off by default because Ray's own
+``GET /api/serve/applications/?include=traffic,rollout`` adds each application's
+traffic policy under ``traffic`` and its latest rollout under ``rollout``
+(Schooner's extensions, each asked for by name; off by default because Ray's own
 tools refuse unknown keys at the application level).
 
 The work is done by the :class:`AdminBackend` the head provides; this module
@@ -67,6 +68,7 @@ from schooner.runtime.sockets import bind_listening
 
 __all__ = [
     "API_TYPES",
+    "DETAIL_EXTRAS",
     "AdminBackend",
     "AdminServer",
     "ReplicaLogsUnavailable",
@@ -85,6 +87,8 @@ API_VERSION = "4"
 """Ray dashboard's ``CURRENT_VERSION`` of this API."""
 API_TYPES = ("imperative", "declarative")
 """The accepted values of ``?api_type=`` (case-insensitive)."""
+DETAIL_EXTRAS = frozenset({"traffic", "rollout"})
+"""What ``?include=`` may add to each application of the details (Schooner's extensions)."""
 
 KEEP_ALIVE_S = 75.0
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -160,11 +164,14 @@ class TrafficNotFound(RayServeException):
 class AdminBackend(Protocol):
     """What the admin API does; the head implements it. All methods run on the event loop."""
 
-    def details(self, api_type: str | None, include_traffic: bool = False) -> dict[str, Any]:
+    def details(
+        self, api_type: str | None, include: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
         """ServeInstanceDetails as JSON-able data; ``api_type``: None or one of API_TYPES.
 
-        ``include_traffic`` (``?include=traffic``): each application also says its traffic
-        policy under ``traffic``."""
+        ``include`` (``?include=...``, some of :data:`DETAIL_EXTRAS`): each application
+        also says its traffic policy under ``traffic``, its latest rollout under
+        ``rollout``."""
         ...
 
     def get_traffic(self, app: str) -> dict[str, Any]:
@@ -479,12 +486,16 @@ class AdminServer:
             for part in value.split(",")
             if part.strip()
         }
-        unknown = sorted(include - {"traffic"})
+        unknown = sorted(include - DETAIL_EXTRAS)
         if unknown:
-            exchange.text(400, f"Invalid 'include' value: {', '.join(unknown)}. Must be: traffic")
+            exchange.text(
+                400,
+                f"Invalid 'include' value: {', '.join(unknown)}. "
+                f"Must be one or more of: {', '.join(sorted(DETAIL_EXTRAS))}",
+            )
             return
         if include:
-            exchange.json(200, self.backend.details(api_type, include_traffic=True))
+            exchange.json(200, self.backend.details(api_type, frozenset(include)))
         else:
             exchange.json(200, self.backend.details(api_type))
 

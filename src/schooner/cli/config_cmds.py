@@ -183,7 +183,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from schooner.cli.output import dump_yaml, status_document
 
-    details = AdminClient(args.address).details(include_traffic=True)
+    details = AdminClient(args.address).details(include=("traffic", "rollout"))
     print(dump_yaml(status_document(details, args.name)), end="")
     return 0
 

@@ -49,6 +49,8 @@ def status_document(details: dict[str, Any], app_name: str | None = None) -> dic
         }
         if app.get("traffic"):
             apps[name]["traffic"] = _traffic_lines(app["traffic"])
+        if app.get("rollout"):
+            apps[name]["rollout"] = rollout_line(app["rollout"])
     if app_name is not None:
         missing: dict[str, Any] = {"status": "NOT_STARTED", "message": "", "deployments": {}}
         chosen: dict[str, Any] = apps.get(app_name, missing)
@@ -68,6 +70,13 @@ def _traffic_lines(policy: dict[str, Any]) -> dict[str, Any]:
     if policy.get("shadows"):
         shown["shadows"] = dict(policy["shadows"])
     return shown
+
+
+def rollout_line(rollout: dict[str, Any]) -> str:
+    """An application's latest rollout (``?include=rollout``) in one line: where it stands
+    and why (``to app_v2 (RUNNING, 25% of requests): step 2 of 4: ...``)."""
+    line = f"to {rollout['to']} ({rollout['state']}, {rollout['weight_percent']:g}% of requests)"
+    return f"{line}: {rollout['message']}" if rollout.get("message") else line
 
 
 def _autoscaling_lines(scaling: dict[str, Any]) -> dict[str, Any]:

@@ -31,13 +31,14 @@ def instance_details(
     proxy_location: str,
     controller_pid: int,
     api_type: str | None = None,
-    include_traffic: bool = False,
+    include: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """``ServeInstanceDetails`` as plain data; ``api_type`` keeps only that kind of app.
 
-    ``include_traffic``: each application also says its traffic policy under ``traffic``
-    (Schooner's extension, asked for with ``?include=traffic``: Ray's models refuse
-    unknown keys at the application level, so Ray's tools never get it)."""
+    ``include``: ``"traffic"``, each application also says its traffic policy under
+    ``traffic``; ``"rollout"``, its latest rollout (or None) under ``rollout``.
+    Schooner's extensions, asked for with ``?include=traffic,rollout``: Ray's models
+    refuse unknown keys at the application level, so Ray's tools never get them."""
     node = controller.node_id
     logs = controller.session.logs
     apps = {
@@ -45,9 +46,12 @@ def instance_details(
         for app in controller.apps.values()
         if api_type is None or app.spec.source == api_type
     }
-    if include_traffic:
-        for name, app_details in apps.items():
+    for name, app_details in apps.items():
+        if "traffic" in include:
             app_details["traffic"] = traffic_of(controller, name)
+        if "rollout" in include:
+            rollout = controller.rollouts.status(name)
+            app_details["rollout"] = rollout.to_dict() if rollout is not None else None
     return {
         "controller_info": {
             "node_id": node,

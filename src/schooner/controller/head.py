@@ -294,7 +294,9 @@ class Head:
     def serves_http(self) -> bool:
         return bool(self.args.proxy_location != "Disabled")
 
-    def details(self, api_type: str | None = None, include_traffic: bool = False) -> dict[str, Any]:
+    def details(
+        self, api_type: str | None = None, include: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
         options = {k: v for k, v in self.http_options.items() if k != "location"}
         options["port"] = self.args.http_port
         if options.get("ssl_keyfile_password"):
@@ -307,7 +309,7 @@ class Head:
             proxy_location=self.args.proxy_location,
             controller_pid=os.getpid(),
             api_type=api_type,
-            include_traffic=include_traffic,
+            include=include,
         )
 
     def instance_info(self) -> dict[str, Any]:

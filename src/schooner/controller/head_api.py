@@ -42,8 +42,10 @@ class AdminAPI:
     def __init__(self, head: Head) -> None:
         self.head = head
 
-    def details(self, api_type: str | None, include_traffic: bool = False) -> dict[str, Any]:
-        return self.head.details(api_type, include_traffic)
+    def details(
+        self, api_type: str | None, include: frozenset[str] = frozenset()
+    ) -> dict[str, Any]:
+        return self.head.details(api_type, include)
 
     def _traffic_owner(self, app: str) -> None:
         state = self.head.controller.apps.get(app)

@@ -1,6 +1,7 @@
 /* Schooner dashboard: the Serve page of the admin server (plain script, no build step).
  *
- * Every POLL_MS it reads GET api/serve/applications/ (Ray's ServeInstanceDetails) and
+ * Every POLL_MS it reads GET api/serve/applications/ (Ray's ServeInstanceDetails, with
+ * Schooner's traffic policies and rollouts: ?include=traffic,rollout) and
  * GET metrics (Prometheus text), renders a fresh tree and morphs the page into it, so
  * open panes, scroll positions and selections survive the refresh. Rates come from the
  * difference between two successive metrics fetches. The pure functions at the top
@@ -187,6 +188,43 @@ function fmtDuration(seconds) {
   return `${Math.floor(s / 86400)}d ${pad(Math.floor(s / 3600) % 24)}h`;
 }
 
+function fmtPercent(fraction) {
+  return Number.isFinite(fraction) ? `${+(fraction * 100).toFixed(1)}%` : "–";
+}
+
+/** What the traffic policies say, as lines per application: an owner's split and
+ *  shadows, and for each application a policy names, the share it serves or copies. */
+function trafficNotes(applications) {
+  const notes = {};
+  const add = (name, text) => (notes[name] = notes[name] || []).push(text);
+  for (const [owner, app] of Object.entries(applications || {})) {
+    const policy = app.traffic;
+    if (!policy) continue;
+    const split = Object.entries(policy.split || {});
+    if (split.length) {
+      add(owner, `split: ${split.map(([name, w]) => `${name} ${fmtPercent(w)}`).join(" · ")}`);
+      for (const [name, w] of split) {
+        if (name !== owner) add(name, `serves ${fmtPercent(w)} of ${owner}'s requests`);
+      }
+    }
+    const shadows = Object.entries(policy.shadows || {});
+    if (shadows.length) {
+      add(owner, `shadows: ${shadows.map(([name, f]) => `${name} ${fmtPercent(f)}`).join(" · ")}`);
+      for (const [name, f] of shadows) {
+        add(name, `shadow of ${owner}: gets copies of ${fmtPercent(f)} of its requests`);
+      }
+    }
+  }
+  return notes;
+}
+
+function rolloutClass(state) {
+  if (state === "SUCCEEDED") return "status ok";
+  if (state === "ROLLED_BACK") return "status bad";
+  if (state === "ABORTED") return "status";
+  return "status busy"; // RUNNING, PAUSED
+}
+
 function statusClass(status) {
   if (["RUNNING", "HEALTHY"].includes(status)) return "status ok";
   if (["DEPLOY_FAILED", "UNHEALTHY"].includes(status)) return "status bad";
@@ -196,7 +234,7 @@ function statusClass(status) {
 
 if (typeof module !== "undefined") {
   module.exports = { parsePrometheus, summarize, quantile, rates, deploymentKey, fmtNumber,
-    fmtMs, fmtDuration, statusClass };
+    fmtMs, fmtDuration, fmtPercent, statusClass, trafficNotes, rolloutClass };
 }
 
 // -- the page -----------------------------------------------------------------------------
@@ -342,7 +380,17 @@ function deploymentRows(app, dep, nowS) {
   return rows;
 }
 
-function applicationCard(app, nowS) {
+function rolloutLine(app, nowS) {
+  const r = app.rollout;
+  if (!r) return null;
+  const when = r.ended_at ? ` · ended ${fmtDuration(nowS - r.ended_at)} ago` : "";
+  return h("div", { class: "rollout", "data-rollout": app.name },
+    h("span", { class: rolloutClass(r.state) }, r.state),
+    ` rollout to ${r.to}: ${fmtPercent(r.weight_percent / 100)} of requests${when}`,
+    r.message ? h("div", { class: "muted" }, r.message) : null);
+}
+
+function applicationCard(app, nowS, traffic) {
   const key = `app:${app.name}`;
   const config = app.deployed_app_config || {};
   const rate = ui.metrics.rates && ui.metrics.rates.app[app.name];
@@ -359,6 +407,9 @@ function applicationCard(app, nowS) {
       app.last_deployed_time_s ? h("span", { class: "muted" },
         `deployed ${fmtDuration(nowS - app.last_deployed_time_s)} ago`) : null),
     app.message ? h("div", { class: "message" }, app.message) : null,
+    traffic && traffic.length ? h("div", { class: "traffic", "data-traffic": app.name },
+      traffic.map((line) => h("div", {}, line))) : null,
+    rolloutLine(app, nowS),
     metricsLine(rate),
     open ? h("table", { class: "deployments" },
       h("thead", {}, h("tr", {}, ["Deployment", "Status", "Replicas", "Traffic", ""].map((t) =>
@@ -398,6 +449,7 @@ function render() {
   const root = document.getElementById("root");
   const nowS = Date.now() / 1000;
   const d = ui.details;
+  const notes = d ? trafficNotes(d.applications) : {};
   const fresh = h("div", { id: "root" },
     ui.error ? h("div", { class: "banner error", id: "error" }, ui.error) : null,
     location.hash && !location.hash.startsWith("#/serve")
@@ -407,7 +459,8 @@ function render() {
       h("div", { class: "metrics", id: "metrics-state" }, ui.metrics.note),
       Object.keys(d.applications).length === 0
         ? h("p", { class: "muted" }, "No applications are deployed.")
-        : Object.values(d.applications).map((app) => applicationCard(app, nowS)),
+        : Object.values(d.applications).map((app) =>
+          applicationCard(app, nowS, notes[app.name])),
       systemSection(d),
     ] : (ui.error ? null : h("p", { class: "muted" }, "Loading…")));
   // Log panes follow new lines, unless the reader scrolled up.
@@ -494,7 +547,7 @@ function forgetGoneReplicas(details) {
 async function refresh() {
   try {
     const [details] = await Promise.all([
-      getJSON("api/serve/applications/"),
+      getJSON("api/serve/applications/?include=traffic,rollout"),
       refreshMetrics(),
       ...openLogPanes().map(refreshLogs),
     ]);
