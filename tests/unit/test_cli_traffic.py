@@ -215,3 +215,58 @@ def test_traffic_routes(admin: Any) -> None:
     assert client.put("/api/schooner/traffic/nope", json={}).status_code == 404
     assert client.post("/api/schooner/traffic/app").status_code == 405
     assert client.get("/api/schooner/traffic/app").json()["split"] == {"app": 0.5, "b": 0.5}
+
+
+def test_a_put_with_a_stale_if_match_is_refused_with_412(admin: Any) -> None:
+    backend, client = admin
+    read = client.get("/api/schooner/traffic/app")
+    etag = read.headers["etag"]
+    assert etag.startswith('"') and etag.endswith('"')
+    assert client.get("/api/schooner/traffic/app").headers["etag"] == etag  # stable
+    # Someone else changes the policy after it was read.
+    backend.policy = {"split": {"app": 0.5, "b": 0.5}, "shadows": {}}
+    stale = client.put(
+        "/api/schooner/traffic/app",
+        json={"split": {}, "shadows": {"s": 0.5}},
+        headers={"if-match": etag},
+    )
+    assert stale.status_code == 412
+    assert "changed since it was read" in stale.json()["error"]
+    assert backend.policy["split"] == {"app": 0.5, "b": 0.5}  # untouched
+    fresh = stale.headers["etag"]
+    assert fresh != etag and client.get("/api/schooner/traffic/app").headers["etag"] == fresh
+    ok = client.put(
+        "/api/schooner/traffic/app",
+        json={"split": {"app": 0.5, "b": 0.5}, "shadows": {"s": 0.5}},
+        headers={"if-match": fresh},
+    )
+    assert ok.status_code == 200 and ok.headers["etag"] not in (etag, fresh)
+    assert (
+        client.put("/api/schooner/traffic/app", json={}, headers={"if-match": "*"}).status_code
+        == 200
+    )  # any current policy
+
+
+def test_the_cli_keeps_a_change_made_between_its_read_and_its_write(
+    admin: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--shadow`` adds to the split as it is when written, not as it was first read."""
+    from schooner.cli.traffic_cmd import cmd_traffic
+
+    backend, client = admin
+    backend.policy = {"split": {}, "shadows": {}}
+    reads = 0
+    get_traffic = backend.get_traffic
+
+    def racing_get(app: str) -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # after the CLI's read, before its write: another writer's split
+            backend.policy = {"split": {"app": 0.9, "b": 0.1}, "shadows": {}}
+        return get_traffic(app)
+
+    backend.get_traffic = racing_get
+    assert cmd_traffic(_args("--shadow", "s=0.25", "-a", str(client.base_url))) == 0
+    assert backend.policy == {"split": {"app": 0.9, "b": 0.1}, "shadows": {"s": 0.25}}
+    out = capsys.readouterr().out
+    assert "  b    0.1" in out and "  s  0.25" in out

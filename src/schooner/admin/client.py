@@ -11,6 +11,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from schooner.exceptions import RayServeException
@@ -52,11 +53,19 @@ class AdminClient:
         self.token = os.environ.get("SCHOONER_ADMIN_TOKEN")
 
     def request(
-        self, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        timeout_s: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """Send one request; returns (status, body). Raises AdminUnreachable."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         if data is not None:
             req.add_header("content-type", "application/json")
         if self.token:
@@ -120,16 +129,27 @@ class AdminClient:
         return result
 
     def put_traffic(
-        self, app: str, split: dict[str, float], shadows: dict[str, float]
+        self,
+        app: str,
+        split: dict[str, float],
+        shadows: dict[str, float],
+        *,
+        if_match: str | None = None,
     ) -> dict[str, Any]:
-        """Replace ``app``'s traffic policy; returns it as the instance now has it."""
+        """Replace ``app``'s traffic policy; returns it as the instance now has it.
+
+        ``if_match``: the :func:`~schooner.admin.etag.policy_etag` of the policy the change
+        was made to; if the policy changed since, AdminError with status 412."""
         body = {"split": split, "shadows": shadows}
-        result: dict[str, Any] = json.loads(self._traffic("PUT", app, body))
+        headers = {"if-match": if_match} if if_match is not None else None
+        result: dict[str, Any] = json.loads(self._traffic("PUT", app, body, headers))
         return result
 
-    def _traffic(self, method: str, app: str, body: Any = None) -> bytes:
+    def _traffic(
+        self, method: str, app: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> bytes:
         path = "/api/schooner/traffic/" + urllib.parse.quote(app, safe="")
-        status, data = self.request(method, path, body)
+        status, data = self.request(method, path, body, headers=headers)
         if 200 <= status < 300:
             return data
         text = data.decode(errors="replace").strip()

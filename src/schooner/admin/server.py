@@ -19,8 +19,8 @@ GET     /api/authentication_mode                             ``token`` or ``disa
 POST    /api/authenticate                                    token header → HttpOnly cookie
 GET     /api/schooner/controller/logs?lines=N                the controller's recent lines
 GET     /api/schooner/replicas/{replica_id}/logs?lines=N     a replica's recent lines
-GET     /api/schooner/traffic/{app}                          its traffic policy and rates
-PUT     /api/schooner/traffic/{app}                          replace its traffic policy
+GET     /api/schooner/traffic/{app}                          its traffic policy and rates, ETag
+PUT     /api/schooner/traffic/{app}                          replace its policy (If-Match: 412)
 GET     /api/schooner/rollouts/{app}                         the app's latest rollout (404: none)
 POST    /api/schooner/rollouts/{app}                         start one: ``{"to": ..., options}``
 POST    /api/schooner/rollouts/{app}/pause|resume|abort      control it
@@ -60,6 +60,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote_to_bytes
 
+from schooner.admin.etag import matches, policy_etag
 from schooner.admin.static import dashboard_files
 from schooner.exceptions import RayServeException, ServeConfigError
 from schooner.proxy import http_server
@@ -269,8 +270,8 @@ class _Exchange:
     def text(self, status: int, text: str) -> None:
         self.send(status, _TEXT, text.encode())
 
-    def json(self, status: int, doc: Any) -> None:
-        self.send(status, _JSON, json.dumps(doc).encode())
+    def json(self, status: int, doc: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+        self.send(status, _JSON, json.dumps(doc).encode(), headers)
 
     def empty(self) -> None:
         self.send(200, _EMPTY, b"")
@@ -501,9 +502,11 @@ class AdminServer:
 
     def _get_traffic(self, exchange: _Exchange, app: str) -> None:
         try:
-            exchange.json(200, self.backend.get_traffic(app))
+            policy = self.backend.get_traffic(app)
         except TrafficNotFound as exc:
             exchange.json(404, {"error": str(exc)})
+            return
+        exchange.json(200, policy, [(b"etag", policy_etag(policy).encode())])
 
     def _put_traffic(self, exchange: _Exchange, app: str) -> None:
         try:
@@ -511,7 +514,21 @@ class AdminServer:
         except ValueError as exc:
             exchange.json(400, {"error": f"The request body is not valid JSON: {exc}"})
             return
+        if_match = exchange.request.header(b"if-match")
         try:
+            if if_match is not None:  # checked and applied with no await in between
+                etag = policy_etag(self.backend.get_traffic(app))
+                if not matches(if_match.decode("latin-1"), etag):
+                    exchange.json(
+                        412,
+                        {
+                            "error": f"The traffic policy of '{app}' changed since it was read "
+                            f"(If-Match {if_match.decode('latin-1')}, now {etag}). Read it "
+                            "again and make your change to what it is now."
+                        },
+                        [(b"etag", etag.encode())],
+                    )
+                    return
             pending = self.backend.put_traffic(app, body)
         except TrafficNotFound as exc:
             exchange.json(404, {"error": str(exc)})
@@ -520,7 +537,8 @@ class AdminServer:
             exchange.json(400, {"error": str(exc)})
             return
         if pending is None:
-            exchange.json(200, self.backend.get_traffic(app))
+            policy = self.backend.get_traffic(app)
+            exchange.json(200, policy, [(b"etag", policy_etag(policy).encode())])
         else:
             self._spawn(self._answer_traffic_when_done(pending, exchange, app))
 
@@ -533,7 +551,7 @@ class AdminServer:
         except Exception:
             exchange.failed()
             return
-        exchange.json(200, policy)
+        exchange.json(200, policy, [(b"etag", policy_etag(policy).encode())])
 
     def _put_applications(self, exchange: _Exchange) -> None:
         try:

@@ -5,8 +5,9 @@ each one it sends traffic to, the request rate, error rate and p99 latency over
 the last ~10 seconds. ``--set app=0.9 app_canary=0.1`` replaces the split,
 ``--shadow APP=FRACTION`` (repeatable; ``APP=0`` removes it) adds or changes a
 shadow, ``--clear`` removes everything first. Changes go through the admin API
-(``PUT /api/schooner/traffic/{app}``); the parsing and printing are pure
-functions, unit-tested alone.
+(``PUT /api/schooner/traffic/{app}`` with ``If-Match``: a change made meanwhile by
+someone else is read again and kept, never overwritten); the parsing and printing
+are pure functions, unit-tested alone.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from schooner.admin.client import AdminClient
+from schooner.admin.client import AdminClient, AdminError
+from schooner.admin.etag import policy_etag
 from schooner.exceptions import ServeConfigError
 
 __all__ = ["add_parser", "cmd_traffic", "format_traffic", "new_policy", "parse_pairs"]
 
 #: How far from 1 the weights given to ``--set`` may sum.
 _TOLERANCE = 1e-6
+#: How many times a change is read and made again when the policy changed meanwhile.
+_ATTEMPTS = 5
 
 
 def add_parser(sub: Any, add_address: Any) -> None:
@@ -164,10 +168,19 @@ def format_traffic(app: str, policy: dict[str, Any]) -> str:
 def cmd_traffic(args: argparse.Namespace) -> int:
     client = AdminClient(args.address)
     current = client.get_traffic(args.app)
-    change = new_policy(current, args)
-    if change is not None:
+    for attempt in range(1, _ATTEMPTS + 1):
+        change = new_policy(current, args)
+        if change is None:
+            break
         split, shadows = change
-        client.put_traffic(args.app, split, shadows)
+        try:
+            client.put_traffic(args.app, split, shadows, if_match=policy_etag(current))
+        except AdminError as exc:
+            if exc.status != 412 or attempt == _ATTEMPTS:
+                raise
+            current = client.get_traffic(args.app)  # changed meanwhile: redo on what it is now
+            continue
         current = client.get_traffic(args.app)
+        break
     sys.stdout.write(format_traffic(args.app, current))
     return 0
