@@ -37,9 +37,10 @@ from schooner.controller.demand import DemandStore
 from schooner.controller.health import HealthChecks
 from schooner.controller.long_poll import LongPollHost
 from schooner.controller.ranks import Rank, deliver_rank, sync_ranks
+from schooner.controller.replica_calls import adopt_spare, drain_and_stop, initialize, reconfigure
 from schooner.controller.rollout import RolloutManager
 from schooner.controller.snapshots import replica_set, route_table
-from schooner.controller.spares import Spare, Spares
+from schooner.controller.spares import Spares
 from schooner.controller.state import (
     ApplicationState,
     DeploymentState,
@@ -55,7 +56,7 @@ from schooner.logs import (
     replica_file_stem,
 )
 from schooner.router.router import DELETED
-from schooner.rpc.connection import Connection, ConnectionLost, RemoteCallError
+from schooner.rpc.connection import Connection
 from schooner.rpc.messages import AppSpec
 from schooner.runtime.launcher import (
     AdoptedProcess,
@@ -284,7 +285,7 @@ class Controller:
                 outdated, key=lambda r: (r.state != ReplicaState.RUNNING, -r.started_monotonic)
             )
             for replica in ranked[keep:]:
-                self._stop_replica(dep, replica)
+                self.stop_replica(dep, replica)
         # 3. Reconfigure live replicas in place when only user_config-like options changed.
         for replica in current:
             if (
@@ -293,7 +294,7 @@ class Controller:
                 and replica.reconfig_version != dep.reconfig_version
             ):
                 replica.state = ReplicaState.UPDATING
-                self.spawn(self._reconfigure(dep, replica))
+                self.spawn(reconfigure(self, dep, replica))
         # 4. Scale the current version.
         dep.pending_reason = None
         if len(current) < target and not dep.failed:
@@ -311,7 +312,7 @@ class Controller:
                 current, key=lambda r: (r.state == ReplicaState.RUNNING, -r.started_monotonic)
             )
             for replica in extra[: len(current) - target]:
-                self._stop_replica(dep, replica)
+                self.stop_replica(dep, replica)
         if self.backend is not None and dep.pending_reason is None:
             explain_waiting(dep, self.backend, now)
         # 5. Status, then ranks (dense again once settled; replicas told of changes).
@@ -331,7 +332,7 @@ class Controller:
             return  # resources are being freed already
         live = [r for r in outdated if r.state != ReplicaState.STOPPING]
         if live:
-            self._stop_replica(dep, min(live, key=lambda r: r.started_monotonic))
+            self.stop_replica(dep, min(live, key=lambda r: r.started_monotonic))
 
     def _enforce_deadlines(self, dep: DeploymentState, replica: ReplicaRecord, now: float) -> None:
         self.health.maybe_check(dep, replica, now)
@@ -381,27 +382,6 @@ class Controller:
     def spare_registered(self, spare_id: str, conn: Connection) -> None:
         self.spares.registered(spare_id, conn)
 
-    async def _adopt_spare(
-        self,
-        dep: DeploymentState,
-        replica: ReplicaRecord,
-        spare: Spare,
-        env: dict[str, str],
-        sys_path: list[str],
-    ) -> None:
-        conn = await self.spares.connection(spare, STARTUP_TIMEOUT_S)
-        if conn is None:
-            return  # the startup deadline replaces it; a spare that died is reaped
-        try:
-            await conn.call(
-                "assign", replica.replica_id, dep.id.app_name, dep.id.name, env, sys_path
-            )
-        except (RemoteCallError, ConnectionLost) as exc:
-            replica.error = f"The spare replica process could not take its identity: {exc}"
-            replica.process.terminate()
-            return
-        self.replica_registered(replica.replica_id, conn)
-
     def _autoscale(self, change: Change) -> None:
         dep = change.deployment
         logger.info("deployment %s: %s", dep.id, change.reason)
@@ -449,7 +429,7 @@ class Controller:
             logger.info(
                 "replica %s of %s adopts spare process %d", replica_id, dep.id, spare.process.pid
             )
-            self.spawn(self._adopt_spare(dep, replica, spare, env, sys_path))
+            self.spawn(adopt_spare(self, dep, replica, spare, env, sys_path, STARTUP_TIMEOUT_S))
             return True
         spec = self._replica_process_spec(
             ["--replica-id", replica_id, "--app", dep.id.app_name, "--deployment", dep.id.name],
@@ -490,7 +470,7 @@ class Controller:
         self._replica_index[replica_id] = dep
         return replica
 
-    def _stop_replica(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
+    def stop_replica(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
         if replica.state == ReplicaState.STOPPING:
             return
         was_running = replica.state == ReplicaState.RUNNING
@@ -500,31 +480,7 @@ class Controller:
         if replica.conn is None or not was_running:
             replica.process.terminate()
             return
-        self.spawn(self._drain_and_stop(dep, replica))
-
-    async def _drain_and_stop(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
-        config = dep.spec.config
-        conn = replica.conn
-        assert conn is not None
-        # Routers learn at the next publish that the replica is gone; give them a moment.
-        await asyncio.sleep(TICK_S * 2)
-        try:
-            await asyncio.wait_for(
-                conn.call(
-                    "prepare_shutdown",
-                    float(config.graceful_shutdown_wait_loop_s),
-                    float(config.graceful_shutdown_timeout_s),
-                ),
-                float(config.graceful_shutdown_timeout_s) + 2,
-            )
-            conn.notify("shutdown")
-        except (TimeoutError, ConnectionLost, RemoteCallError, OSError):
-            pass
-        for _ in range(50):  # up to 1 s to exit on its own, then SIGTERM
-            if replica.process.poll() is not None:
-                return
-            await asyncio.sleep(0.02)
-        replica.process.terminate()
+        self.spawn(drain_and_stop(dep, replica))
 
     # -------------------------------------------------------------- recovery
     def adopt_replica(self, dep: DeploymentState, saved: ReplicaCheckpoint) -> bool:
@@ -584,10 +540,10 @@ class Controller:
         replica.rejoin_deadline = None
         logger.info("replica %s of %s reconnected", replica_id, dep.id)
         if replica.state == ReplicaState.STOPPING:
-            self.spawn(self._drain_and_stop(dep, replica))
+            self.spawn(drain_and_stop(dep, replica))
         elif not initialized:
             replica.state = ReplicaState.STARTING
-            self.spawn(self._initialize(dep, replica, conn))
+            self.spawn(initialize(self, dep, replica, conn))
         elif replica.state == ReplicaState.STARTING:
             replica.state = ReplicaState.RUNNING
         self.wake()
@@ -631,7 +587,7 @@ class Controller:
             replica.log_file = str(endpoint.get("log_file") or replica.log_file)
             replica.placement = dict(endpoint)
         replica.conn = conn
-        self.spawn(self._initialize(dep, replica, conn))
+        self.spawn(initialize(self, dep, replica, conn))
 
     def replica_models(self, replica_id: str, model_ids: tuple[str, ...] | list[str]) -> None:
         """A replica's multiplexed models changed (see :mod:`schooner.replica.models`):
@@ -648,69 +604,6 @@ class Controller:
         app = self.apps.get(dep.id.app_name)
         if app is not None and app.deployments.get(dep.id.name) is dep:
             self.long_poll.publish(dep.id.key, replica_set(app.name, dep))
-
-    async def _initialize(
-        self, dep: DeploymentState, replica: ReplicaRecord, conn: Connection
-    ) -> None:
-        spec = dep.spec
-        reconfig_version = dep.reconfig_version
-        rank, world_size = dep.ranks.get(replica.replica_id), dep.target_num_replicas
-        try:
-            await conn.call(
-                "initialize",
-                spec.code,
-                spec.init_blob,
-                spec.is_function,
-                spec.config.user_config,
-                int(spec.config.max_ongoing_requests),
-                tuple(rank),
-                world_size,
-            )
-        except RemoteCallError as exc:
-            replica.error = exc.error.traceback or f"{exc.error.type_name}: {exc.error.message}"
-            logger.warning("constructor of %s raised:\n%s", dep.id, replica.error)
-            replica.process.terminate()
-            return
-        except ConnectionLost:
-            return  # the process died; reaping counts the failure
-        if replica.state == ReplicaState.STARTING:
-            replica.state = ReplicaState.RUNNING
-            replica.rank_delivered = (rank, world_size)
-            replica.reconfig_version = reconfig_version
-            dep.consecutive_failures = 0
-            logger.info("replica %s of %s is running", replica.replica_id, dep.id)
-        self.wake()
-
-    async def _reconfigure(self, dep: DeploymentState, replica: ReplicaRecord) -> None:
-        """Apply reconfigure-cost options (``user_config``, ...) to a live replica."""
-        target = dep.reconfig_version
-        config = dep.spec.config
-        assert replica.conn is not None
-        try:
-            log_file = await replica.conn.call(
-                "update",
-                config.user_config,
-                int(config.max_ongoing_requests),
-                deployment_logging_config(dep.spec.config.logging_config),
-            )
-        except (RemoteCallError, ConnectionLost) as exc:
-            logger.warning(
-                "reconfiguring replica %s of %s failed; replacing it: %s",
-                replica.replica_id,
-                dep.id,
-                exc,
-            )
-            if replica.state == ReplicaState.UPDATING:
-                replica.state = ReplicaState.RUNNING
-                self._stop_replica(dep, replica)
-            return
-        if log_file:
-            replica.log_file = str(log_file)
-        if replica.state == ReplicaState.UPDATING:
-            replica.state = ReplicaState.RUNNING
-            replica.reconfig_version = target
-            logger.info("replica %s of %s reconfigured", replica.replica_id, dep.id)
-        self.wake()
 
     # ------------------------------------------------------------ client RPCs
     def deploy_app(self, spec: AppSpec) -> None:
