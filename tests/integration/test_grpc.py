@@ -120,6 +120,19 @@ def test_server_streaming(inst: GrpcInstance) -> None:
     assert _trailing(replies)["request_id"]
 
 
+def test_client_streaming(inst: GrpcInstance) -> None:
+    requests = iter([inst.request(name=n) for n in ("a", "b", "c")])
+    reply, call = inst.stub.CountHellos.with_call(requests, metadata=[("application", "hi")])
+    assert reply.message == "a,b,c"
+    assert _trailing(call)["request_id"]
+
+
+def test_bidirectional_streaming(inst: GrpcInstance) -> None:
+    requests = iter([inst.request(name=n) for n in ("x", "y")])
+    replies = inst.stub.Chat(requests, metadata=[("application", "hello")])
+    assert [r.message for r in replies] == ["Hello x", "Hello y"]
+
+
 def test_user_exception_is_internal_with_its_message(inst: GrpcInstance) -> None:
     err = _error(inst.stub.Fail, inst.request(name="Cy"), metadata=[("application", "hello")])
     assert err.code() == grpc.StatusCode.INTERNAL

@@ -14,7 +14,9 @@ NOT_FOUND. ``request_id`` (or a new id) comes back in the trailing metadata;
 ``multiplexed_model_id`` and ``session_id`` reach the request context; a traffic policy
 picks the answering application (by the ``x-serve-shard-key`` metadata, as the HTTP
 header). The built-in ``ray.serve.RayServeAPIService`` answers ``ListApplications`` and
-``Healthz``. Statuses: see :func:`schooner.exceptions.grpc_status_for`.
+``Healthz``. Statuses: see :func:`schooner.exceptions.grpc_status_for`. Client- and
+bidirectional-streaming calls are duplex RPCs to the replica: request messages are
+pushed as the client sends them (the method gets a ``gRPCInputStream``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,17 @@ from typing import Any
 import grpc
 
 from schooner._core import Core
-from schooner.exceptions import RayServeException, ServeConfigError, grpc_status_for
+from schooner.exceptions import (
+    RayServeException,
+    ReplicaUnavailableError,
+    ServeConfigError,
+    grpc_status_for,
+)
 from schooner.instance_config import gRPCOptions
 from schooner.proxy import grpc_messages
 from schooner.proxy.app import ProxyApp, new_request_id
 from schooner.proxy.observer import GrpcObserver
-from schooner.rpc.connection import RemoteCallError
+from schooner.rpc.connection import ConnectionLost, RemoteCallError, StreamSink
 from schooner.rpc.messages import DeploymentID, GrpcReply, Route
 
 __all__ = ["CallMetadata", "GrpcProxy", "parse_metadata", "start_grpc_server"]
@@ -345,6 +352,76 @@ class GrpcProxy:
         reply = box[-1] if box else None
         self._finish(call, context, reply, None if reply else RuntimeError("no reply"))
 
+    async def client_stream(
+        self,
+        path: str,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        streaming: bool,
+    ) -> AsyncIterator[bytes]:
+        """A client- or bidirectional-streaming call: the request messages are pushed into a
+        duplex call on a replica as they arrive; yields the responses (for a client-streaming
+        call, the one response last)."""
+        call = self._start(path, context)
+        if isinstance(call, str):
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            context.set_details(call)
+            return
+        box: list[GrpcReply] = []
+        try:
+            async for item in self._relay_duplex(call, requests, streaming, box):
+                yield item
+        except asyncio.CancelledError:
+            self._cancelled(call)
+            raise
+        except Exception as exc:
+            self._finish(call, context, None, exc)
+            return
+        reply = box[-1] if box else None
+        self._finish(call, context, reply, None if reply else RuntimeError("no reply"))
+        if reply is not None and not streaming:
+            yield reply.body or b""
+
+    async def _relay_duplex(
+        self, call: _Call, requests: AsyncIterator[Any], streaming: bool, box: list[GrpcReply]
+    ) -> AsyncIterator[bytes]:
+        router = self.core.registry.router(call.ingress)
+        async with asyncio.timeout(self.timeout_s):
+            replica, conn = await router.connect(call.shard_key, call.meta[2])
+            sink = _QueueSink()
+            req_id = conn.open_duplex("grpc_duplex", (call.meta, call.call_state, streaming), sink)
+
+            async def pump() -> None:
+                async for message in requests:
+                    conn.push(req_id, message)
+                conn.push(req_id, None)
+
+            pumping = asyncio.ensure_future(pump())
+            finished = False
+            try:
+                while True:
+                    item = await sink.queue.get()
+                    if item is _END:
+                        finished = True
+                        return
+                    if isinstance(item, BaseException):
+                        finished = True
+                        if isinstance(item, ConnectionLost):
+                            raise ReplicaUnavailableError(
+                                f"Replica {replica.replica_id} of {call.ingress} died while "
+                                f"handling request {call.request_id}."
+                            ) from item
+                        raise item
+                    if type(item) is bytes:
+                        yield item
+                    else:
+                        box.append(item)
+            finally:
+                pumping.cancel()
+                if not finished:
+                    conn.cancel_request(req_id)
+                router.release(replica)
+
     # -- built-in service --------------------------------------------------------------------
     async def list_applications(self, _request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         routes = self.http_app.routes
@@ -365,12 +442,22 @@ class GrpcProxy:
     def _forwarding_handler(self, path: str, handler: Any) -> Any:
         """``handler`` (a generated method handler) with its behaviour replaced by
         forwarding and its response serializer dropped (replicas answer bytes)."""
+        if handler.request_streaming and handler.response_streaming:
+
+            async def bidi(
+                requests: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[bytes]:
+                async for response in self.client_stream(path, requests, context, True):
+                    yield response
+
+            return handler._replace(response_serializer=None, stream_stream=bidi)
         if handler.request_streaming:
-            return handler._replace(
-                response_serializer=None,
-                stream_unary=_refuse_client_streaming(path),
-                stream_stream=_refuse_client_streaming_stream(path),
-            )
+
+            async def client(requests: Any, context: grpc.aio.ServicerContext) -> bytes:
+                answers = [b async for b in self.client_stream(path, requests, context, False)]
+                return answers[-1] if answers else b""
+
+            return handler._replace(response_serializer=None, stream_unary=client)
         if handler.response_streaming:
 
             async def stream(
@@ -406,34 +493,32 @@ class GrpcProxy:
         return sorted(collector.services)
 
 
+_END = object()
+
+
+class _QueueSink(StreamSink):
+    """Queues a duplex call's items (then ``_END``, or the error) for a coroutine."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def on_item(self, item: Any) -> None:
+        self.queue.put_nowait(item)
+
+    def on_end(self, last: Any) -> None:
+        if last is not None:
+            self.queue.put_nowait(last)
+        self.queue.put_nowait(_END)
+
+    def on_error(self, error: BaseException) -> None:
+        self.queue.put_nowait(error)
+
+
 def _add_service(server: grpc.aio.Server, service: str, handlers: dict[str, Any]) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
     add_registered = getattr(server, "add_registered_method_handlers", None)
     if add_registered is not None:
         add_registered(service, handlers)
-
-
-def _refuse_client_streaming(path: str) -> Callable[..., Any]:
-    async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> bytes:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"{path} is a client-streaming RPC, which Schooner's gRPC proxy does not serve yet.",
-        )
-        return b""
-
-    return refuse
-
-
-def _refuse_client_streaming_stream(path: str) -> Callable[..., Any]:
-    async def refuse(_requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            f"{path} is a bidirectional-streaming RPC, which Schooner's gRPC proxy does not "
-            "serve yet.",
-        )
-        yield b""
-
-    return refuse
 
 
 def _enable_reflection(server: grpc.aio.Server, services: list[str]) -> None:

@@ -9,13 +9,24 @@ a :class:`~schooner.rpc.messages.GrpcReply`. Nothing here imports ``grpc``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+from collections.abc import AsyncIterator
 from typing import Any
 
-from schooner.grpc_util import RayServegRPCContext
+from schooner.grpc_util import RayServegRPCContext, gRPCInputStream
+from schooner.rpc.connection import Inbox
 from schooner.rpc.messages import GrpcReply
 
-__all__ = ["CONTEXT_ARG", "failed", "make_context", "serialize", "succeeded", "takes_context"]
+__all__ = [
+    "CONTEXT_ARG",
+    "failed",
+    "input_stream",
+    "make_context",
+    "serialize",
+    "succeeded",
+    "takes_context",
+]
 
 #: The parameter that receives the call's context (Ray's ``GRPC_CONTEXT_ARG_NAME``).
 CONTEXT_ARG = "grpc_context"
@@ -30,6 +41,18 @@ def takes_context(fn: Any) -> bool:
 
 def make_context(state: tuple[Any, ...]) -> RayServegRPCContext:
     return RayServegRPCContext._from_call(state)
+
+
+def input_stream(inbox: Inbox) -> gRPCInputStream[Any]:
+    """The request messages the proxy pushes into a duplex call, until it pushes None."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    inbox.listen(queue.put_nowait)
+
+    async def messages() -> AsyncIterator[Any]:
+        while (message := await queue.get()) is not None:
+            yield message
+
+    return gRPCInputStream(messages())
 
 
 def serialize(message: Any, method: str) -> bytes:

@@ -578,6 +578,28 @@ class Replica:
         a server-streaming call (``streaming``) emits each serialized response as the
         method yields it. What the method raises is answered, not re-raised (the proxy
         turns it into a status), and counted as an error."""
+        return await self._serve_grpc(emit, meta, request, call, streaming)
+
+    async def rpc_grpc_duplex(
+        self,
+        emit: Callable[[Any], None],
+        inbox: Inbox,
+        meta: tuple[str, ...],
+        call: tuple[Any, ...],
+        streaming: bool,
+    ) -> GrpcReply:
+        """A client- or bidirectional-streaming gRPC call (a duplex RPC): the method gets a
+        ``gRPCInputStream`` of the request messages the proxy pushes (None ends them)."""
+        return await self._serve_grpc(emit, meta, grpc_call.input_stream(inbox), call, streaming)
+
+    async def _serve_grpc(
+        self,
+        emit: Callable[[Any], None],
+        meta: tuple[str, ...],
+        request: Any,
+        call: tuple[Any, ...],
+        streaming: bool,
+    ) -> GrpcReply:
         context = grpc_call.make_context(call)
         async with _Serving(self, meta) as serving:
             try:
@@ -586,8 +608,8 @@ class Replica:
                 if not streaming and info.is_generator:
                     raise TypeError(
                         f"Method '{meta[1]}' of deployment '{self.deployment.name}' is a "
-                        "generator, but the RPC is unary: declare it `returns (stream ...)` "
-                        "in the .proto or return a single message."
+                        "generator, but the RPC returns one message: declare it "
+                        "`returns (stream ...)` in the .proto or return a single message."
                     )
                 result = await self._invoke(info.fn, (request,), kwargs)
                 if not streaming:
