@@ -25,8 +25,9 @@ TIMEOUT_S = 1.0
 
 
 class GrpcInstance:
-    def __init__(self, port: int, grpc_port: int) -> None:
+    def __init__(self, port: int, grpc_port: int, metrics_port: int) -> None:
         self.port = port
+        self.metrics_port = metrics_port
         self.grpc_port = grpc_port
         self.channel = grpc.insecure_channel(f"127.0.0.1:{grpc_port}")
         self.pb2: Any = importlib.import_module("schooner_greeter_pb2")
@@ -48,8 +49,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def inst(workdir: Path) -> Iterator[GrpcInstance]:
-    port, grpc_port = free_port(), free_port()
+    port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     serve.start(
+        metrics_port=metrics_port,
         http_options={"host": "127.0.0.1", "port": port},
         grpc_options={
             "port": grpc_port,
@@ -61,7 +63,7 @@ def inst(workdir: Path) -> Iterator[GrpcInstance]:
         app: Any = importlib.import_module("schooner_greeter_app")
         serve.run(app.hello, name="hello", route_prefix="/hello")
         serve.run(app.hi, name="hi", route_prefix="/hi")
-        instance = GrpcInstance(port, grpc_port)
+        instance = GrpcInstance(port, grpc_port, metrics_port)
         yield instance
         instance.channel.close()
     finally:
@@ -172,6 +174,27 @@ def test_list_applications_and_healthz(inst: GrpcInstance) -> None:
     names = grpc_messages.decode_strings(inst.builtin("ListApplications")(b""))
     assert sorted(names) == ["hello", "hi"]
     assert grpc_messages.decode_strings(inst.builtin("Healthz")(b"")) == ["success"]
+
+
+def test_grpc_metrics_have_rays_names(inst: GrpcInstance) -> None:
+    inst.stub.SayHello(inst.request(name="m"), metadata=[("application", "hi")])
+    _error(inst.stub.Fail, inst.request(name="m"), metadata=[("application", "hi")])
+    url = f"http://127.0.0.1:{inst.metrics_port}/metrics"
+    method = 'method="/schooner_test.Greeter/Fail"'
+
+    def exported() -> str | None:
+        text = httpx.get(url).text
+        return text if method in text and "ray_serve_num_grpc_error_requests" in text else None
+
+    text = wait_for(exported, timeout_s=20, message="gRPC metrics exported")
+    for name in (
+        "ray_serve_num_grpc_requests_total",
+        "ray_serve_grpc_request_latency_ms_bucket",
+        "ray_serve_num_ongoing_grpc_requests",
+        "ray_serve_num_deployment_grpc_error_requests_total",
+    ):
+        assert name in text, name
+    assert 'error_code="INTERNAL"' in text and 'application="hi"' in text
 
 
 def test_http_still_served_beside_grpc(inst: GrpcInstance) -> None:
