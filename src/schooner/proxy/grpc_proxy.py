@@ -321,7 +321,7 @@ class GrpcProxy:
         try:
             async for _ in self._relay(call, request, False, box):
                 pass
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: a stream closed
             self._cancelled(call)
             raise
         except Exception as exc:
@@ -343,7 +343,7 @@ class GrpcProxy:
         try:
             async for item in self._relay(call, request, True, box):
                 yield item
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: a stream closed
             self._cancelled(call)
             raise
         except Exception as exc:
@@ -371,7 +371,7 @@ class GrpcProxy:
         try:
             async for item in self._relay_duplex(call, requests, streaming, box):
                 yield item
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: a stream closed
             self._cancelled(call)
             raise
         except Exception as exc:
