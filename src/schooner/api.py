@@ -143,6 +143,7 @@ def start(
                     options.proxy_location.value if options.serves_http else "Disabled"
                 ),
                 http_options=http.model_dump(mode="json", exclude={"location"}),
+                grpc_options=options.grpc.model_dump(mode="json"),
                 num_cpus=kwargs.get("num_cpus"),
                 num_gpus=kwargs.get("num_gpus"),
                 resources=kwargs.get("resources"),
@@ -255,6 +256,7 @@ def _ray_start_options(options: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         "root_path": http.root_path,
         "proxy_location": options.proxy_location.value if options.serves_http else "Disabled",
         "http_options": http.model_dump(mode="json", exclude={"location"}),
+        "grpc_options": options.grpc.model_dump(mode="json"),
         "admin_port": admin_port if admin_port >= 0 else None,
         "checkpoint_path": kwargs.get("checkpoint_path"),
         "metrics_port": kwargs.get("metrics_port"),

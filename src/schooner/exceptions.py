@@ -6,7 +6,7 @@ Serve programs catching them keep working. All are picklable: they travel
 between processes.
 
 The HTTP status each one maps to is decided in one place,
-:func:`http_status_for`.
+:func:`http_status_for`, and the gRPC status in :func:`grpc_status_for`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ __all__ = [
     "RequestCancelledError",
     "RuntimeEnvSetupError",
     "ServeConfigError",
+    "grpc_status_for",
     "http_status_for",
 ]
 
@@ -153,6 +154,20 @@ def http_status_for(exc: BaseException) -> int:
     if isinstance(exc, TimeoutError):
         return 408
     return 500
+
+
+def grpc_status_for(exc: BaseException) -> str:
+    """The name of the ``grpc.StatusCode`` a gRPC proxy ends a call with when ``exc`` ends
+    it (as Ray Serve's gRPC proxy: user errors are INTERNAL)."""
+    if isinstance(exc, BackPressureError):
+        return "RESOURCE_EXHAUSTED"
+    if isinstance(exc, DeploymentUnavailableError | ReplicaUnavailableError):
+        return "UNAVAILABLE"
+    if isinstance(exc, RequestCancelledError):
+        return "CANCELLED"
+    if isinstance(exc, TimeoutError):
+        return "DEADLINE_EXCEEDED"
+    return "INTERNAL"
 
 
 class DeployFailedError(RayServeException, RuntimeError):

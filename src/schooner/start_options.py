@@ -4,8 +4,8 @@
 tracing_config=, controller_options=)`` sets options of the whole instance. They
 take effect only when the instance starts (as in Ray): given to a process that
 connects to an instance already running, the ones that differ are reported in a
-warning and ignored. Options Schooner cannot honour yet are refused or warned
-about here, never silently dropped.
+warning and ignored. ``grpc_options.grpc_servicer_functions`` are imported here, so a
+bad import path fails before anything starts.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from schooner.exceptions import RayServeException
+from schooner.grpc_servicers import load_servicer_functions
 from schooner.instance_config import (
     ControllerOptions,
     HTTPOptions,
@@ -28,7 +28,6 @@ from schooner.telemetry.tracing import TRACING_ENV
 
 __all__ = [
     "LOGGING_CONFIG_ENV",
-    "GRPCNotSupportedError",
     "StartOptions",
     "ignored_options",
     "normalize",
@@ -36,15 +35,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("schooner")
-
-
-class GRPCNotSupportedError(RayServeException, NotImplementedError):
-    """``grpc_options.grpc_servicer_functions`` were given: Schooner has no gRPC ingress yet.
-
-    Raised by ``serve.start()`` before anything is started. Serve the application
-    over HTTP or through handles instead. Not raised for a gRPC port alone (that
-    only warns, since no gRPC server would start without servicers in Ray either).
-    """
 
 
 @dataclass
@@ -111,18 +101,8 @@ def normalize(
         proxy_location = http.location  # the deprecated HTTPOptions.location
     location = ProxyLocation(proxy_location or ProxyLocation.EveryNode)
     grpc = _model(gRPCOptions, grpc_options, "grpc_options")
-    if grpc.grpc_servicer_functions:
-        raise GRPCNotSupportedError(
-            "gRPC ingress is not supported by Schooner yet: grpc_options.grpc_servicer_functions "
-            f"{grpc.grpc_servicer_functions} cannot be served. Call the application over HTTP "
-            "or through a DeploymentHandle."
-        )
-    if grpc_options is not None and grpc != gRPCOptions():
-        logger.warning(
-            "grpc_options (%s) have no effect: Schooner has no gRPC ingress yet (and without "
-            "grpc_servicer_functions no gRPC server would start).",
-            grpc.model_dump(exclude_defaults=True),
-        )
+    # Imported now (ServeConfigError naming the entry) so a bad path fails before start-up.
+    load_servicer_functions(grpc.grpc_servicer_functions)
     logging_options = _model(LoggingConfig, logging_config, "logging_config")
     tracing = _model(TracingConfig, tracing_config, "tracing_config")
     return StartOptions(
@@ -156,6 +136,15 @@ def ignored_options(options: StartOptions, details: dict[str, Any]) -> list[str]
         diff = _http_differences(options.http, running_http) if running_http else ["?"]
         if diff:
             ignored.append(f"http_options {diff}")
+    if "grpc_options" in options.given:
+        running_grpc = details.get("grpc_options")
+        wanted = options.grpc.model_dump(mode="json")
+        if not running_grpc:
+            ignored.append("grpc_options")
+        else:
+            diff = sorted(k for k, v in wanted.items() if running_grpc.get(k, v) != v)
+            if diff:
+                ignored.append(f"grpc_options {diff}")
     for name in ("logging_config", "tracing_config", "controller_options"):
         if name in options.given:
             ignored.append(name)

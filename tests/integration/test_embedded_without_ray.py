@@ -1,4 +1,5 @@
-"""The embedded runtime never imports Ray, even when Ray is installed (issue 11).
+"""The embedded runtime never imports Ray, even when Ray is installed (issue 11), nor grpc
+when no gRPC servicers are configured.
 
 A fresh interpreter runs a small application the usual way and reports what it
 imported; the replica reports its own ``sys.modules`` too. Ray is installed in
@@ -23,7 +24,10 @@ SCRIPT = textwrap.dedent(
     @serve.deployment
     class Probe:
         def __call__(self, request) -> dict:
-            return {"ray_in_replica": "ray" in sys.modules}
+            return {
+                "ray_in_replica": "ray" in sys.modules,
+                "grpc_in_replica": "grpc" in sys.modules,
+            }
 
     port = int(sys.argv[1])
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -34,7 +38,8 @@ SCRIPT = textwrap.dedent(
     serve.delete("probe")
     serve.shutdown()
     ray_modules = sorted(m for m in sys.modules if m == "ray" or m.startswith("ray."))
-    print(json.dumps({**answer, "ray_in_driver": ray_modules}))
+    grpc_modules = sorted(m for m in sys.modules if m == "grpc" or m.startswith("grpc."))
+    print(json.dumps({**answer, "ray_in_driver": ray_modules, "grpc_in_driver": grpc_modules}))
     """
 )
 
@@ -52,4 +57,9 @@ def test_serve_run_on_the_embedded_runtime_imports_no_ray(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"ray_in_replica": False, "ray_in_driver": []}
+    assert report == {
+        "ray_in_replica": False,
+        "ray_in_driver": [],
+        "grpc_in_replica": False,
+        "grpc_in_driver": [],
+    }

@@ -8,9 +8,10 @@ import logging
 import pytest
 
 import schooner as serve
+from schooner.exceptions import ServeConfigError
 from schooner.instance_config import ProxyLocation
 from schooner.logs import LOGGING_CONFIG_ENV
-from schooner.start_options import GRPCNotSupportedError, ignored_options, normalize
+from schooner.start_options import ignored_options, normalize
 
 
 def test_defaults_serve_http_on_every_node() -> None:
@@ -37,15 +38,39 @@ def test_http_host_none_disables_the_proxy() -> None:
     assert not normalize(http_options={"host": None}).serves_http
 
 
-def test_grpc_servicers_are_refused_before_anything_starts() -> None:
-    with pytest.raises(GRPCNotSupportedError, match="gRPC ingress is not supported"):
-        serve.start(grpc_options={"grpc_servicer_functions": ["my_pb2_grpc.add_Servicer"]})
+def test_a_bad_servicer_function_fails_before_anything_starts() -> None:
+    with pytest.raises(ServeConfigError) as info:
+        serve.start(grpc_options={"grpc_servicer_functions": ["no_such_pb2_grpc.add_Servicer"]})
+    message = str(info.value)
+    assert "grpc_options.grpc_servicer_functions[0]" in message
+    assert "no_such_pb2_grpc" in message
+    assert "import path" in message
 
 
-def test_a_grpc_port_alone_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="schooner"):
-        normalize(grpc_options={"port": 9001})
-    assert "no gRPC ingress" in caplog.text
+@pytest.mark.parametrize(
+    ("path", "what"),
+    [
+        ("", "is empty"),
+        ("nodots", "not an import path"),
+        ("json.no_such_function", "has no 'no_such_function'"),
+        ("json.__doc__", "not a function"),
+    ],
+)
+def test_servicer_function_errors_name_the_problem(path: str, what: str) -> None:
+    with pytest.raises(ServeConfigError, match=what):
+        normalize(grpc_options={"grpc_servicer_functions": ["json.dumps", path]})
+
+
+def test_grpc_options_without_servicers_are_accepted() -> None:
+    options = normalize(grpc_options={"port": 9001, "request_timeout_s": 2})
+    assert (options.grpc.port, options.grpc.request_timeout_s) == (9001, 2.0)
+
+
+def test_differing_grpc_options_are_reported_as_ignored() -> None:
+    options = normalize(grpc_options={"port": 9001})
+    running = {"grpc_options": {"port": 9000, "grpc_servicer_functions": []}}
+    assert ignored_options(options, running) == ["grpc_options ['port']"]
+    assert ignored_options(normalize(grpc_options={"port": 9000}), running) == []
 
 
 def test_logging_config_reaches_the_instance_environment() -> None:

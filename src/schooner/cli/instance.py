@@ -43,6 +43,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         http_host=args.http_host,
         http_port=args.http_port,
         http_options=_tls_options(args),
+        grpc_options=_grpc_options(args),
         detached=True,
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
@@ -57,6 +58,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     head.release()
     admin = head.admin_url or address
     hint = "" if admin == "http://127.0.0.1:8265" else f" -a {admin}"
+    grpc = ""
+    if args.grpc_servicer_functions and args.proxy_location != "Disabled":
+        grpc = f"  gRPC:      {head.http_host}:{args.grpc_port}\n"
     http = (
         f"{head.http_scheme}://{head.http_host}:{head.http_port}"
         if args.proxy_location != "Disabled"
@@ -65,6 +69,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     print(
         f"Started a Schooner instance (pid {head.process.pid}).\n"
         f"  HTTP:      {http}\n"
+        f"{grpc}"
         f"  Admin API: {admin}\n"
         f"  Logs:      {head.session.logs}\n"
         f"Deploy with `schooner deploy{hint} CONFIG.yaml`; stop it with "
@@ -92,6 +97,7 @@ def _start_on_ray(args: argparse.Namespace) -> int:
             "http_host": args.http_host,
             "http_port": args.http_port,
             "http_options": _tls_options(args),
+            "grpc_options": _grpc_options(args),
             "admin_host": args.admin_host,
             "admin_port": args.admin_port,
             "metrics_port": args.metrics_port,
@@ -136,6 +142,17 @@ def _block_on_ray(exists: Callable[[], bool]) -> int:
         serve.shutdown()
     print("The Schooner instance stopped.", flush=True)
     return 0
+
+
+def _grpc_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``grpc_options`` from the ``--grpc-*`` flags (as Ray's ``serve start``)."""
+    from schooner.instance_config import gRPCOptions
+
+    return gRPCOptions(
+        port=args.grpc_port,
+        grpc_servicer_functions=list(args.grpc_servicer_functions or []),
+        enable_reflection=args.grpc_enable_reflection,
+    ).model_dump(mode="json")
 
 
 def _tls_options(args: argparse.Namespace) -> dict[str, Any]:

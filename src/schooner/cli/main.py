@@ -213,6 +213,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ssl-ca-certs", default=None, help="CA certificates to load (PEM), as uvicorn's"
     )
+    p.add_argument("--grpc-port", type=int, default=9000, help="gRPC port (default 9000)")
+    p.add_argument(
+        "--grpc-servicer-functions",
+        action="append",
+        default=[],
+        metavar="IMPORT_PATH",
+        help="serve gRPC with this generated add_*Servicer_to_server function (module.function; "
+        "repeat for several services; none: no gRPC server)",
+    )
+    reflection = p.add_mutually_exclusive_group()
+    reflection.add_argument(
+        "--grpc-enable-reflection",
+        dest="grpc_enable_reflection",
+        action="store_true",
+        default=True,
+        help="offer gRPC server reflection (the default)",
+    )
+    reflection.add_argument(
+        "--grpc-disable-reflection",
+        dest="grpc_enable_reflection",
+        action="store_false",
+        help="offer no gRPC server reflection",
+    )
     _add_resources(p)
     _add_ray_address(p)
     p.set_defaults(handler="schooner.cli.instance:cmd_start")

@@ -118,6 +118,7 @@ def _launch(args: argparse.Namespace, document: dict[str, Any] | None) -> Pendin
 
     host, port, location = args.host, args.port, "EveryNode"
     http_options: dict[str, Any] = {}
+    grpc_options: dict[str, Any] | None = None
     if document is not None:
         from schooner.schema import parse_config_document
 
@@ -126,8 +127,11 @@ def _launch(args: argparse.Namespace, document: dict[str, Any] | None) -> Pendin
             host, port = parsed.http_options.host or host, parsed.http_options.port
             http_options = parsed.http_options.model_dump(mode="json", exclude={"location"})
         location = parsed.proxy_location.value
+        if "grpc_options" in parsed.model_fields_set:
+            grpc_options = parsed.grpc_options.model_dump(mode="json")
     return launch_head(
         http_options=http_options,
+        grpc_options=grpc_options,
         http_host=host,
         http_port=port,
         num_cpus=args.num_cpus,

@@ -41,6 +41,7 @@ from schooner.controller.metrics import controller_series
 from schooner.controller.rollout import RolloutOptions
 from schooner.controller.traffic_config import RecentRates
 from schooner.exceptions import RayServeException
+from schooner.instance_config import gRPCOptions
 from schooner.logs import setup_process_logging
 from schooner.rpc.connection import serve_unix
 from schooner.rpc.transport import serve_tcp
@@ -264,7 +265,13 @@ class Head:
             path = self.http_options.get(field)
             if path:
                 options += [f"--{field.replace('_', '-')}", str(path)]
+        if self.grpc_options.grpc_servicer_functions:  # else no gRPC server (as Ray)
+            options += ["--grpc-options", self.grpc_options.model_dump_json()]
         return options
+
+    @property
+    def grpc_options(self) -> gRPCOptions:
+        return gRPCOptions.model_validate_json(self.args.grpc_options)
 
     def _proxy_env(self) -> dict[str, str]:
         password = self.http_options.get("ssl_keyfile_password")
@@ -305,7 +312,7 @@ class Head:
             self.controller,
             self.declarative,
             http_options=options,
-            grpc_options=json.loads(self.args.grpc_options),
+            grpc_options=self.grpc_options.model_dump(mode="json"),
             proxy_location=self.args.proxy_location,
             controller_pid=os.getpid(),
             api_type=api_type,
@@ -455,7 +462,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--num-gpus", type=float, default=None)
     parser.add_argument("--resources", default="{}")
     parser.add_argument("--http-options", default="{}", help="HTTPOptions as JSON (echoed)")
-    parser.add_argument("--grpc-options", default='{"port": 9000, "grpc_servicer_functions": []}')
+    parser.add_argument("--grpc-options", default="{}", help="gRPCOptions as JSON")
     parser.add_argument("--proxy-location", default="EveryNode")
     parser.add_argument("--admin-host", default="127.0.0.1")
     parser.add_argument("--admin-port", type=int, default=-1, help="-1: no admin API")

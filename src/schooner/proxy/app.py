@@ -110,7 +110,7 @@ class ProxyApp:
     def handle(self, request: Request) -> None:
         """Answer ``request``: built-in endpoints here, everything else via a replica."""
         rid = request.header(b"x-request-id")
-        request_id = rid.decode("latin-1") if rid else _new_request_id()
+        request_id = rid.decode("latin-1") if rid else new_request_id()
         path = request.path
         if self.root_path and path.startswith(self.root_path):
             path = path[len(self.root_path) :] or "/"
@@ -233,7 +233,7 @@ class ProxyApp:
         """Answer a WebSocket upgrade request: route it as :meth:`handle` does, then relay the
         connection to a replica (see :mod:`schooner.proxy.ws_relay`). No time limit applies."""
         rid = request.header(b"x-request-id")
-        request_id = rid.decode("latin-1") if rid else _new_request_id()
+        request_id = rid.decode("latin-1") if rid else new_request_id()
         path = request.path
         if self.root_path and path.startswith(self.root_path):
             path = path[len(self.root_path) :] or "/"
@@ -530,7 +530,7 @@ _ID_PREFIX = str(uuid.uuid4())[:23]
 _id_counter = itertools.count(1)
 
 
-def _new_request_id() -> str:
+def new_request_id() -> str:
     return f"{_ID_PREFIX}-{next(_id_counter) & 0xFFFFFFFFFFFF:012x}"
 
 

@@ -4,7 +4,9 @@ Serves HTTP or HTTPS (:mod:`schooner.proxy.http_server`, on uvloop; TLS from
 :mod:`schooner.tls`) on a listening socket inherited from the head, so
 several proxy processes can share one port and a restarted proxy takes over
 without the port ever closing. It keeps serving while the head restarts, and
-registers again with the next head.
+registers again with the next head. With ``--grpc-options`` (servicer functions
+given), it also serves gRPC (:mod:`schooner.proxy.grpc_proxy`) on the same event loop;
+``grpc`` is imported only then.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--controller-address", default=None, help="tcp://host:port (a proxy on a Ray node)"
     )
+    parser.add_argument("--grpc-options", default=None, help="gRPCOptions as JSON")
     # ssl_keyfile_password comes in the environment (tls.PASSWORD_ENV), not on the command line.
     return parser.parse_args(argv)
 
@@ -97,6 +100,9 @@ async def _serve(
             logs.configure_process_logging(config)
 
     core.registry.subscribe("logging_config", apply_logging_config)
+    grpc_server = None
+    if args.grpc_options:
+        grpc_server = await _start_grpc(args, core, app, str(host), node_id or "", node_ip)
     server = await http_server.serve(
         app.handle,
         sock,
@@ -121,8 +127,41 @@ async def _serve(
         loop.add_signal_handler(sig, stopped.set)
     await core.controller.call("register_proxy", node_id, info)
     await stopped.wait()
+    if grpc_server is not None:
+        await grpc_server.stop(0)
     server.close()
     core.close()
+
+
+async def _start_grpc(
+    args: argparse.Namespace, core: _core.Core, app: ProxyApp, host: str, node_id: str, node_ip: str
+) -> Any:
+    """The gRPC server (None, logged, if it cannot start: HTTP goes on being served)."""
+    from schooner.grpc_servicers import load_servicer_functions
+    from schooner.instance_config import gRPCOptions
+    from schooner.proxy.grpc_proxy import GrpcProxy, start_grpc_server
+    from schooner.proxy.observer import GrpcObserver
+
+    options = gRPCOptions.model_validate_json(args.grpc_options)
+    # The servicers' modules import as in the process that started the instance.
+    for entry in reversed(os.environ.get("SCHOONER_SYS_PATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.append(entry)
+    try:
+        functions = load_servicer_functions(options.grpc_servicer_functions)
+        proxy = GrpcProxy(
+            core, app, options, GrpcObserver(node_id, node_ip, app.observer.access_log)
+        )
+        return await start_grpc_server(
+            proxy,
+            options,
+            functions,
+            host,
+            reuse_port=args.controller_address is not None,
+        )
+    except Exception:
+        logger.exception("cannot serve gRPC on port %d; serving HTTP only", options.port)
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """What the proxy records about each HTTP request when it ends: Ray Serve's HTTP
-metrics (count, errors, latency, ongoing) and the access log line.
+metrics (count, errors, latency, ongoing) and the access log line; and the same for
+each gRPC call (:class:`GrpcObserver`, Ray's ``serve_*_grpc_*`` metrics).
 
 :meth:`RequestObserver.begin` is called as a request is routed; it stamps the
 request and sets its ``on_end`` hook, which records once the response has ended
@@ -14,7 +15,7 @@ from schooner.logs import AccessLog
 from schooner.proxy.http_server import Request
 from schooner.telemetry import catalog, recorder, tracing
 
-__all__ = ["RequestObserver"]
+__all__ = ["GrpcObserver", "RequestObserver"]
 
 
 class RequestObserver:
@@ -96,4 +97,60 @@ class RequestObserver:
                 application=application,
                 deployment=deployment,
                 client=f"{client[0]}:{client[1]}" if client else "",
+            )
+
+
+class GrpcObserver:
+    """The proxy's per-call gRPC metrics and access log (``status``: the code's name)."""
+
+    def __init__(self, node_id: str, node_ip: str, access_log: AccessLog | None = None) -> None:
+        self.access_log = access_log or AccessLog("proxy")
+        self.metrics = recorder.ENABLED
+        self._latency = recorder.histogram(catalog.GRPC_LATENCY, count_as=catalog.GRPC_REQUESTS)
+        self._errors = recorder.counter(catalog.GRPC_ERRORS)
+        self._deployment_errors = recorder.counter(catalog.GRPC_DEPLOYMENT_ERRORS)
+        self._began = 0
+        self._ended = 0
+        self._node = (node_id, node_ip)
+        recorder.add_collector(self._ongoing)
+
+    def _ongoing(self) -> list[recorder.Series]:
+        return [(catalog.GRPC_ONGOING, self._node, float(self._began - self._ended))]
+
+    def begin(self) -> float:
+        """A call arrived; returns its start time (for :meth:`end`)."""
+        self._began += 1
+        return time.perf_counter()
+
+    def end(
+        self,
+        started: float,
+        *,
+        method: str,
+        route: str,
+        application: str,
+        deployment: str,
+        status: str,
+        request_id: str,
+        client: str,
+    ) -> None:
+        """The call ended with ``status`` (a ``grpc.StatusCode`` name)."""
+        self._ended += 1
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        if self.metrics:
+            self._latency.observe((method, route, application, status), latency_ms)
+            if status != "OK":
+                self._errors.inc((route, status, method, application))
+                self._deployment_errors.inc((deployment, status, method, route, application))
+        access = self.access_log
+        if access.enabled:
+            access.record(
+                method=method,
+                route=route,
+                status=status,
+                latency_ms=latency_ms,
+                request_id=request_id,
+                application=application,
+                deployment=deployment,
+                client=client,
             )

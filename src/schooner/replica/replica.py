@@ -29,10 +29,10 @@ from starlette.responses import StreamingResponse
 
 from schooner import context
 from schooner.logs import AccessLog, recent_lines
-from schooner.replica import http, websocket
+from schooner.replica import grpc_call, http, websocket
 from schooner.replica.executor import SyncExecutor
 from schooner.rpc.connection import Connection, Inbox
-from schooner.rpc.messages import CodeRef, DeploymentID
+from schooner.rpc.messages import CodeRef, DeploymentID, GrpcReply
 from schooner.telemetry import catalog, recorder, reporter, tracing
 
 if TYPE_CHECKING:
@@ -106,10 +106,11 @@ class _Serving:
 
 
 class _MethodInfo:
-    __slots__ = ("fn", "is_async", "is_generator", "takes_args")
+    __slots__ = ("fn", "is_async", "is_generator", "takes_args", "takes_grpc_context")
 
     def __init__(self, fn: Any) -> None:
         self.fn = fn
+        self.takes_grpc_context = grpc_call.takes_context(fn)
         self.is_async = inspect.iscoroutinefunction(fn)
         self.is_generator = _is_generator_fn(fn)
         #: An HTTP handler without parameters is called without the request (as in Ray).
@@ -563,6 +564,63 @@ class Replica:
         async with _Serving(self, meta) as serving:
             whole = await self._serve_http(scope, body, send, serving)
         return whole if whole is not None else pending
+
+    async def rpc_grpc(
+        self,
+        emit: Callable[[Any], None],
+        meta: tuple[str, ...],
+        request: Any,
+        call: tuple[Any, ...],
+        streaming: bool,
+    ) -> GrpcReply:
+        """Serve one gRPC call from the proxy (a streaming RPC in the ``emit`` style; see
+        :mod:`schooner.replica.grpc_call`): call method ``meta[1]`` with the request message;
+        a server-streaming call (``streaming``) emits each serialized response as the
+        method yields it. What the method raises is answered, not re-raised (the proxy
+        turns it into a status), and counted as an error."""
+        return await self._serve_grpc(emit, meta, request, call, streaming)
+
+    async def rpc_grpc_duplex(
+        self,
+        emit: Callable[[Any], None],
+        inbox: Inbox,
+        meta: tuple[str, ...],
+        call: tuple[Any, ...],
+        streaming: bool,
+    ) -> GrpcReply:
+        """A client- or bidirectional-streaming gRPC call (a duplex RPC): the method gets a
+        ``gRPCInputStream`` of the request messages the proxy pushes (None ends them)."""
+        return await self._serve_grpc(emit, meta, grpc_call.input_stream(inbox), call, streaming)
+
+    async def _serve_grpc(
+        self,
+        emit: Callable[[Any], None],
+        meta: tuple[str, ...],
+        request: Any,
+        call: tuple[Any, ...],
+        streaming: bool,
+    ) -> GrpcReply:
+        context = grpc_call.make_context(call)
+        async with _Serving(self, meta) as serving:
+            try:
+                info = self._method_info(meta[1])
+                kwargs = {grpc_call.CONTEXT_ARG: context} if info.takes_grpc_context else {}
+                if not streaming and info.is_generator:
+                    raise TypeError(
+                        f"Method '{meta[1]}' of deployment '{self.deployment.name}' is a "
+                        "generator, but the RPC returns one message: declare it "
+                        "`returns (stream ...)` in the .proto or return a single message."
+                    )
+                result = await self._invoke(info.fn, (request,), kwargs)
+                if not streaming:
+                    return grpc_call.succeeded(context, grpc_call.serialize(result, meta[1]))
+                async for item in self._iterate(result):
+                    emit(grpc_call.serialize(item, meta[1]))
+                return grpc_call.succeeded(context, None)
+            except Exception as exc:
+                logger.exception("gRPC request %s failed", meta[0])
+                serving.error = type(exc).__name__
+                return grpc_call.failed(context, exc)
 
     async def rpc_websocket(
         self,

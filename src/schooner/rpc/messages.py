@@ -7,7 +7,7 @@ blobs), so the head process never imports user code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass(frozen=True, order=True)
@@ -148,3 +148,21 @@ class AppSpec:
     external_scaler_enabled: bool = False
     #: An application-level autoscaling policy (``policy_function``, ``policy_kwargs``).
     autoscaling_policy: dict[str, Any] | None = None
+
+
+class GrpcReply(NamedTuple):
+    """How a replica's gRPC call ended (its last message to the proxy).
+
+    ``ok``: the user method returned (False: it raised; ``details`` then says what).
+    ``body``: the serialized response of a unary call (None for a stream, whose messages
+    came before). ``code``, ``details``, ``trailing_metadata`` and ``compression``: what
+    the user set on the call's ``grpc_context`` (``code``: a ``grpc.StatusCode``'s number,
+    None if unset; ``trailing_metadata`` starts with the request id).
+    """
+
+    ok: bool
+    body: bytes | None
+    code: int | None
+    details: str | None
+    trailing_metadata: tuple[tuple[str, Any], ...]
+    compression: int | None = None

@@ -121,6 +121,8 @@ def launch_head(
     metrics_port: int | None = None,
     proxy_location: str = "EveryNode",
     http_options: dict[str, Any] | None = None,
+    grpc_options: dict[str, Any] | None = None,
+    check_grpc: bool = True,
     probe_port: int | None = None,
     checkpoint_path: str | None = None,
     env: dict[str, str] | None = None,
@@ -139,8 +141,18 @@ def launch_head(
 
     HTTPS (``http_options``' ``ssl_*``): the files are checked first (ServeConfigError
     naming the field, the file and the cause); ``ssl_keyfile_password`` goes to the head
-    in its environment, not on its command line.
+    in its environment, not on its command line. gRPC (``grpc_options`` with servicer
+    functions): unless ``check_grpc`` is False (a head on a Ray cluster, whose proxies run
+    on other nodes), the functions are imported and the port is checked first
+    (ServeConfigError naming the entry, or the port in use).
     """
+    grpc_options = dict(grpc_options or {})
+    servicers = grpc_options.get("grpc_servicer_functions")
+    if check_grpc and servicers and proxy_location != "Disabled":
+        from schooner.grpc_servicers import check_grpc_port, load_servicer_functions
+
+        load_servicer_functions(servicers)
+        check_grpc_port(http_host, int(grpc_options.get("port", 9000)))
     http_options = dict(http_options or {})
     scheme = "http"
     if http_options.get("ssl_certfile") or http_options.get("ssl_keyfile"):
@@ -172,6 +184,8 @@ def launch_head(
         proxy_location,
         "--http-options",
         json.dumps(http_options),
+        "--grpc-options",
+        json.dumps(grpc_options or {"port": 9000, "grpc_servicer_functions": []}),
         "--admin-host",
         admin_host,
         "--admin-port",

@@ -70,6 +70,37 @@ HTTP_ONGOING = Spec(
     "HTTP requests the proxy is handling now.",
     ("node_id", "node_ip_address"),
 )
+GRPC_REQUESTS = Spec(
+    "ray_serve_num_grpc_requests",
+    COUNTER,
+    "gRPC calls answered by the proxy, by method, route, application and status code.",
+    ("method", "route", "application", "status_code"),
+)
+GRPC_ERRORS = Spec(
+    "ray_serve_num_grpc_error_requests",
+    COUNTER,
+    "gRPC calls the proxy ended with a status other than OK.",
+    ("route", "error_code", "method", "application"),
+)
+GRPC_DEPLOYMENT_ERRORS = Spec(
+    "ray_serve_num_deployment_grpc_error_requests",
+    COUNTER,
+    "gRPC calls ended with a status other than OK, by the ingress deployment that served them.",
+    ("deployment", "error_code", "method", "route", "application"),
+)
+GRPC_LATENCY = Spec(
+    "ray_serve_grpc_request_latency_ms",
+    HISTOGRAM,
+    "Time from the proxy receiving a gRPC call to its end, in ms.",
+    ("method", "route", "application", "status_code"),
+    LATENCY_BUCKETS_MS,
+)
+GRPC_ONGOING = Spec(
+    "ray_serve_num_ongoing_grpc_requests",
+    GAUGE,
+    "gRPC calls the proxy is handling now.",
+    ("node_id", "node_ip_address"),
+)
 
 # -- replica (the process labels add deployment, replica, application) -----------------
 REPLICA_STARTS = Spec(

@@ -78,6 +78,8 @@ class InstanceHost:
             root_path=options.get("root_path", ""),
             proxy_location=options.get("proxy_location", "EveryNode"),
             http_options=options.get("http_options"),
+            grpc_options=options.get("grpc_options"),
+            check_grpc=False,  # the proxies import the servicers on their nodes
             admin_host=options.get("admin_host", "127.0.0.1"),
             admin_port=options.get("admin_port"),
             metrics_port=options.get("metrics_port"),
