@@ -11,12 +11,26 @@ module must be importable where the instance is started (the current directory a
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from schooner.exceptions import ServeConfigError
 
-__all__ = ["FIELD", "check_grpc_installed", "check_grpc_port", "load_servicer_functions"]
+__all__ = [
+    "FIELD",
+    "SYS_PATH_ENV",
+    "check_grpc_installed",
+    "check_grpc_port",
+    "import_like_the_starter",
+    "load_servicer_functions",
+    "starter_sys_path",
+]
+
+#: The import path of the process that started the instance, for the proxies (which may
+#: run elsewhere: on a Ray cluster, in actors whose own path does not have it).
+SYS_PATH_ENV = "SCHOONER_GRPC_SYS_PATH"
 
 #: How the option is named in messages.
 FIELD = "grpc_options.grpc_servicer_functions"
@@ -26,6 +40,21 @@ _HINT = (
     "'my_service_pb2_grpc.add_MyServiceServicer_to_server', and start the instance from the "
     "directory that contains the module (or put it on PYTHONPATH)."
 )
+
+
+def starter_sys_path() -> str:
+    """This process's ``sys.path`` (its current directory for ``""``), joined for
+    :data:`SYS_PATH_ENV`."""
+    return os.pathsep.join(entry or os.getcwd() for entry in sys.path)
+
+
+def import_like_the_starter() -> None:
+    """Append to ``sys.path`` what the starting process had and this one lacks
+    (:data:`SYS_PATH_ENV`, and the head's ``SCHOONER_SYS_PATH``), in their order."""
+    for name in (SYS_PATH_ENV, "SCHOONER_SYS_PATH"):
+        for entry in os.environ.get(name, "").split(os.pathsep):
+            if entry and entry not in sys.path:
+                sys.path.append(entry)
 
 
 def check_grpc_installed() -> None:

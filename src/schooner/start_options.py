@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from schooner.grpc_servicers import load_servicer_functions
+from schooner.grpc_servicers import SYS_PATH_ENV, load_servicer_functions, starter_sys_path
 from schooner.instance_config import (
     ControllerOptions,
     HTTPOptions,
@@ -62,6 +62,8 @@ class StartOptions:
             env[LOGGING_CONFIG_ENV] = self.logging.model_dump_json()
         if self.tracing.enabled:
             env[TRACING_ENV] = self.tracing.model_dump_json()
+        if self.grpc.grpc_servicer_functions:
+            env[SYS_PATH_ENV] = starter_sys_path()
         return env
 
 

@@ -137,16 +137,13 @@ async def _start_grpc(
     args: argparse.Namespace, core: _core.Core, app: ProxyApp, host: str, node_id: str, node_ip: str
 ) -> Any:
     """The gRPC server (None, logged, if it cannot start: HTTP goes on being served)."""
-    from schooner.grpc_servicers import load_servicer_functions
+    from schooner.grpc_servicers import import_like_the_starter, load_servicer_functions
     from schooner.instance_config import gRPCOptions
     from schooner.proxy.grpc_proxy import GrpcProxy, start_grpc_server
     from schooner.proxy.observer import GrpcObserver
 
     options = gRPCOptions.model_validate_json(args.grpc_options)
-    # The servicers' modules import as in the process that started the instance.
-    for entry in reversed(os.environ.get("SCHOONER_SYS_PATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.append(entry)
+    import_like_the_starter()  # the servicers' modules import as where it was started
     try:
         functions = load_servicer_functions(options.grpc_servicer_functions)
         proxy = GrpcProxy(

@@ -103,6 +103,7 @@ SETTINGS_ENV = (
     "RAY_ROTATION_MAX_BYTES",
     "RAY_ROTATION_BACKUP_COUNT",
     "SCHOONER_TRACING_CONFIG",
+    "SCHOONER_GRPC_SYS_PATH",  # where the proxies import grpc_servicer_functions from
 )
 
 
