@@ -92,6 +92,11 @@ def _start_on_ray(args: argparse.Namespace) -> int:
 
     ray.init(address=args.ray_address, logging_level="WARNING", log_to_driver=False)
     existing = host_exists()
+    env = instance_environment()
+    if args.grpc_servicer_functions:  # the proxy actors import them as this command would
+        from schooner.grpc_servicers import SYS_PATH_ENV, starter_sys_path
+
+        env[SYS_PATH_ENV] = starter_sys_path()
     info = host.attach(
         {
             "http_host": args.http_host,
@@ -103,7 +108,7 @@ def _start_on_ray(args: argparse.Namespace) -> int:
             "metrics_port": args.metrics_port,
             "proxy_location": args.proxy_location,
             "checkpoint_path": args.checkpoint_path,
-            "env": instance_environment(),
+            "env": env,
         },
         create=True,
     )
