@@ -68,6 +68,7 @@ _SUBMODULES = {
     "config",
     "context",
     "exceptions",
+    "grpc_util",
     "handle",
     "metrics",
     "schema",
