@@ -61,12 +61,13 @@ APPS = [
 
 
 class Traffic:
-    """GET requests to one path from a background thread, as fast as they are answered;
-    keeps (status, body) of each."""
+    """GET requests to one path from a background thread, one at a time, as fast as they
+    are answered; keeps (status, body) of each, and the application its
+    ``x-serve-application`` header named (None: no split was applied to it)."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.answers: list[tuple[int, str]] = []
+        self.records: list[tuple[int, str, str | None]] = []
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -76,15 +77,25 @@ class Traffic:
             while not self._stop.is_set():
                 try:
                     response = client.get(self.url)
-                    self.answers.append((response.status_code, response.text))
+                    served_by = response.headers.get("x-serve-application")
+                    self.records.append((response.status_code, response.text, served_by))
                 except httpx.HTTPError as exc:
                     self.errors.append(repr(exc))
 
+    @property
+    def answers(self) -> list[tuple[int, str]]:
+        return [(status, body) for status, body, _ in self.records]
+
     def mark(self) -> int:
-        return len(self.answers)
+        return len(self.records)
 
     def since(self, mark: int) -> list[tuple[int, str]]:
         return self.answers[mark:]
+
+    def unsplit_from(self, mark: int) -> int | None:
+        """The index of the first answer after ``mark`` that no split routed (the proxy
+        had dropped the policy by then: every later request was sent after it)."""
+        return next((i for i, r in enumerate(self.records) if i >= mark and r[2] is None), None)
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -138,10 +149,18 @@ def rollout_status(inst: Detached, app: str) -> dict[str, Any]:
 
 
 def assert_all_back_on_v1(inst: Detached, traffic: Traffic) -> None:
-    """Every request after the rollback is answered 200 by the old version."""
+    """Once the proxy has the rollback (a request it sent without a split: the status
+    says ROLLED_BACK as soon as the controller decides, and the proxy hears of it a
+    moment later), every request is answered 200 by the old version."""
     mark = traffic.mark()
-    wait_for(lambda: len(traffic.since(mark)) >= 100, message="100 requests after the rollback")
-    assert Counter(traffic.since(mark)) == Counter({(200, "v1"): len(traffic.since(mark))})
+    wait_for(
+        lambda: traffic.unsplit_from(mark) is not None,
+        message="a request the proxy sent without the split",
+    )
+    back = traffic.unsplit_from(mark)
+    assert back is not None
+    wait_for(lambda: len(traffic.since(back)) >= 100, message="100 requests after the rollback")
+    assert Counter(traffic.since(back)) == Counter({(200, "v1"): len(traffic.since(back))})
     assert traffic.errors == []
 
 
