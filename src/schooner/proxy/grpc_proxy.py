@@ -40,7 +40,7 @@ from schooner.instance_config import gRPCOptions
 from schooner.proxy import grpc_messages
 from schooner.proxy.app import ProxyApp, new_request_id
 from schooner.proxy.observer import GrpcObserver
-from schooner.rpc.connection import ConnectionLost, RemoteCallError, StreamSink
+from schooner.rpc.connection import END_OF_STREAM, ConnectionLost, QueueSink, RemoteCallError
 from schooner.rpc.messages import DeploymentID, GrpcReply, Route
 
 __all__ = ["CallMetadata", "GrpcProxy", "parse_metadata", "start_grpc_server"]
@@ -388,7 +388,7 @@ class GrpcProxy:
         router = self.core.registry.router(call.ingress)
         async with asyncio.timeout(self.timeout_s):
             replica, conn = await router.connect(call.shard_key, call.meta[2])
-            sink = _QueueSink()
+            sink = QueueSink()
             req_id = conn.open_duplex("grpc_duplex", (call.meta, call.call_state, streaming), sink)
 
             async def pump() -> None:
@@ -401,7 +401,7 @@ class GrpcProxy:
             try:
                 while True:
                     item = await sink.queue.get()
-                    if item is _END:
+                    if item is END_OF_STREAM:
                         finished = True
                         return
                     if isinstance(item, BaseException):
@@ -491,27 +491,6 @@ class GrpcProxy:
             }
             _add_service(server, service, handlers)
         return sorted(collector.services)
-
-
-_END = object()
-
-
-class _QueueSink(StreamSink):
-    """Queues a duplex call's items (then ``_END``, or the error) for a coroutine."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    def on_item(self, item: Any) -> None:
-        self.queue.put_nowait(item)
-
-    def on_end(self, last: Any) -> None:
-        if last is not None:
-            self.queue.put_nowait(last)
-        self.queue.put_nowait(_END)
-
-    def on_error(self, error: BaseException) -> None:
-        self.queue.put_nowait(error)
 
 
 def _add_service(server: grpc.aio.Server, service: str, handlers: dict[str, Any]) -> None:

@@ -51,7 +51,8 @@ REQ, OK, ERR, ITEM, END, CANCEL, PUSH = range(7)
 #: The ``stream`` field of a REQ: an ordinary call, a streaming call, a duplex call.
 _UNARY, _STREAM, _DUPLEX = 0, 1, 2
 _LEN = struct.Struct("!I")
-_END_OF_STREAM = object()
+#: What a :class:`QueueSink` queues after the last item of a call that ended well.
+END_OF_STREAM = object()
 
 
 class ConnectionLost(ConnectionError):
@@ -124,8 +125,9 @@ class StreamSink:
         raise NotImplementedError
 
 
-class _Stream(StreamSink):
-    """Queues items for :meth:`Connection.stream`'s async iterator."""
+class QueueSink(StreamSink):
+    """Queues a call's items, then :data:`END_OF_STREAM` (or the error), for a coroutine
+    (:meth:`Connection.stream`'s async iterator, the gRPC proxy's duplex calls)."""
 
     __slots__ = ("queue",)
 
@@ -138,7 +140,7 @@ class _Stream(StreamSink):
     def on_end(self, last: Any) -> None:
         if last is not None:
             self.queue.put_nowait(last)
-        self.queue.put_nowait(_END_OF_STREAM)
+        self.queue.put_nowait(END_OF_STREAM)
 
     def on_error(self, error: BaseException) -> None:
         self.queue.put_nowait(error)
@@ -375,14 +377,14 @@ class Connection(asyncio.BufferedProtocol):
     async def stream(self, method: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """Call a streaming ``rpc_<method>`` on the peer and yield its items."""
         req_id = next(self._ids)
-        stream = _Stream()
+        stream = QueueSink()
         self._pending[req_id] = stream
         self._send(REQ, req_id, (method, args, kwargs, _STREAM))
         finished = False
         try:
             while True:
                 item = await stream.queue.get()
-                if item is _END_OF_STREAM:
+                if item is END_OF_STREAM:
                     finished = True
                     return
                 if isinstance(item, BaseException):
